@@ -1,0 +1,1 @@
+"""smsdora broker: the HTTP API, the device WebSocket, and the dispatcher."""

@@ -1,0 +1,83 @@
+"""Configuration: one frozen dataclass, read from the environment once."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the broker keeps its own files: the embedded PostgreSQL and the
+    # server secret. Relative paths are taken from the working directory.
+    home: Path = Path(".smsdora")
+    # None: start (or attach to) the embedded PostgreSQL under `home`.
+    database_url: str | None = None
+    # HMAC key for API keys and device tokens; None: read or create `home/secret`.
+    secret: bytes | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    node: str = field(default_factory=socket.gethostname)
+    heartbeat_s: int = 20
+    hello_timeout_s: int = 10
+    default_send_rate: int = 30
+    reassign_after_s: int = 60
+    last_seen_flush_s: float = 2.0
+    pool_min: int = 2
+    pool_max: int = 20
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+        secret = e.get("SMSDORA_SECRET")
+        return cls(
+            home=Path(e.get("SMSDORA_HOME", ".smsdora")),
+            database_url=e.get("DATABASE_URL") or None,
+            secret=secret.encode() if secret else None,
+            host=e.get("SMSDORA_HOST", "127.0.0.1"),
+            port=_int(e, "SMSDORA_PORT", 8000),
+            node=e.get("SMSDORA_NODE") or socket.gethostname(),
+            heartbeat_s=_int(e, "SMSDORA_HEARTBEAT_SECONDS", 20),
+            hello_timeout_s=_int(e, "SMSDORA_HELLO_TIMEOUT", 10),
+            default_send_rate=_int(e, "SMSDORA_SEND_RATE", 30),
+            reassign_after_s=_int(e, "SMSDORA_REASSIGN_AFTER", 60),
+            pool_min=_int(e, "SMSDORA_POOL_MIN", 2),
+            pool_max=_int(e, "SMSDORA_POOL_MAX", 20),
+            log_level=e.get("SMSDORA_LOG_LEVEL", "INFO"),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def server_secret(self) -> bytes:
+        """The HMAC key: from config, else `home/secret`, created on first use (0600)."""
+        if self.secret:
+            return self.secret
+        path = self.home / "secret"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        self.home.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_hex(32).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race: use its secret
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as f:
+            f.write(value)
+        return value

@@ -1,0 +1,1 @@
+"""Wire types shared by the broker and device clients (pure: stdlib + msgspec)."""

@@ -1,0 +1,99 @@
+"""HTTP request and response bodies of the client API (contract section 3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_TTL_S = 7 * 24 * 3600
+
+SCOPES = ("messages:send", "messages:read", "devices:read", "devices:write", "keys:write")
+
+
+class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    recipient: str
+    message: str
+    ttl: Annotated[int, msgspec.Meta(gt=0, le=MAX_TTL_S)] | None = None
+
+
+class DeviceRef(msgspec.Struct, frozen=True):
+    id: str
+    deviceName: str
+
+
+class MessageData(msgspec.Struct, frozen=True):
+    id: str
+    recipient: str
+    message: str
+    status: str
+    device: DeviceRef | None
+
+
+class SendResponse(msgspec.Struct, frozen=True):
+    statusCode: int
+    message: str
+    data: MessageData
+
+
+class HistoryEntry(msgspec.Struct, frozen=True):
+    status: str
+    at: str
+
+
+class MessageDetail(msgspec.Struct, frozen=True):
+    id: str
+    recipient: str
+    message: str
+    status: str
+    device: DeviceRef | None
+    error: str | None
+    createdAt: str
+    history: list[HistoryEntry] = []
+
+
+class DeviceHealth(msgspec.Struct, frozen=True, omit_defaults=True):
+    battery: int | None = None
+    charging: bool | None = None
+    signal: int | None = None
+
+
+class DeviceInfo(msgspec.Struct, frozen=True):
+    id: str
+    deviceName: str
+    online: bool
+    lastSeen: str | None
+    active: bool
+    sendRate: int
+    health: DeviceHealth | None = None
+    appVersion: str | None = None
+
+
+class CreateDeviceRequest(msgspec.Struct, frozen=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    sendRate: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 30
+
+
+class CreatedDevice(msgspec.Struct, frozen=True):
+    id: str
+    deviceName: str
+    token: str
+    sendRate: int
+
+
+class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
+    statusCode: int
+    data: Any
+    nextCursor: str | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    statusCode: int
+    message: str
+    error: str
+
+
+encoder = msgspec.json.Encoder()
+send_request_decoder = msgspec.json.Decoder(SendRequest)
+create_device_decoder = msgspec.json.Decoder(CreateDeviceRequest)

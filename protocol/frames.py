@@ -1,0 +1,166 @@
+"""Device WebSocket frames (contract section 4) as tagged-union msgspec Structs.
+
+Everything a phone and the broker say to each other over ``/devices/ws`` is
+one JSON object with a ``type``. New fields get defaults so that older peers
+keep working; unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024
+
+# Error codes carried by ``error`` frames (and FrameError).
+BAD_JSON = "bad_json"
+BAD_FRAME = "bad_frame"
+UNKNOWN_TYPE = "unknown_type"
+BINARY_FRAME = "binary_frame"
+TOO_LARGE = "too_large"
+BAD_PROTOCOL = "bad_protocol"
+NOT_YOURS = "not_yours"
+NOT_ACKED = "not_acked"
+REFUSED = "refused"
+HELLO_FIRST = "hello_first"
+
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Signal = Annotated[int, msgspec.Meta(ge=0, le=4)]
+MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ShortText = Annotated[str, msgspec.Meta(max_length=500)]
+
+
+class FrameError(Exception):
+    """A frame the broker (or a phone) cannot take; ``code`` goes on the wire."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class Health(msgspec.Struct, frozen=True, omit_defaults=True):
+    battery: Percent | None = None
+    charging: bool | None = None
+    signal: Signal | None = None
+
+
+# --- device -> broker -------------------------------------------------------
+
+
+class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type", omit_defaults=True):
+    protocol: int
+    appVersion: ShortText = ""
+    pending: Annotated[list[MessageId], msgspec.Meta(max_length=1000)] = []
+    health: Health | None = None
+
+
+class Ack(msgspec.Struct, frozen=True, tag="ack", tag_field="type"):
+    id: MessageId
+
+
+ReportedStatus = Literal["sent", "delivered", "failed"]
+
+
+class Status(msgspec.Struct, frozen=True, tag="status", tag_field="type", omit_defaults=True):
+    id: MessageId
+    status: ReportedStatus
+    error: ShortText | None = None
+    at: str | None = None  # the phone's own timestamp, kept as given (informational)
+
+
+class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type", omit_defaults=True):
+    health: Health | None = None
+
+
+DeviceFrame = Union[Hello, Ack, Status, Ping]
+
+
+# --- broker -> device -------------------------------------------------------
+
+
+class Welcome(msgspec.Struct, frozen=True, tag="welcome", tag_field="type"):
+    deviceId: str
+    heartbeatSeconds: int
+    serverTime: str
+
+
+class Send(msgspec.Struct, frozen=True, tag="send", tag_field="type"):
+    id: str
+    recipient: str
+    message: str
+
+
+class Receipt(msgspec.Struct, frozen=True, tag="receipt", tag_field="type"):
+    id: str
+    status: str
+
+
+class Cancel(msgspec.Struct, frozen=True, tag="cancel", tag_field="type"):
+    id: str
+    reason: str
+
+
+class Error(msgspec.Struct, frozen=True, tag="error", tag_field="type", omit_defaults=True):
+    code: str
+    detail: str
+    id: str | None = None
+
+
+class Pong(msgspec.Struct, frozen=True, tag="pong", tag_field="type"):
+    pass
+
+
+BrokerFrame = Union[Welcome, Send, Receipt, Cancel, Error, Pong]
+
+_DEVICE_TAGS = frozenset({"hello", "ack", "status", "ping"})
+_BROKER_TAGS = frozenset({"welcome", "send", "receipt", "cancel", "error", "pong"})
+
+# Built once at import: hot paths never construct encoders or decoders.
+_encoder = msgspec.json.Encoder()
+_device_decoder = msgspec.json.Decoder(DeviceFrame)
+_broker_decoder = msgspec.json.Decoder(BrokerFrame)
+_probe_decoder = msgspec.json.Decoder(dict[str, object])
+
+
+def encode(frame: DeviceFrame | BrokerFrame) -> bytes:
+    return _encoder.encode(frame)
+
+
+def _classify(data: bytes | str, known: frozenset[str], err: msgspec.DecodeError) -> FrameError:
+    """Turn a msgspec failure into the most useful named error."""
+    try:
+        raw = _probe_decoder.decode(data)
+    except msgspec.DecodeError:
+        return FrameError(BAD_JSON, "frame is not a JSON object")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        return FrameError(BAD_FRAME, "frame has no string 'type'")
+    if kind not in known:
+        return FrameError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}")
+    return FrameError(BAD_FRAME, str(err)[:300])
+
+
+def _check_size(data: bytes | str) -> None:
+    if len(data) > MAX_FRAME_BYTES:
+        raise FrameError(TOO_LARGE, f"frame over {MAX_FRAME_BYTES} bytes")
+
+
+def decode_device(data: bytes | str) -> DeviceFrame:
+    """Decode a frame a phone sent; raises FrameError with a wire code."""
+    _check_size(data)
+    try:
+        return _device_decoder.decode(data)
+    except msgspec.DecodeError as err:
+        raise _classify(data, _DEVICE_TAGS, err) from None
+
+
+def decode_broker(data: bytes | str) -> BrokerFrame:
+    """Decode a frame the broker sent (used by device clients)."""
+    _check_size(data)
+    try:
+        return _broker_decoder.decode(data)
+    except msgspec.DecodeError as err:
+        raise _classify(data, _BROKER_TAGS, err) from None
