@@ -1,0 +1,168 @@
+"""`create_app(settings, database_url)`: routes, middleware and lifespan only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker import http_api, logs, metrics, store
+from broker.devices_ws import CLOSE_RESTART, device_socket
+from broker.dispatch import Dispatcher
+from broker.errors import BrokerError
+from broker.keys import RateWindow
+from broker.presence import Presence
+from broker.settings import Settings
+
+log = logging.getLogger("smsdora.app")
+
+
+class Broker:
+    """Everything one broker process holds; reached from handlers as
+    `request.app.state.broker`."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.secret = settings.server_secret()
+        self.presence = Presence()
+        self.rate_window = RateWindow()
+        self.started_mono = time.monotonic()
+        self.pool: Any = None
+        self.dispatcher: Dispatcher = None  # type: ignore[assignment]
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
+                                            max_size=self.settings.pool_max)
+        self.dispatcher = Dispatcher(self.pool, self.presence)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def stop(self) -> None:
+        await self.dispatcher.close()
+        for conn in self.presence.all_connections():
+            await conn.socket.close(CLOSE_RESTART, "broker restarting")
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush_last_seen()
+        await self.pool.close()
+
+    async def flush_last_seen(self) -> None:
+        ids, seen, health, versions = self.presence.take_dirty()
+        if ids:
+            await store.flush_last_seen(self.pool, ids, seen, health, versions)
+
+    async def _flush_loop(self) -> None:
+        """Last-seen reaches PostgreSQL in batches, not once per frame."""
+        while True:
+            await asyncio.sleep(self.settings.last_seen_flush_s)
+            try:
+                await self.flush_last_seen()
+            except store.DATABASE_DOWN as err:
+                log.warning("last-seen flush failed", extra={"error": type(err).__name__})
+
+
+class RequestContext:
+    """Request id, one structured log line and the latency histogram per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            endpoint = scope.get("endpoint")
+            route = getattr(endpoint, "__name__", "unmatched")
+            metrics.HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(elapsed)
+            log.info("request", extra={"method": scope["method"], "route": route,
+                                       "status": status, "ms": round(elapsed * 1000, 2)})
+            logs.request_id.reset(token)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 0 < len(value) <= 64 and value.isascii():
+            return value.decode()
+    return uuid.uuid4().hex[:16]
+
+
+async def _broker_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BrokerError)
+    return http_api.error_response(exc.status, exc.message, exc.headers)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Cannot {request.method} {request.url.path}"
+    else:
+        message = exc.detail
+    return http_api.error_response(exc.status_code, message, dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, store.DATABASE_DOWN):
+        log.warning("database unavailable", extra={"error": type(exc).__name__})
+        return http_api.error_response(503, "Database unavailable")
+    log.error("unexpected error", exc_info=exc)
+    return http_api.error_response(500, "Internal server error")
+
+
+def create_app(settings: Settings, database_url: str) -> Starlette:
+    broker = Broker(settings, database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await broker.start()
+        try:
+            yield
+        finally:
+            await broker.stop()
+
+    routes = [
+        Route("/messages/send", http_api.send_message, methods=["POST"]),
+        Route("/messages", http_api.list_messages, methods=["GET"]),
+        Route("/messages/{message_id}", http_api.get_message, methods=["GET"]),
+        Route("/devices", http_api.list_devices, methods=["GET"]),
+        Route("/devices", http_api.create_device, methods=["POST"]),
+        Route("/health", http_api.health, methods=["GET"]),
+        Route("/metrics", http_api.metrics_endpoint, methods=["GET"]),
+        WebSocketRoute("/devices/ws", device_socket),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan,
+        exception_handlers={BrokerError: _broker_error, HTTPException: _http_exception,
+                            Exception: _unexpected},
+    )
+    app.state.broker = broker
+    app.add_middleware(RequestContext)
+    return app

@@ -1,0 +1,198 @@
+"""The device WebSocket adapter (contract section 4): decode, act, encode.
+
+The token is checked before the upgrade: a bad one gets an HTTP 401 denial
+response and no socket is ever opened. After `hello`/`welcome` the handler's
+own task (the one uvicorn gives every connection) reads frames; jobs are
+written to the socket from the sending request's task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketState
+
+from broker import keys, metrics, store
+from broker.presence import Connection
+from protocol import frames
+from protocol.api import ErrorBody, encoder as api_encoder
+
+if TYPE_CHECKING:
+    from broker.app import Broker
+
+log = logging.getLogger("smsdora.devices")
+
+CLOSE_REPLACED = 4000
+CLOSE_POLICY = 1008
+CLOSE_RESTART = 1012
+CLOSE_PROTOCOL = 1002
+
+
+class WsSocket:
+    """What presence and the dispatcher see of a phone's socket."""
+
+    __slots__ = ("ws", "closed")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.closed = False
+
+    async def send_frame(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        try:
+            await self.ws.send({"type": "websocket.send", "text": data.decode()})
+            return True
+        except (RuntimeError, OSError) as err:  # closed under us: the job stays in PostgreSQL
+            self.closed = True
+            log.info("frame not written: socket closed", extra={"reason": type(err).__name__})
+            return False
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.ws.close(code, reason)
+        except (RuntimeError, OSError):
+            pass  # already gone: nothing to close
+
+
+def _deny(status: int, message: str) -> Response:
+    body = api_encoder.encode(ErrorBody(statusCode=status, message=message, error="Unauthorized"))
+    return Response(body, status_code=status, media_type="application/json")
+
+
+async def _authenticate(broker: Broker, ws: WebSocket) -> store.DeviceRow | None:
+    token = keys.bearer(ws.headers, api=False)
+    prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if token else None
+    if token is None or prefix is None:
+        return None
+    device = await store.device_by_token_prefix(broker.pool, prefix)
+    if device is None or not keys.matches(broker.secret, token, device.token_hash):
+        return None
+    return device if device.active else None
+
+
+async def device_socket(ws: WebSocket) -> None:
+    broker: Broker = ws.app.state.broker
+    device = await _authenticate(broker, ws)
+    if device is None:
+        await ws.send_denial_response(_deny(401, "Invalid device token"))
+        return
+    await ws.accept()
+    sock = WsSocket(ws)
+    hello = await _await_hello(broker, ws, sock)
+    if hello is None:
+        return
+    conn = Connection(device.id, device.account_id, device.name, sock,
+                      broker.presence.pacer(device.id, device.send_rate), time.time())
+    conn.app_version = hello.appVersion or None
+    conn.health = hello.health
+    old = broker.presence.register(conn)
+    metrics.DEVICES_CONNECTED.set(broker.presence.online_count())
+    if old is not None:
+        await old.socket.close(CLOSE_REPLACED, "replaced by a newer connection")
+    await sock.send_frame(frames.encode(frames.Welcome(
+        deviceId=str(device.id), heartbeatSeconds=broker.settings.heartbeat_s,
+        serverTime=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+    )))
+    log.info("device connected", extra={"device_id": str(device.id)})
+    try:
+        await broker.dispatcher.on_connect(conn, list(hello.pending))
+        await _serve(broker, ws, conn)
+    finally:
+        if broker.presence.unregister(conn):
+            metrics.DEVICES_CONNECTED.set(broker.presence.online_count())
+            log.info("device disconnected", extra={"device_id": str(device.id)})
+        sock.closed = True
+
+
+async def _receive(ws: WebSocket) -> Any:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    return message
+
+
+def _payload(message: Any) -> str | bytes | None:
+    """Text frames only: a binary frame is refused (None)."""
+    text = message.get("text")
+    return text if text is not None else None
+
+
+async def _await_hello(broker: Broker, ws: WebSocket, sock: WsSocket) -> frames.Hello | None:
+    """Frames before `hello` get `error` frames; no hello in time closes 1008."""
+    deadline = time.monotonic() + broker.settings.hello_timeout_s
+    while True:
+        try:
+            message = await asyncio.wait_for(_receive(ws), deadline - time.monotonic())
+        except (asyncio.TimeoutError, ValueError):
+            await sock.close(CLOSE_POLICY, "no hello in time")
+            return None
+        if message is None:
+            return None
+        data = _payload(message)
+        if data is None:
+            await sock.send_frame(_error(frames.BINARY_FRAME, "frames are JSON text"))
+            continue
+        try:
+            frame = frames.decode_device(data)
+        except frames.FrameError as err:
+            await sock.send_frame(_error(err.code, err.detail))
+            continue
+        if not isinstance(frame, frames.Hello):
+            await sock.send_frame(_error(frames.HELLO_FIRST, "the first frame must be hello"))
+            continue
+        if frame.protocol != frames.PROTOCOL_VERSION:
+            await sock.send_frame(_error(
+                frames.BAD_PROTOCOL, f"protocol {frames.PROTOCOL_VERSION} only"))
+            await sock.close(CLOSE_PROTOCOL, "unsupported protocol version")
+            return None
+        return frame
+
+
+async def _serve(broker: Broker, ws: WebSocket, conn: Connection) -> None:
+    presence, dispatcher, sock = broker.presence, broker.dispatcher, conn.socket
+    while True:
+        message = await _receive(ws)
+        if message is None:
+            return
+        if not presence.is_current(conn):
+            return  # replaced: the new connection owns the device now
+        presence.touch(conn)
+        data = _payload(message)
+        if data is None:
+            metrics.FRAMES.labels("binary").inc()
+            await sock.send_frame(_error(frames.BINARY_FRAME, "frames are JSON text"))
+            continue
+        try:
+            frame = frames.decode_device(data)
+        except frames.FrameError as err:
+            metrics.FRAMES.labels("invalid").inc()
+            await sock.send_frame(_error(err.code, err.detail))
+            continue
+        match frame:
+            case frames.Ack() | frames.Status():
+                metrics.FRAMES.labels("ack" if isinstance(frame, frames.Ack) else "status").inc()
+                await sock.send_frame(await dispatcher.report(conn, frame))
+            case frames.Ping(health=health):
+                metrics.FRAMES.labels("ping").inc()
+                if health is not None:
+                    presence.touch(conn, health)
+                await sock.send_frame(_PONG)
+            case frames.Hello():
+                metrics.FRAMES.labels("hello").inc()
+                await sock.send_frame(_error(frames.BAD_FRAME, "hello was already received"))
+
+
+_PONG = frames.encode(frames.Pong())
+
+
+def _error(code: str, detail: str, message_id: str | None = None) -> bytes:
+    return frames.encode(frames.Error(code=code, detail=detail, id=message_id))

@@ -1,0 +1,280 @@
+"""Moves jobs to phones: the send path, queue drains, redelivery on connect,
+and the phone's reports.
+
+A job has one owner device at a time (`messages.device_id`) and every state
+is in PostgreSQL, so whatever this process holds in memory (timers, presence)
+can be rebuilt from the database after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+
+import asyncpg
+
+from broker import metrics, store
+from broker.errors import Conflict, Forbidden, NoEligibleDevice
+from broker.presence import Connection, Presence
+from protocol import frames, lifecycle
+from protocol.api import DeviceRef, MessageData, SendResponse, encoder as api_encoder
+
+log = logging.getLogger("smsdora.dispatch")
+IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _month_start(now: dt.datetime) -> dt.datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def send_frame(job: store.Job) -> bytes:
+    return frames.encode(frames.Send(id=str(job.id), recipient=job.recipient, message=job.body))
+
+
+class Dispatcher:
+    def __init__(self, pool: asyncpg.Pool, presence: Presence) -> None:
+        self.pool = pool
+        self.presence = presence
+        self._usage: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
+        self._drains: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._wakeups: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self._closing = False
+
+    # --- the send path ------------------------------------------------------
+
+    async def _check_quota(self, account_id: uuid.UUID, monthly: int, now: dt.datetime) -> None:
+        """Monthly plan volume, counted in memory after one count per month.
+        Per process: several nodes may together overshoot by what is in flight."""
+        month = _month_start(now)
+        cached = self._usage.get(account_id)
+        if cached is None or cached[0] != month:
+            count = await store.messages_this_month(self.pool, account_id, month)
+            cached = self._usage[account_id] = (month, count)
+        if cached[1] >= monthly:
+            raise Forbidden("Monthly message quota exceeded")
+
+    def _count(self, account_id: uuid.UUID) -> None:
+        month, n = self._usage.get(account_id, (_month_start(utcnow()), 0))
+        self._usage[account_id] = (month, n + 1)
+
+    async def send(self, account_id: uuid.UUID, monthly: int, recipient: str, body: str,
+                   ttl_s: int | None, idempotency_key: str | None, raw_body: bytes) -> bytes:
+        """Accept one message; returns the 201 body. The row is committed and
+        the job frame written to the phone's socket before this returns."""
+        now = utcnow()
+        request_hash = hashlib.sha256(raw_body).digest() if idempotency_key else b""
+        if idempotency_key is not None:
+            replay = await self._replay(account_id, idempotency_key, request_hash, now)
+            if replay is not None:
+                return replay
+        await self._check_quota(account_id, monthly, now)
+        mono = time.monotonic()
+        picked = self.presence.pick(account_id, mono)
+        if picked is None:
+            metrics.SENDS.labels("no_device").inc()
+            raise NoEligibleDevice()
+        conn, has_room = picked
+        status = lifecycle.DISPATCHING if has_room else lifecycle.QUEUED
+        message_id = uuid.uuid4()
+        expires_at = now + dt.timedelta(seconds=ttl_s) if ttl_s else None
+        response = api_encoder.encode(SendResponse(
+            statusCode=201, message="SMS queued for delivery",
+            data=MessageData(id=str(message_id), recipient=recipient, message=body, status=status,
+                             device=DeviceRef(id=str(conn.device_id), deviceName=conn.name)),
+        ))
+        if has_room:
+            conn.pacer.take(mono)  # before the await: a concurrent send sees it
+        try:
+            if idempotency_key is None:
+                await store.insert_message(self.pool, message_id, account_id, conn.device_id,
+                                           recipient, body, status, expires_at, now)
+            else:
+                async with self.pool.acquire() as db, db.transaction():
+                    if not await store.claim_idempotency(
+                            db, account_id, idempotency_key, request_hash, message_id, response,
+                            now - IDEMPOTENCY_WINDOW):
+                        raise _LostRace()
+                    await store.insert_message(db, message_id, account_id, conn.device_id,
+                                               recipient, body, status, expires_at, now)
+        except _LostRace:
+            replay = await self._replay(account_id, idempotency_key or "", request_hash, now)
+            assert replay is not None, "idempotency row vanished under us"
+            return replay
+        self._count(account_id)
+        metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
+        if has_room:
+            metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
+            await conn.socket.send_frame(frames.encode(
+                frames.Send(id=str(message_id), recipient=recipient, message=body)))
+            metrics.DISPATCH_LATENCY.observe(time.monotonic() - mono)
+            metrics.SENDS.labels("dispatching").inc()
+        else:
+            metrics.SENDS.labels("queued").inc()
+            self.wake_at(account_id, self.presence.next_room_at(account_id, mono))
+        return response
+
+    async def _replay(self, account_id: uuid.UUID, key: str, request_hash: bytes,
+                      now: dt.datetime) -> bytes | None:
+        found = await store.idempotent_response(self.pool, account_id, key,
+                                                now - IDEMPOTENCY_WINDOW)
+        if found is None:
+            return None
+        if found.request_hash != request_hash:
+            raise Conflict("Idempotency-Key was already used with a different request body")
+        metrics.SENDS.labels("replayed").inc()
+        return found.response
+
+    # --- queued jobs --------------------------------------------------------
+
+    def wake_at(self, account_id: uuid.UUID, at_mono: float | None) -> None:
+        """Drain the account's queue when a device has room (monotonic time)."""
+        if at_mono is None or self._closing:
+            return
+        old = self._wakeups.pop(account_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at_mono - time.monotonic())
+        self._wakeups[account_id] = loop.call_later(delay, self.kick, account_id)
+
+    def kick(self, account_id: uuid.UUID) -> None:
+        """Start a drain of the account's queue unless one is running."""
+        self._wakeups.pop(account_id, None)
+        if self._closing:
+            return
+        running = self._drains.get(account_id)
+        if running is not None and not running.done():
+            return
+        task = asyncio.get_running_loop().create_task(self._drain(account_id))
+        self._drains[account_id] = task
+        task.add_done_callback(lambda t, a=account_id: self._drain_done(a, t))
+
+    def _drain_done(self, account_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+        if self._drains.get(account_id) is task:
+            del self._drains[account_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("queue drain failed", exc_info=task.exception(),
+                      extra={"account_id": str(account_id)})
+
+    async def _drain(self, account_id: uuid.UUID) -> None:
+        while True:
+            now = time.monotonic()
+            conns = self.presence.account_connections(account_id)
+            if not conns:
+                return  # the next device to connect kicks the drain again
+            # Freshest first, as for new sends.
+            conns.sort(key=lambda c: c.last_seen_at, reverse=True)
+            moved = 0
+            for conn in conns:
+                room = conn.pacer.room(now)
+                if room <= 0 or not self.presence.is_current(conn):
+                    continue
+                jobs = await store.claim_queued(self.pool, account_id, conn.device_id,
+                                                min(room, 500))
+                for job in jobs:
+                    conn.pacer.take(now)
+                    metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
+                    await conn.socket.send_frame(send_frame(job))
+                moved += len(jobs)
+                if len(jobs) < min(room, 500):
+                    return  # the queue is empty
+            if moved == 0:
+                # Every device is at its rate: come back when the first has room.
+                self.wake_at(account_id, self.presence.next_room_at(account_id, time.monotonic()))
+                return
+
+    # --- devices ------------------------------------------------------------
+
+    async def on_connect(self, conn: Connection, pending: list[str]) -> None:
+        """Give a (re)connected phone every job of its own that is not final,
+        cancel what it holds that is no longer its own, and drain the queue."""
+        jobs = await store.open_jobs(self.pool, conn.device_id, sorted(lifecycle.REDELIVERED))
+        own = {str(j.id) for j in jobs}
+        for job in jobs:
+            await conn.socket.send_frame(send_frame(job))
+        for held in pending:
+            if held not in own:
+                await conn.socket.send_frame(frames.encode(
+                    frames.Cancel(id=held, reason=await self._cancel_reason(conn, held))))
+        self.kick(conn.account_id)
+
+    async def _cancel_reason(self, conn: Connection, held: str) -> str:
+        message_id = _parse_uuid(held)
+        if message_id is None:
+            return "unknown"
+        target = await store.lock_for_report(self.pool, message_id, conn.device_id)
+        if target is None:
+            return "reassigned"
+        if target.status == lifecycle.FAILED:
+            return target.error or "failed"
+        return "done"  # sent or delivered: nothing left to do for it
+
+    async def report(self, conn: Connection, frame: frames.Ack | frames.Status) -> bytes:
+        """Store a phone's report; returns the frame to answer with. The
+        history row is committed before the receipt is returned."""
+        report = "ack" if isinstance(frame, frames.Ack) else frame.status
+        error = frame.error if isinstance(frame, frames.Status) else None
+        message_id = _parse_uuid(frame.id)
+        if message_id is None:
+            return _refuse(frame.id, frames.NOT_YOURS)
+        async with self.pool.acquire() as db, db.transaction():
+            target = await store.lock_for_report(db, message_id, conn.device_id)
+            if target is None:
+                return _refuse(frame.id, frames.NOT_YOURS)
+            outcome = lifecycle.apply(target.status, report)
+            if outcome.kind is lifecycle.Kind.MOVE:
+                assert outcome.new_status is not None
+                await store.move_status(db, message_id, conn.device_id, outcome.new_status,
+                                        error if outcome.new_status == lifecycle.FAILED else None)
+            elif outcome.kind is lifecycle.Kind.LATE:
+                assert outcome.new_status is not None
+                await store.add_history(db, message_id, conn.device_id, outcome.new_status, error)
+        if outcome.kind is lifecycle.Kind.MOVE:
+            metrics.TRANSITIONS.labels(outcome.new_status).inc()
+        if outcome.kind is lifecycle.Kind.REFUSE:
+            return _refuse(frame.id, outcome.code or frames.REFUSED)
+        if outcome.kind is lifecycle.Kind.CANCEL:
+            return frames.encode(frames.Cancel(id=frame.id, reason=target.error or "failed"))
+        assert outcome.receipt is not None
+        return frames.encode(frames.Receipt(id=frame.id, status=outcome.receipt))
+
+    async def close(self) -> None:
+        self._closing = True
+        for handle in self._wakeups.values():
+            handle.cancel()
+        self._wakeups.clear()
+        tasks = list(self._drains.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _LostRace(Exception):
+    """A concurrent request with the same Idempotency-Key committed first."""
+
+
+_REFUSAL_DETAIL = {
+    frames.NOT_YOURS: "no such job for this device",
+    frames.NOT_ACKED: "job was not acked: ack it and wait for the receipt before sending",
+    frames.REFUSED: "report not allowed in the job's current status",
+}
+
+
+def _refuse(message_id: str, code: str) -> bytes:
+    return frames.encode(frames.Error(code=code, detail=_REFUSAL_DETAIL.get(code, code),
+                                      id=message_id))
+
+
+def _parse_uuid(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None

@@ -1,0 +1,100 @@
+"""API keys and device tokens: make, hash, check, scopes, rate limits.
+
+Keys are high-entropy, so the stored hash is HMAC-SHA256 with a server
+secret and a check costs microseconds (contract section 3); argon2id is only
+for human passwords. Lookups go by the public prefix; the comparison is
+constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import deque
+from typing import Final
+
+from protocol.api import SCOPES
+
+KEY_KIND: Final = "smsgw"
+TOKEN_KIND: Final = "smsdev"
+ALL_SCOPES: Final = frozenset(SCOPES)
+DEFAULT_SCOPES: Final = ("messages:send",)
+WINDOW_S: Final = 60.0
+
+
+def make_secret(kind: str) -> tuple[str, str]:
+    """A new `<kind>_<8 hex>_<secret>`; returns (full, prefix). The secret part
+    is 43 url-safe characters (256 random bits)."""
+    prefix = secrets.token_hex(4)
+    return f"{kind}_{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+
+def parse_prefix(kind: str, full: str) -> str | None:
+    """The lookup prefix of a well-formed secret of this kind, else None."""
+    parts = full.split("_", 2)
+    if len(parts) != 3 or parts[0] != kind:
+        return None
+    prefix, rest = parts[1], parts[2]
+    if len(prefix) != 8 or len(rest) < 32 or any(c not in "0123456789abcdef" for c in prefix):
+        return None
+    return prefix
+
+
+def digest(server_secret: bytes, full: str) -> bytes:
+    return hmac.new(server_secret, full.encode(), hashlib.sha256).digest()
+
+
+def matches(server_secret: bytes, full: str, stored: bytes) -> bool:
+    return hmac.compare_digest(digest(server_secret, full), stored)
+
+
+def has_scope(scopes: list[str] | tuple[str, ...], needed: str) -> bool:
+    # "keys:write implies the others for its own account"
+    return needed in scopes or "keys:write" in scopes
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    bad = [s for s in scopes if s not in ALL_SCOPES]
+    if bad:
+        raise ValueError(f"unknown scope(s): {', '.join(bad)}; known: {', '.join(SCOPES)}")
+    return sorted(set(scopes))
+
+
+def bearer(headers: dict[str, str] | object, *, api: bool) -> str | None:
+    """The secret from `x-api-key` (API only) or `Authorization: Bearer`."""
+    get = getattr(headers, "get")
+    if api:
+        value = get("x-api-key")
+        if value:
+            return str(value).strip()
+    auth = get("authorization")
+    if auth:
+        scheme, _, value = str(auth).partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return None
+
+
+class RateWindow:
+    """Per-key rolling 60-second window (contract: "per-minute rate limit").
+
+    Holds at most `limit` timestamps per key, so memory is bounded by the
+    limits themselves. Per process: with several nodes each enforces it alone
+    (written down in docs/OPERATIONS.md).
+    """
+
+    def __init__(self) -> None:
+        self._hits: dict[str, deque[float]] = {}
+
+    def hit(self, key_id: str, limit: int, now: float) -> int | None:
+        """Count one request; None if allowed, else seconds until one is."""
+        hits = self._hits.get(key_id)
+        if hits is None:
+            hits = self._hits[key_id] = deque()
+        while hits and now - hits[0] >= WINDOW_S:
+            hits.popleft()
+        if len(hits) >= limit:
+            return max(1, int(WINDOW_S - (now - hits[0]) + 0.999))
+        hits.append(now)
+        return None

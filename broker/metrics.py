@@ -1,0 +1,22 @@
+"""Prometheus metrics (contract section 3, Operations). Defined once at import."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+SENDS = Counter("smsdora_sends_total", "POST /messages/send outcomes", ["result"])
+TRANSITIONS = Counter("smsdora_status_transitions_total", "Message status transitions", ["status"])
+DEVICES_CONNECTED = Gauge("smsdora_devices_connected", "Phones connected to this node")
+HTTP_LATENCY = Histogram(
+    "smsdora_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DISPATCH_LATENCY = Histogram(
+    "smsdora_dispatch_seconds", "From accepting a send to the job frame written to the phone",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+FRAMES = Counter("smsdora_device_frames_total", "Frames received from phones", ["type"])
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST

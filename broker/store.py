@@ -1,0 +1,451 @@
+"""The asyncpg pool and every SQL statement. Returns Structs, never records.
+
+Every query that touches account data filters on the caller's account (or on
+a device id that was itself resolved from a token of that account).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+# A short lock id so that two processes applying the schema at once wait for
+# each other instead of racing on CREATE ... IF NOT EXISTS.
+_MIGRATE_LOCK = 0x5D5D0001
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
+
+
+class DuplicateEmail(Exception):
+    pass
+
+
+# What "the database cannot be reached" looks like from asyncpg: the edge
+# answers these with 503 in the error shape, never a bare 500.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError, ConnectionError, OSError, TimeoutError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="text",
+        encoder=lambda v: _json_encoder.encode(v).decode(), decoder=_json_decoder.decode,
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        command_timeout=10, max_inactive_connection_lifetime=300,
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    sql = SCHEMA_PATH.read_text()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
+        await conn.execute(sql)
+
+
+# --- rows -------------------------------------------------------------------
+
+
+class Account(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    email: str
+    plan: str
+    monthly_messages: int
+    max_devices: int
+
+
+class KeyRow(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    prefix: str
+    secret_hash: bytes
+    scopes: list[str]
+    rate_limit: int | None
+    expires_at: dt.datetime | None
+    revoked: bool
+    created_at: dt.datetime
+    monthly_messages: int = 0
+
+
+class DeviceRow(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    token_hash: bytes
+    send_rate: int
+    active: bool
+    last_seen_at: dt.datetime | None
+    health: dict[str, Any] | None
+    app_version: str | None
+
+
+class Job(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    recipient: str
+    body: str
+    status: str
+
+
+class MessageRow(msgspec.Struct, frozen=True):
+    seq: int
+    id: uuid.UUID
+    recipient: str
+    body: str
+    status: str
+    error: str | None
+    created_at: dt.datetime
+    device_id: uuid.UUID | None
+    device_name: str | None
+
+
+class HistoryRow(msgspec.Struct, frozen=True):
+    status: str
+    at: dt.datetime
+
+
+class Idempotent(msgspec.Struct, frozen=True):
+    request_hash: bytes
+    response: bytes
+
+
+def _rows(cls: type[Any], records: list[asyncpg.Record]) -> list[Any]:
+    return [cls(**dict(r)) for r in records]
+
+
+# --- accounts ---------------------------------------------------------------
+
+_ACCOUNT = """
+SELECT a.id, a.email, a.plan, p.monthly_messages, p.max_devices
+FROM accounts a JOIN plans p ON p.name = a.plan
+"""
+
+
+async def create_account(db: Any, email: str, plan: str, password_hash: str | None) -> Account:
+    try:
+        await db.execute(
+            "INSERT INTO accounts (id, email, plan, password_hash) VALUES ($1, $2, $3, $4)",
+            uuid.uuid4(), email, plan, password_hash,
+        )
+    except asyncpg.UniqueViolationError:
+        raise DuplicateEmail(email) from None
+    except asyncpg.ForeignKeyViolationError:
+        raise LookupError(f"no plan named {plan!r}") from None
+    acc = await account_by_email(db, email)
+    assert acc is not None
+    return acc
+
+
+async def account_by_email(db: Any, email: str) -> Account | None:
+    r = await db.fetchrow(_ACCOUNT + " WHERE a.email = $1", email)
+    return Account(**dict(r)) if r else None
+
+
+async def account_by_id(db: Any, account_id: uuid.UUID) -> Account | None:
+    r = await db.fetchrow(_ACCOUNT + " WHERE a.id = $1", account_id)
+    return Account(**dict(r)) if r else None
+
+
+async def messages_this_month(db: Any, account_id: uuid.UUID, month_start: dt.datetime) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND created_at >= $2",
+        account_id, month_start,
+    ))
+
+
+# --- API keys ---------------------------------------------------------------
+
+_KEY_COLS = "k.id, k.account_id, k.name, k.prefix, k.secret_hash, k.scopes, k.rate_limit, " \
+            "k.expires_at, k.revoked, k.created_at"
+
+
+async def insert_key(db: Any, account_id: uuid.UUID, name: str, prefix: str, secret_hash: bytes,
+                     scopes: list[str], rate_limit: int | None,
+                     expires_at: dt.datetime | None) -> KeyRow:
+    r = await db.fetchrow(
+        "INSERT INTO api_keys AS k (id, account_id, name, prefix, secret_hash, scopes, rate_limit,"
+        " expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING " + _KEY_COLS,
+        uuid.uuid4(), account_id, name, prefix, secret_hash, scopes, rate_limit, expires_at,
+    )
+    return KeyRow(**dict(r))
+
+
+async def key_by_prefix(db: Any, prefix: str) -> KeyRow | None:
+    """The one query of an API-key check, with the account's plan joined in."""
+    r = await db.fetchrow(
+        f"SELECT {_KEY_COLS}, p.monthly_messages FROM api_keys k"
+        " JOIN accounts a ON a.id = k.account_id JOIN plans p ON p.name = a.plan"
+        " WHERE k.prefix = $1", prefix,
+    )
+    return KeyRow(**dict(r)) if r else None
+
+
+async def list_keys(db: Any, account_id: uuid.UUID) -> list[KeyRow]:
+    return _rows(KeyRow, await db.fetch(
+        f"SELECT {_KEY_COLS} FROM api_keys k WHERE k.account_id = $1 ORDER BY k.created_at",
+        account_id,
+    ))
+
+
+async def revoke_key(db: Any, key_id: uuid.UUID, account_id: uuid.UUID | None = None) -> bool:
+    """Revoke; `account_id` scopes it (None only for the operator's CLI)."""
+    status = await db.execute(
+        "UPDATE api_keys SET revoked = true WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)",
+        key_id, account_id,
+    )
+    return status != "UPDATE 0"
+
+
+async def rotate_key(db: Any, key_id: uuid.UUID, prefix: str, secret_hash: bytes,
+                     account_id: uuid.UUID | None = None) -> KeyRow | None:
+    """New secret, same id, name, scopes, limit and expiry; the old one stops at once."""
+    r = await db.fetchrow(
+        "UPDATE api_keys AS k SET prefix = $2, secret_hash = $3 WHERE k.id = $1"
+        " AND ($4::uuid IS NULL OR k.account_id = $4) RETURNING " + _KEY_COLS,
+        key_id, prefix, secret_hash, account_id,
+    )
+    return KeyRow(**dict(r)) if r else None
+
+
+# --- devices ----------------------------------------------------------------
+
+_DEVICE_COLS = "id, account_id, name, token_hash, send_rate, active, last_seen_at, health, app_version"
+
+
+class DeviceLimitReached(Exception):
+    pass
+
+
+async def insert_device(db: Any, account_id: uuid.UUID, name: str, prefix: str,
+                        token_hash: bytes, send_rate: int) -> DeviceRow:
+    """Register a phone, within the plan's device limit (checked under a lock
+    on the account row so that two registrations cannot both squeeze in)."""
+    async with db.transaction():
+        limit = await db.fetchval(
+            "SELECT p.max_devices FROM accounts a JOIN plans p ON p.name = a.plan"
+            " WHERE a.id = $1 FOR UPDATE OF a", account_id,
+        )
+        count = await db.fetchval(
+            "SELECT count(*) FROM devices WHERE account_id = $1 AND active", account_id)
+        if limit is not None and count >= limit:
+            raise DeviceLimitReached()
+        r = await db.fetchrow(
+            "INSERT INTO devices (id, account_id, name, token_prefix, token_hash, send_rate)"
+            f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_DEVICE_COLS}",
+            uuid.uuid4(), account_id, name, prefix, token_hash, send_rate,
+        )
+    return DeviceRow(**dict(r))
+
+
+async def device_by_token_prefix(db: Any, prefix: str) -> DeviceRow | None:
+    r = await db.fetchrow(f"SELECT {_DEVICE_COLS} FROM devices WHERE token_prefix = $1", prefix)
+    return DeviceRow(**dict(r)) if r else None
+
+
+async def list_devices(db: Any, account_id: uuid.UUID) -> list[DeviceRow]:
+    return _rows(DeviceRow, await db.fetch(
+        f"SELECT {_DEVICE_COLS} FROM devices WHERE account_id = $1 ORDER BY created_at, id",
+        account_id,
+    ))
+
+
+async def deactivate_device(db: Any, device_id: uuid.UUID,
+                            account_id: uuid.UUID | None = None) -> bool:
+    status = await db.execute(
+        "UPDATE devices SET active = false WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)",
+        device_id, account_id,
+    )
+    return status != "UPDATE 0"
+
+
+async def flush_last_seen(db: Any, ids: list[uuid.UUID], seen: list[dt.datetime],
+                          health: list[str | None], versions: list[str | None]) -> None:
+    """Last-seen of many devices in one statement (presence batches them)."""
+    await db.execute(
+        "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, v.seen),"
+        " health = COALESCE(v.health::jsonb, d.health), app_version = COALESCE(v.ver, d.app_version)"
+        " FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS v(id, seen, health, ver)"
+        " WHERE d.id = v.id",
+        ids, seen, health, versions,
+    )
+
+
+# --- messages ---------------------------------------------------------------
+
+# One statement, one round trip: the message and its first history rows.
+# `queued` is always the first row ("the history of every message begins with
+# queued, the moment it was accepted").
+_INSERT_MESSAGE = """
+WITH m AS (
+    INSERT INTO messages (id, account_id, device_id, recipient, body, status, expires_at, created_at,
+                          updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+    RETURNING id, created_at
+)
+INSERT INTO message_history (message_id, status, at, device_id)
+SELECT m.id, s.status, m.created_at, $3 FROM m,
+       unnest(CASE WHEN $6 = 'queued' THEN ARRAY['queued'] ELSE ARRAY['queued', $6] END) AS s(status)
+"""
+
+
+async def insert_message(db: Any, message_id: uuid.UUID, account_id: uuid.UUID,
+                         device_id: uuid.UUID, recipient: str, body: str, status: str,
+                         expires_at: dt.datetime | None, created_at: dt.datetime) -> None:
+    await db.execute(_INSERT_MESSAGE, message_id, account_id, device_id, recipient, body, status,
+                     expires_at, created_at)
+
+
+async def idempotent_response(db: Any, account_id: uuid.UUID, key: str,
+                              since: dt.datetime) -> Idempotent | None:
+    r = await db.fetchrow(
+        "SELECT request_hash, response FROM idempotency_keys"
+        " WHERE account_id = $1 AND key = $2 AND created_at >= $3",
+        account_id, key, since,
+    )
+    return Idempotent(**dict(r)) if r else None
+
+
+async def claim_idempotency(db: Any, account_id: uuid.UUID, key: str, request_hash: bytes,
+                            message_id: uuid.UUID, response: bytes, since: dt.datetime) -> bool:
+    """Take the key for this request. Inside the send transaction: a concurrent
+    twin blocks on the primary key until we commit, then finds our row. A row
+    older than 24 h is taken over."""
+    r = await db.fetchval(
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, message_id, response)"
+        " VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (account_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
+        "   message_id = EXCLUDED.message_id, response = EXCLUDED.response, created_at = now()"
+        " WHERE idempotency_keys.created_at < $6"
+        " RETURNING true",
+        account_id, key, request_hash, message_id, response, since,
+    )
+    return bool(r)
+
+
+_MESSAGE_COLS = """
+m.seq, m.id, m.recipient, m.body, m.status, m.error, m.created_at, m.device_id,
+d.name AS device_name
+"""
+
+
+async def get_message(db: Any, account_id: uuid.UUID,
+                      message_id: uuid.UUID) -> tuple[MessageRow, list[HistoryRow]] | None:
+    r = await db.fetchrow(
+        f"SELECT {_MESSAGE_COLS} FROM messages m LEFT JOIN devices d ON d.id = m.device_id"
+        " WHERE m.id = $1 AND m.account_id = $2", message_id, account_id,
+    )
+    if r is None:
+        return None
+    hist = await db.fetch(
+        "SELECT status, at FROM message_history WHERE message_id = $1 ORDER BY at, "
+        " array_position(ARRAY['queued','dispatching','sending','sent','delivered','failed'], status)",
+        message_id,
+    )
+    return MessageRow(**dict(r)), _rows(HistoryRow, hist)
+
+
+async def list_messages(db: Any, account_id: uuid.UUID, status: str | None, limit: int,
+                        before_seq: int | None) -> list[MessageRow]:
+    return _rows(MessageRow, await db.fetch(
+        f"SELECT {_MESSAGE_COLS} FROM messages m LEFT JOIN devices d ON d.id = m.device_id"
+        " WHERE m.account_id = $1 AND ($2::text IS NULL OR m.status = $2)"
+        " AND ($3::bigint IS NULL OR m.seq < $3)"
+        " ORDER BY m.seq DESC LIMIT $4",
+        account_id, status, before_seq, limit,
+    ))
+
+
+async def open_jobs(db: Any, device_id: uuid.UUID, statuses: list[str]) -> list[Job]:
+    """This device's jobs in the given statuses, oldest first (redelivery)."""
+    return _rows(Job, await db.fetch(
+        "SELECT id, recipient, body, status FROM messages"
+        " WHERE device_id = $1 AND status = ANY($2::text[]) ORDER BY seq",
+        device_id, statuses,
+    ))
+
+
+async def claim_queued(db: Any, account_id: uuid.UUID, device_id: uuid.UUID,
+                       limit: int) -> list[Job]:
+    """Move up to `limit` of the account's oldest queued messages to
+    `dispatching` on this device, with their history rows, in one statement."""
+    return _rows(Job, await db.fetch(
+        """
+        WITH c AS (
+            SELECT id FROM messages WHERE account_id = $1 AND status = 'queued'
+            ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED
+        ), u AS (
+            UPDATE messages m SET status = 'dispatching', device_id = $2, updated_at = now()
+            FROM c WHERE m.id = c.id
+            RETURNING m.id, m.recipient, m.body, m.status, m.seq
+        ), h AS (
+            INSERT INTO message_history (message_id, status, device_id)
+            SELECT id, 'dispatching', $2 FROM u ON CONFLICT DO NOTHING
+        )
+        SELECT id, recipient, body, status FROM u ORDER BY seq
+        """,
+        account_id, device_id, limit,
+    ))
+
+
+async def accounts_with_queued(db: Any) -> list[uuid.UUID]:
+    return [r[0] for r in await db.fetch(
+        "SELECT DISTINCT account_id FROM messages WHERE status = 'queued'")]
+
+
+class ReportTarget(msgspec.Struct, frozen=True):
+    status: str
+    error: str | None
+
+
+async def lock_for_report(db: Any, message_id: uuid.UUID,
+                          device_id: uuid.UUID) -> ReportTarget | None:
+    """The message, locked, if this device owns it; None otherwise (another
+    device's message and an unknown id look the same to the phone)."""
+    r = await db.fetchrow(
+        "SELECT status, error FROM messages WHERE id = $1 AND device_id = $2 FOR UPDATE",
+        message_id, device_id,
+    )
+    return ReportTarget(**dict(r)) if r else None
+
+
+async def move_status(db: Any, message_id: uuid.UUID, device_id: uuid.UUID, new_status: str,
+                      error: str | None) -> None:
+    await db.execute(
+        "UPDATE messages SET status = $2, error = COALESCE($3, error), updated_at = now()"
+        " WHERE id = $1", message_id, new_status, error,
+    )
+    await add_history(db, message_id, device_id, new_status, error)
+
+
+async def add_history(db: Any, message_id: uuid.UUID, device_id: uuid.UUID, status: str,
+                      error: str | None) -> None:
+    await db.execute(
+        "INSERT INTO message_history (message_id, status, device_id, error)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        message_id, status, device_id, error,
+    )
+
+
+async def ping(db: Any) -> None:
+    await db.fetchval("SELECT 1")
