@@ -7,9 +7,11 @@ keep working; unknown fields are ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, TypeVar, Union
 
 import msgspec
+
+_T = TypeVar("_T")
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
@@ -120,9 +122,18 @@ _BROKER_TAGS = frozenset({"welcome", "send", "receipt", "cancel", "error", "pong
 
 # Built once at import: hot paths never construct encoders or decoders.
 _encoder = msgspec.json.Encoder()
-_device_decoder = msgspec.json.Decoder(DeviceFrame)
-_broker_decoder = msgspec.json.Decoder(BrokerFrame)
-_probe_decoder = msgspec.json.Decoder(dict[str, object])
+_device_decoder: msgspec.json.Decoder[DeviceFrame] = msgspec.json.Decoder(DeviceFrame)
+_broker_decoder: msgspec.json.Decoder[BrokerFrame] = msgspec.json.Decoder(BrokerFrame)
+
+
+class _Probe(msgspec.Struct):
+    """Only the tag of a frame that failed to decode; other values are skipped, never converted."""
+
+    type: msgspec.Raw = msgspec.Raw()
+
+
+_probe_decoder = msgspec.json.Decoder(_Probe)
+_tag_decoder = msgspec.json.Decoder(str)
 
 
 def encode(frame: DeviceFrame | BrokerFrame) -> bytes:
@@ -130,37 +141,67 @@ def encode(frame: DeviceFrame | BrokerFrame) -> bytes:
 
 
 def _classify(data: bytes | str, known: frozenset[str], err: msgspec.DecodeError) -> FrameError:
-    """Turn a msgspec failure into the most useful named error."""
+    """Turn a msgspec failure into the most useful named error.
+
+    bad_json: not JSON text at all; bad_frame: JSON, but not a frame we can take.
+    The probe converts nothing but ``type``, so a value msgspec refuses elsewhere
+    (an integer beyond 4300 digits, say) cannot make valid JSON look malformed.
+    """
     try:
-        raw = _probe_decoder.decode(data)
+        probe = _probe_decoder.decode(data)
+    except msgspec.ValidationError:
+        return FrameError(BAD_FRAME, "frame is not a JSON object")
     except msgspec.DecodeError:
-        return FrameError(BAD_JSON, "frame is not a JSON object")
-    kind = raw.get("type")
-    if not isinstance(kind, str):
+        return FrameError(BAD_JSON, "frame is not valid JSON")
+    except RecursionError:
+        return FrameError(BAD_FRAME, "frame is nested too deeply")
+    try:
+        kind = _tag_decoder.decode(probe.type)
+    except msgspec.DecodeError:
         return FrameError(BAD_FRAME, "frame has no string 'type'")
     if kind not in known:
         return FrameError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}")
     return FrameError(BAD_FRAME, str(err)[:300])
 
 
-def _check_size(data: bytes | str) -> None:
-    if len(data) > MAX_FRAME_BYTES:
+def _checked(data: bytes | str) -> bytes | str:
+    """The frame if it is at most 64 KiB of UTF-8 (contract section 4; RFC 8259 8.1).
+
+    A str is measured in UTF-8 bytes, not characters, and one holding a lone
+    surrogate has no UTF-8 form at all. Bytes are checked for UTF-8 up front:
+    msgspec validates only the strings it converts, not the ones it skips.
+    """
+    if len(data) > MAX_FRAME_BYTES:  # UTF-8 is never shorter than the str
         raise FrameError(TOO_LARGE, f"frame over {MAX_FRAME_BYTES} bytes")
+    try:
+        if isinstance(data, str):
+            if data.isascii():
+                return data
+            data = data.encode("utf-8")
+            if len(data) > MAX_FRAME_BYTES:
+                raise FrameError(TOO_LARGE, f"frame over {MAX_FRAME_BYTES} bytes")
+        else:
+            data.decode("utf-8")
+    except UnicodeError:
+        raise FrameError(BAD_JSON, "frame is not valid UTF-8") from None
+    return data
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], data: bytes | str, known: frozenset[str]) -> _T:
+    data = _checked(data)
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as err:
+        raise _classify(data, known, err) from None
+    except RecursionError:  # msgspec's own depth guard: deep nesting is input, not our bug
+        raise FrameError(BAD_FRAME, "frame is nested too deeply") from None
 
 
 def decode_device(data: bytes | str) -> DeviceFrame:
     """Decode a frame a phone sent; raises FrameError with a wire code."""
-    _check_size(data)
-    try:
-        return _device_decoder.decode(data)
-    except msgspec.DecodeError as err:
-        raise _classify(data, _DEVICE_TAGS, err) from None
+    return _decode(_device_decoder, data, _DEVICE_TAGS)
 
 
 def decode_broker(data: bytes | str) -> BrokerFrame:
     """Decode a frame the broker sent (used by device clients)."""
-    _check_size(data)
-    try:
-        return _broker_decoder.decode(data)
-    except msgspec.DecodeError as err:
-        raise _classify(data, _BROKER_TAGS, err) from None
+    return _decode(_broker_decoder, data, _BROKER_TAGS)
