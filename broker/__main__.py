@@ -1,0 +1,5 @@
+"""`python -m broker`: the `smsdora` command line."""
+
+from broker.cli import main
+
+raise SystemExit(main())
