@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -339,13 +340,27 @@ def serve(args: argparse.Namespace, settings: Settings) -> Output:
     _run_db(migrate, args, settings.with_(database_url=dsn))
     logs.setup(settings.log_level)
     app = create_app(settings, dsn)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the handlers
+    # it found and raises the signal again. Found handlers that end `main`
+    # normally make that a clean exit (status 0, no traceback), and atexit
+    # then runs: it stops the embedded PostgreSQL if this was its last user,
+    # which a process killed by the default SIGTERM action would leave behind.
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         uvicorn.Server(uvicorn_config(app, settings, args.host, args.port)).run()
-    except KeyboardInterrupt:
-        # uvicorn shuts down gracefully on Ctrl-C, then raises SIGINT again
-        # for the caller: here that is a normal stop, not a traceback.
+    except (KeyboardInterrupt, _Stopped):
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return Output({}, "")
+
+
+class _Stopped(Exception):
+    """SIGTERM, raised again by uvicorn after its graceful shutdown."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped()
 
 
 def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:

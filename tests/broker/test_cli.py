@@ -388,8 +388,9 @@ def test_device_sim_with_a_refused_token_exits_2(run: Cli, broker_url: str) -> N
     run("device-sim", "--token", "t", "--url", "ftp://example.com", code=2)
 
 
-def test_serve_runs_the_broker_until_interrupted(run: Cli, database_url: str,
-                                                 tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_runs_the_broker_until_stopped(run: Cli, database_url: str, tmp_path: Path,
+                                             stop: signal.Signals) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -408,7 +409,7 @@ def test_serve_runs_the_broker_until_interrupted(run: Cli, database_url: str,
                 assert time.monotonic() < deadline, "serve did not answer /health"
                 time.sleep(0.05)
         assert health["status"] == "ok" and health["database"] == "ok"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0, err
         assert b"Traceback" not in err
