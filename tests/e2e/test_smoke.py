@@ -1,0 +1,33 @@
+"""The first SMS of the README, end to end: send, job at the phone, ack,
+sent, delivered, and the history in PostgreSQL."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.e2e.conftest import Account, PhoneFactory, send_sms
+
+
+async def test_first_sms_end_to_end(http: httpx.AsyncClient, account: Account,
+                                    phone: PhoneFactory) -> None:
+    device = await account.make_device("My Samsung S24")
+    p = await phone(device)
+    r = await send_sms(http, account.key, recipient="+1 650-253-0000")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    mid = body["data"]["id"]
+    assert body == {"statusCode": 201, "message": "SMS queued for delivery", "data": {
+        "id": mid, "recipient": "+16502530000", "message": "Your code is 4829",
+        "status": "dispatching", "device": {"id": device.id, "deviceName": "My Samsung S24"}}}
+    job = await p.expect("send")
+    assert job == {"type": "send", "id": mid, "recipient": "+16502530000",
+                   "message": "Your code is 4829"}
+    assert await p.ask({"type": "ack", "id": mid}) == {"type": "receipt", "id": mid,
+                                                      "status": "sending"}
+    assert (await p.ask({"type": "status", "id": mid, "status": "sent"}))["status"] == "sent"
+    assert (await p.ask({"type": "status", "id": mid, "status": "delivered"}))["status"] == \
+        "delivered"
+    got = (await http.get(f"/messages/{mid}", headers=account.headers)).json()["data"]
+    assert got["status"] == "delivered"
+    assert [h["status"] for h in got["history"]] == ["queued", "dispatching", "sending", "sent",
+                                                     "delivered"]
