@@ -1,0 +1,246 @@
+"""broker/keys.py: pure code, no I/O, no event loop.
+
+Contract section 3: keys are `smsgw_<8 hex>_<secret>` (device tokens
+`smsdev_...`), the secret at least 32 random characters, stored only as
+HMAC-SHA256 with a server secret; scopes, with `keys:write` implying the
+others; a per-minute limit over a rolling 60-second window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+import pytest
+
+from broker import keys
+from protocol.api import SCOPES
+
+SECRET = b"server-secret-for-tests"
+GOOD = "smsgw_0123abcd_" + "A" * 32
+
+
+# --- make_secret ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [keys.KEY_KIND, keys.TOKEN_KIND])
+def test_make_secret_format(kind: str) -> None:
+    full, prefix = keys.make_secret(kind)
+    m = re.fullmatch(rf"{kind}_([0-9a-f]{{8}})_([A-Za-z0-9_-]+)", full)
+    assert m is not None, full
+    assert m.group(1) == prefix
+    assert len(m.group(2)) >= 32
+    # What it makes, it parses back.
+    assert keys.parse_prefix(kind, full) == prefix
+
+
+def test_kinds_are_the_contract_words() -> None:
+    assert keys.KEY_KIND == "smsgw"
+    assert keys.TOKEN_KIND == "smsdev"
+
+
+def test_make_secret_is_unique() -> None:
+    made = [keys.make_secret(keys.KEY_KIND) for _ in range(500)]
+    assert len({full for full, _ in made}) == 500
+    secrets_only = {full.split("_", 2)[2] for full, _ in made}
+    assert len(secrets_only) == 500
+
+
+# --- parse_prefix -----------------------------------------------------------
+
+
+def test_parse_prefix_accepts_well_formed() -> None:
+    assert keys.parse_prefix("smsgw", GOOD) == "0123abcd"
+    # The secret part may itself contain underscores (token_urlsafe alphabet).
+    assert keys.parse_prefix("smsgw", "smsgw_deadbeef_" + "a_b-" * 8) == "deadbeef"
+    assert keys.parse_prefix("smsdev", "smsdev_00000000_" + "x" * 40) == "00000000"
+
+
+@pytest.mark.parametrize("bad", [
+    "smsdev_0123abcd_" + "A" * 32,       # wrong kind
+    "smsgwx_0123abcd_" + "A" * 32,       # kind is not a prefix match
+    "smsgw_0123abcd_" + "A" * 31,        # secret one short of 32
+    "smsgw_0123ABCD_" + "A" * 32,        # uppercase hex
+    "smsgw_0123abcg_" + "A" * 32,        # non-hex
+    "smsgw_0123abc_" + "A" * 33,         # 7 hex
+    "smsgw_0123abcde_" + "A" * 32,       # 9 hex
+    "smsgw_0123abcd",                    # no secret part
+    "smsgw_0123abcd_",                   # empty secret
+    "smsgw",                             # kind only
+    "",                                  # nothing
+    "0123abcd_" + "A" * 40,              # no kind
+    "Bearer smsgw_0123abcd_" + "A" * 32,  # a whole header value
+])
+def test_parse_prefix_rejects(bad: str) -> None:
+    assert keys.parse_prefix("smsgw", bad) is None
+
+
+# --- digest / matches -------------------------------------------------------
+
+
+def test_digest_is_hmac_sha256_keyed_by_server_secret() -> None:
+    got = keys.digest(SECRET, GOOD)
+    assert got == hmac.new(SECRET, GOOD.encode(), hashlib.sha256).digest()
+    assert len(got) == 32
+    # Not a bare SHA-256: the server secret matters.
+    assert got != hashlib.sha256(GOOD.encode()).digest()
+    assert keys.digest(b"another-server-secret", GOOD) != got
+    # Deterministic, and different keys hash differently.
+    assert keys.digest(SECRET, GOOD) == got
+    assert keys.digest(SECRET, GOOD[:-1] + "B") != got
+
+
+def test_matches() -> None:
+    stored = keys.digest(SECRET, GOOD)
+    assert keys.matches(SECRET, GOOD, stored) is True
+    assert keys.matches(SECRET, GOOD[:-1] + "B", stored) is False
+    assert keys.matches(b"another-server-secret", GOOD, stored) is False
+    assert keys.matches(SECRET, GOOD, b"") is False
+
+
+def test_stored_hash_never_holds_the_key() -> None:
+    full, prefix = keys.make_secret(keys.KEY_KIND)
+    stored = keys.digest(SECRET, full)
+    secret_part = full.split("_", 2)[2]
+    assert stored != full.encode()
+    assert full.encode() not in stored
+    assert secret_part.encode() not in stored
+    assert secret_part not in stored.hex()
+    assert full.encode() not in stored.hex().encode()
+
+
+# --- scopes -----------------------------------------------------------------
+
+
+def test_has_scope() -> None:
+    assert keys.has_scope(["messages:send"], "messages:send")
+    assert not keys.has_scope(["messages:send"], "messages:read")
+    assert not keys.has_scope([], "messages:send")
+    assert keys.has_scope(("devices:read",), "devices:read")
+    assert not keys.has_scope(("devices:read",), "devices:write")
+
+
+@pytest.mark.parametrize("needed", SCOPES)
+def test_keys_write_implies_every_scope(needed: str) -> None:
+    assert keys.has_scope(["keys:write"], needed)
+
+
+def test_other_scopes_do_not_imply_keys_write() -> None:
+    others = [s for s in SCOPES if s != "keys:write"]
+    assert not keys.has_scope(others, "keys:write")
+
+
+def test_check_scopes() -> None:
+    assert keys.check_scopes(["messages:send"]) == ["messages:send"]
+    assert keys.check_scopes(["messages:read", "messages:send", "messages:read"]) == [
+        "messages:read", "messages:send"]
+    assert keys.check_scopes(list(SCOPES)) == sorted(SCOPES)
+    with pytest.raises(ValueError, match="messages:delete"):
+        keys.check_scopes(["messages:send", "messages:delete"])
+    with pytest.raises(ValueError, match="admin"):
+        keys.check_scopes(["admin"])
+    with pytest.raises(ValueError):
+        keys.check_scopes(["Messages:Send"])
+
+
+# --- bearer -----------------------------------------------------------------
+
+
+def test_bearer_x_api_key_only_for_the_api() -> None:
+    assert keys.bearer({"x-api-key": GOOD}, api=True) == GOOD
+    assert keys.bearer({"x-api-key": "  " + GOOD + " "}, api=True) == GOOD
+    assert keys.bearer({"x-api-key": GOOD}, api=False) is None
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+@pytest.mark.parametrize("api", [True, False])
+def test_bearer_authorization_header(scheme: str, api: bool) -> None:
+    assert keys.bearer({"authorization": f"{scheme} {GOOD}"}, api=api) == GOOD
+
+
+@pytest.mark.parametrize("value", [
+    f"Basic {GOOD}", f"Token {GOOD}", GOOD, "Bearer", "Bearer ", "Bearer    ", "", f"Bearer{GOOD}",
+])
+def test_bearer_ignores_other_schemes_and_empty(value: str) -> None:
+    assert keys.bearer({"authorization": value}, api=True) is None
+    assert keys.bearer({"authorization": value}, api=False) is None
+
+
+def test_bearer_none_without_headers() -> None:
+    assert keys.bearer({}, api=True) is None
+    assert keys.bearer({"x-api-key": ""}, api=True) is None
+
+
+def test_bearer_x_api_key_first_then_authorization() -> None:
+    other = "smsgw_11111111_" + "b" * 32
+    headers = {"x-api-key": GOOD, "authorization": f"Bearer {other}"}
+    assert keys.bearer(headers, api=True) == GOOD
+    assert keys.bearer(headers, api=False) == other
+    # An empty x-api-key does not hide a Bearer header.
+    assert keys.bearer({"x-api-key": "", "authorization": f"Bearer {other}"}, api=True) == other
+
+
+def test_bearer_reads_starlette_headers_case_insensitively() -> None:
+    from starlette.datastructures import Headers
+
+    headers = Headers({"Authorization": f"Bearer {GOOD}"})
+    assert keys.bearer(headers, api=False) == GOOD
+    headers = Headers({"X-API-Key": GOOD})
+    assert keys.bearer(headers, api=True) == GOOD
+
+
+# --- RateWindow -------------------------------------------------------------
+
+
+def test_rate_window_allows_up_to_limit_then_retry_after() -> None:
+    w = keys.RateWindow()
+    t0 = 1000.0
+    for i in range(3):
+        assert w.hit("k", 3, t0 + i) is None  # hits at 1000, 1001, 1002
+    # 4th within the minute: refused; the oldest (t0) leaves at t0 + 60.
+    assert w.hit("k", 3, t0 + 10) == 50
+    assert w.hit("k", 3, t0 + 30.5) == 30  # 29.5 s left, rounded up
+    assert w.hit("k", 3, t0 + 59.5) == 1   # half a second left: at least 1
+    # Refused hits are not counted: once t0 falls out, exactly one more fits.
+    assert w.hit("k", 3, t0 + 60) is None
+    assert w.hit("k", 3, t0 + 60) == 1    # next frees at t0 + 61
+    assert w.hit("k", 3, t0 + 61) is None
+    assert w.hit("k", 3, t0 + 62) is None
+    assert w.hit("k", 3, t0 + 62.2) == 58  # oldest is now t0 + 60
+
+
+def test_rate_window_retry_after_is_never_below_one() -> None:
+    w = keys.RateWindow()
+    assert w.hit("k", 1, 0.0) is None
+    got = w.hit("k", 1, 59.9999)
+    assert got == 1
+
+
+def test_rate_window_rolls_rather_than_resetting_per_minute() -> None:
+    """A fixed per-minute bucket would allow 2x the limit across a boundary."""
+    w = keys.RateWindow()
+    assert w.hit("k", 2, 50.0) is None
+    assert w.hit("k", 2, 59.0) is None
+    # 61 s is past a "minute boundary" at 60 but both hits are within 60 s.
+    assert w.hit("k", 2, 61.0) == 49
+    assert w.hit("k", 2, 110.0) is None  # 50 fell out
+    assert w.hit("k", 2, 110.0) == 9     # 59 is still in
+
+
+def test_rate_window_keys_are_independent() -> None:
+    w = keys.RateWindow()
+    assert w.hit("a", 1, 0.0) is None
+    assert w.hit("a", 1, 1.0) == 59
+    assert w.hit("b", 1, 1.0) is None
+    assert w.hit("b", 1, 2.0) == 59
+    assert w.hit("a", 1, 60.0) is None
+    assert w.hit("b", 1, 60.0) == 1
+
+
+def test_rate_window_memory_bounded_by_limit() -> None:
+    w = keys.RateWindow()
+    for i in range(1000):
+        w.hit("k", 5, float(i) / 100)  # 1000 hits in 10 s, limit 5
+    assert w.hit("k", 5, 10.0) is not None
+    assert len(w._hits["k"]) == 5

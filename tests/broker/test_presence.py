@@ -1,0 +1,319 @@
+"""broker/presence.py: pure, no I/O. Times are passed in (monotonic seconds).
+
+Contract section 3: "of the account's devices that are active and connected
+now, the one seen most recently that has capacity"; each device has a send
+rate per minute (0 = no limit); when every connected device is at its rate
+the job waits as `queued`, promised to the device with room first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+from broker.presence import PACING_WINDOW_S, Connection, Pacer, Presence
+from protocol.frames import Health
+
+ACCOUNT = uuid.uuid4()
+
+
+class RecordingSocket:
+    """A stand-in phone socket: it records what it was asked to do."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed: list[tuple[int, str]] = []
+
+    async def send_frame(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed.append((code, reason))
+
+
+def connect(presence: Presence, *, device_id: uuid.UUID | None = None, rate: int = 30,
+            account_id: uuid.UUID = ACCOUNT, name: str = "phone") -> Connection:
+    device_id = device_id or uuid.uuid4()
+    conn = Connection(device_id, account_id, name, RecordingSocket(),
+                      presence.pacer(device_id, rate), time.time())
+    presence.register(conn)
+    return conn
+
+
+def fill(conn: Connection, now: float) -> None:
+    while conn.pacer.room(now) > 0:
+        conn.pacer.take(now)
+
+
+# --- Pacer ------------------------------------------------------------------
+
+
+def test_pacer_room_and_take() -> None:
+    p = Pacer(3)
+    assert p.room(0.0) == 3
+    p.take(0.0)
+    p.take(10.0)
+    assert p.room(10.0) == 1
+    p.take(20.0)
+    assert p.room(20.0) == 0
+    assert p.room(59.9) == 0
+    assert p.room(60.0) == 1  # the take at 0 has left the 60 s window
+    assert p.room(70.0) == 2
+    assert p.room(80.0) == 3
+
+
+def test_pacer_next_room_at() -> None:
+    p = Pacer(2)
+    assert p.next_room_at(5.0) == 5.0  # room now
+    p.take(5.0)
+    assert p.next_room_at(6.0) == 6.0
+    p.take(7.0)
+    assert p.next_room_at(8.0) == 5.0 + PACING_WINDOW_S
+    assert p.next_room_at(65.0) == 65.0  # 5.0 left the window
+    p.take(65.0)
+    assert p.next_room_at(66.0) == 7.0 + PACING_WINDOW_S
+
+
+def test_pacer_rate_zero_is_unlimited() -> None:
+    p = Pacer(0)
+    for i in range(10_000):
+        p.take(float(i) / 1000)
+    assert p.room(10.0) > 0
+    assert p.next_room_at(10.0) == 10.0
+
+
+# --- register / unregister --------------------------------------------------
+
+
+def test_register_returns_the_replaced_connection() -> None:
+    presence = Presence()
+    device = uuid.uuid4()
+    first = connect(presence, device_id=device)
+    assert presence.get(device) is first
+    second = Connection(device, ACCOUNT, "phone", RecordingSocket(), presence.pacer(device, 30),
+                        time.time())
+    assert presence.register(second) is first
+    assert presence.get(device) is second
+    assert presence.is_current(second) and not presence.is_current(first)
+    assert presence.online_count() == 1
+    assert presence.account_connections(ACCOUNT) == [second]
+
+
+def test_register_first_connection_replaces_nothing() -> None:
+    presence = Presence()
+    conn = Connection(uuid.uuid4(), ACCOUNT, "phone", RecordingSocket(), Pacer(30), time.time())
+    assert presence.register(conn) is None
+
+
+def test_unregister_current_connection() -> None:
+    presence = Presence()
+    conn = connect(presence)
+    assert presence.unregister(conn) is True
+    assert presence.get(conn.device_id) is None
+    assert presence.online_count() == 0
+    assert presence.pick(ACCOUNT, 0.0) is None
+    assert presence.next_room_at(ACCOUNT, 0.0) is None
+    # An account with no device left has no connections (the queue drain
+    # asks exactly this after the last phone went away).
+    assert presence.account_connections(ACCOUNT) == []
+    # A second unregister is a no-op.
+    assert presence.unregister(conn) is False
+
+
+def test_unregister_of_a_stale_connection_is_a_no_op() -> None:
+    presence = Presence()
+    device = uuid.uuid4()
+    stale = connect(presence, device_id=device)
+    current = connect(presence, device_id=device)
+    presence.take_dirty()
+    # The old socket closing late must not take the new one offline.
+    assert presence.unregister(stale) is False
+    assert presence.get(device) is current
+    assert presence.online_count() == 1
+    assert presence.pick(ACCOUNT, 0.0) == (current, True)
+    assert presence.take_dirty()[0] == []
+
+
+# --- pick -------------------------------------------------------------------
+
+
+def test_account_connections_of_an_account_never_connected() -> None:
+    presence = Presence()
+    assert presence.account_connections(ACCOUNT) == []
+
+
+def test_pick_none_when_no_device_connected() -> None:
+    presence = Presence()
+    assert presence.pick(ACCOUNT, 0.0) is None
+    connect(presence, account_id=uuid.uuid4())  # another account's phone
+    assert presence.pick(ACCOUNT, 0.0) is None
+    assert presence.next_room_at(ACCOUNT, 0.0) is None
+
+
+def test_pick_freshest_connected_device() -> None:
+    presence = Presence()
+    a = connect(presence, name="a")
+    b = connect(presence, name="b")
+    assert presence.pick(ACCOUNT, 0.0) == (b, True)  # latest to connect
+    presence.touch(a)
+    assert presence.pick(ACCOUNT, 0.0) == (a, True)  # a frame makes it freshest
+    presence.touch(b)
+    assert presence.pick(ACCOUNT, 0.0) == (b, True)
+
+
+def test_pick_is_per_account() -> None:
+    presence = Presence()
+    other_account = uuid.uuid4()
+    mine = connect(presence)
+    theirs = connect(presence, account_id=other_account)
+    assert presence.pick(ACCOUNT, 0.0) == (mine, True)
+    assert presence.pick(other_account, 0.0) == (theirs, True)
+
+
+def test_pick_skips_devices_at_their_rate() -> None:
+    presence = Presence()
+    a = connect(presence, rate=5)
+    b = connect(presence, rate=1)
+    c = connect(presence, rate=2)
+    fill(c, 0.0)
+    assert presence.pick(ACCOUNT, 1.0) == (b, True)
+    fill(b, 1.0)
+    assert presence.pick(ACCOUNT, 2.0) == (a, True)
+
+
+def test_pick_when_all_full_returns_the_soonest_room_device() -> None:
+    presence = Presence()
+    a = connect(presence, rate=1)
+    b = connect(presence, rate=1)
+    c = connect(presence, rate=1)
+    a.pacer.take(10.0)
+    b.pacer.take(5.0)   # frees first, at 65
+    c.pacer.take(20.0)
+    assert presence.pick(ACCOUNT, 30.0) == (b, False)
+    assert presence.next_room_at(ACCOUNT, 30.0) == 5.0 + PACING_WINDOW_S
+    # Once b's send leaves the window it has room again.
+    assert presence.pick(ACCOUNT, 65.0) == (b, True)
+
+
+def test_pick_unlimited_device_always_has_room() -> None:
+    presence = Presence()
+    a = connect(presence, rate=0)
+    for _ in range(1000):
+        a.pacer.take(1.0)
+    assert presence.pick(ACCOUNT, 1.0) == (a, True)
+
+
+class CountingPacer(Pacer):
+    """A real Pacer that also counts how often pick asks it for room."""
+
+    __slots__ = ("asked",)
+
+    def __init__(self, rate: int) -> None:
+        super().__init__(rate)
+        self.asked = 0
+
+    def room(self, now: float) -> int:
+        self.asked += 1
+        return super().room(now)
+
+
+def test_pick_does_not_scan_every_connection() -> None:
+    """Style: "picks the device (no scan of all connections per send)"."""
+    presence = Presence()
+    conns = []
+    for i in range(10_000):
+        device = uuid.uuid4()
+        conn = Connection(device, ACCOUNT, f"p{i}", RecordingSocket(), CountingPacer(30),
+                          time.time())
+        presence.register(conn)
+        conns.append(conn)
+    middle = conns[4321]
+    presence.touch(middle)
+    for _ in range(100):
+        assert presence.pick(ACCOUNT, 0.0) == (middle, True)
+    asked = [c.pacer.asked for c in conns]  # type: ignore[attr-defined]
+    assert asked[4321] == 100
+    assert sum(asked) == 100  # no other device was consulted
+
+    # With the freshest full, pick walks back only to the next freshest.
+    fill(middle, 0.0)
+    for c in conns:
+        c.pacer.asked = 0  # type: ignore[attr-defined]
+    assert presence.pick(ACCOUNT, 0.0) == (conns[-1], True)
+    consulted = [i for i, c in enumerate(conns) if c.pacer.asked]  # type: ignore[attr-defined]
+    assert consulted == [4321, len(conns) - 1]
+
+
+# --- pacers outlive a reconnect ---------------------------------------------
+
+
+def test_pacer_survives_re_register_of_the_same_device() -> None:
+    presence = Presence()
+    device = uuid.uuid4()
+    first = connect(presence, device_id=device, rate=2)
+    fill(first, 0.0)
+    presence.unregister(first)
+    # A reconnect must not reset the count: that would let a flapping phone
+    # exceed its rate.
+    second = connect(presence, device_id=device, rate=2)
+    assert second.pacer is first.pacer
+    assert second.pacer.room(1.0) == 0
+    assert presence.pick(ACCOUNT, 1.0) == (second, False)
+
+
+def test_pacer_rate_follows_the_latest_setting() -> None:
+    presence = Presence()
+    device = uuid.uuid4()
+    p = presence.pacer(device, 2)
+    p.take(0.0)
+    p.take(0.0)
+    assert p.room(0.0) == 0
+    assert presence.pacer(device, 5) is p
+    assert p.room(0.0) == 3
+    assert presence.pacer(device, 0).room(0.0) > 0
+
+
+# --- last-seen batches ------------------------------------------------------
+
+
+def test_take_dirty_returns_changes_once() -> None:
+    presence = Presence()
+    a = connect(presence)
+    b = connect(presence)
+    ids, seen, health, versions = presence.take_dirty()
+    assert sorted(ids) == sorted([a.device_id, b.device_id])
+    assert len(seen) == len(health) == len(versions) == 2
+    assert presence.take_dirty() == ([], [], [], [])
+
+    a.app_version = "1.2.3"
+    before = time.time()
+    presence.touch(a, Health(battery=80, charging=True, signal=3))
+    presence.touch(a)  # twice: still one row
+    ids, seen, health, versions = presence.take_dirty()
+    assert ids == [a.device_id]
+    assert versions == ["1.2.3"]
+    assert health[0] is not None
+    assert '"battery":80' in health[0] and '"signal":3' in health[0]
+    assert seen[0].tzinfo is not None
+    assert seen[0] >= dt.datetime.fromtimestamp(before, dt.timezone.utc)
+    assert presence.take_dirty() == ([], [], [], [])
+
+
+def test_take_dirty_includes_a_disconnect() -> None:
+    presence = Presence()
+    a = connect(presence)
+    presence.take_dirty()
+    presence.unregister(a)
+    assert presence.take_dirty()[0] == [a.device_id]
+    assert presence.take_dirty()[0] == []
+
+
+def test_touch_keeps_health_when_none_given() -> None:
+    presence = Presence()
+    a = connect(presence)
+    h = Health(battery=50)
+    presence.touch(a, h)
+    presence.touch(a)
+    assert a.health == h

@@ -1,0 +1,552 @@
+"""broker/store.py against the real PostgreSQL of the test session.
+
+`db` (tests/conftest.py) empties the database; the store is called through
+`conn`, a connection set up exactly as the broker's pool sets up its own
+(store.connect: the jsonb codec). `db` is used for raw checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from broker import keys, store
+
+pytestmark = pytest.mark.timeout(30)
+
+SECRET = b"store-test-secret"
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+async def conn(db: asyncpg.Connection, database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await store.connect(database_url)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def account(conn: asyncpg.Connection, email: str | None = None,
+                  plan: str = "default") -> store.Account:
+    return await store.create_account(conn, email or f"{uuid.uuid4().hex[:8]}@example.com",
+                                      plan, None)
+
+
+async def device(conn: asyncpg.Connection, acc: store.Account, name: str = "phone",
+                 send_rate: int = 30) -> store.DeviceRow:
+    full, prefix = keys.make_secret(keys.TOKEN_KIND)
+    return await store.insert_device(conn, acc.id, name, prefix, keys.digest(SECRET, full),
+                                     send_rate)
+
+
+async def key(conn: asyncpg.Connection, acc: store.Account, name: str = "k",
+              scopes: list[str] | None = None, rate_limit: int | None = None,
+              expires_at: dt.datetime | None = None) -> tuple[str, store.KeyRow]:
+    full, prefix = keys.make_secret(keys.KEY_KIND)
+    row = await store.insert_key(conn, acc.id, name, prefix, keys.digest(SECRET, full),
+                                 scopes or ["messages:send"], rate_limit, expires_at)
+    return full, row
+
+
+async def message(conn: asyncpg.Connection, acc: store.Account, dev: store.DeviceRow,
+                  status: str = "dispatching", created_at: dt.datetime | None = None,
+                  body: str = "hello") -> uuid.UUID:
+    mid = uuid.uuid4()
+    await store.insert_message(conn, mid, acc.id, dev.id, "+16502530000", body, status, None,
+                               created_at or dt.datetime.now(UTC))
+    return mid
+
+
+async def history(db: asyncpg.Connection, mid: uuid.UUID) -> list[tuple[str, dt.datetime]]:
+    """The raw history rows, by time, then in lifecycle order."""
+    rows = await db.fetch(
+        "SELECT status, at FROM message_history WHERE message_id = $1 ORDER BY at, array_position("
+        "ARRAY['queued','dispatching','sending','sent','delivered','failed'], status)", mid)
+    return [(r["status"], r["at"]) for r in rows]
+
+
+async def add_plan(db: asyncpg.Connection, name: str, monthly: int, max_devices: int) -> None:
+    await db.execute("INSERT INTO plans (name, monthly_messages, max_devices) VALUES ($1, $2, $3)",
+                     name, monthly, max_devices)
+
+
+# --- accounts ---------------------------------------------------------------
+
+
+async def test_create_account(conn: asyncpg.Connection) -> None:
+    acc = await store.create_account(conn, "a@example.com", "default", "$argon2id$x")
+    assert acc.email == "a@example.com"
+    assert acc.plan == "default"
+    assert acc.monthly_messages == 1_000_000 and acc.max_devices == 1000
+    assert await store.account_by_email(conn, "a@example.com") == acc
+    assert await store.account_by_id(conn, acc.id) == acc
+    assert await store.account_by_email(conn, "nobody@example.com") is None
+    assert await store.account_by_id(conn, uuid.uuid4()) is None
+
+
+async def test_create_account_duplicate_email(conn: asyncpg.Connection,
+                                              db: asyncpg.Connection) -> None:
+    await store.create_account(conn, "a@example.com", "default", None)
+    with pytest.raises(store.DuplicateEmail):
+        await store.create_account(conn, "a@example.com", "default", None)
+    assert await db.fetchval("SELECT count(*) FROM accounts") == 1
+
+
+async def test_create_account_unknown_plan(conn: asyncpg.Connection,
+                                           db: asyncpg.Connection) -> None:
+    with pytest.raises(LookupError, match="gold"):
+        await store.create_account(conn, "a@example.com", "gold", None)
+    assert await db.fetchval("SELECT count(*) FROM accounts") == 0
+
+
+async def test_create_account_with_a_plan(conn: asyncpg.Connection,
+                                          db: asyncpg.Connection) -> None:
+    await add_plan(db, "small", 123, 2)
+    acc = await store.create_account(conn, "a@example.com", "small", None)
+    assert (acc.plan, acc.monthly_messages, acc.max_devices) == ("small", 123, 2)
+
+
+# --- API keys ---------------------------------------------------------------
+
+
+async def test_insert_key_and_key_by_prefix(conn: asyncpg.Connection,
+                                            db: asyncpg.Connection) -> None:
+    await add_plan(db, "small", 123, 2)
+    acc = await account(conn, plan="small")
+    expires = dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    full, row = await key(conn, acc, "ci", ["messages:send", "messages:read"], 10, expires)
+    assert row.account_id == acc.id
+    assert (row.name, row.scopes, row.rate_limit, row.expires_at, row.revoked) == (
+        "ci", ["messages:send", "messages:read"], 10, expires, False)
+    assert keys.matches(SECRET, full, row.secret_hash)
+
+    found = await store.key_by_prefix(conn, row.prefix)
+    assert found is not None
+    assert found.id == row.id and found.secret_hash == row.secret_hash
+    assert found.monthly_messages == 123  # the plan, joined in the same query
+    assert await store.key_by_prefix(conn, "00000000") is None
+
+
+async def test_stored_key_holds_only_a_hash(conn: asyncpg.Connection,
+                                            db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    full, row = await key(conn, acc)
+    secret_part = full.split("_", 2)[2]
+    dump = await db.fetchval("SELECT row_to_json(k)::text FROM api_keys k WHERE id = $1", row.id)
+    assert secret_part not in dump and full not in dump
+
+
+async def test_list_keys_scoped_by_account(conn: asyncpg.Connection) -> None:
+    a, b = await account(conn), await account(conn)
+    _, k1 = await key(conn, a, "one")
+    _, k2 = await key(conn, a, "two")
+    _, k3 = await key(conn, b, "three")
+    assert [k.id for k in await store.list_keys(conn, a.id)] == [k1.id, k2.id]
+    assert [k.id for k in await store.list_keys(conn, b.id)] == [k3.id]
+    assert await store.list_keys(conn, uuid.uuid4()) == []
+
+
+async def test_revoke_key_scoped_by_account(conn: asyncpg.Connection) -> None:
+    a, b = await account(conn), await account(conn)
+    _, k = await key(conn, a)
+    assert await store.revoke_key(conn, k.id, b.id) is False
+    found = await store.key_by_prefix(conn, k.prefix)
+    assert found is not None and found.revoked is False
+    assert await store.revoke_key(conn, k.id, a.id) is True
+    found = await store.key_by_prefix(conn, k.prefix)
+    assert found is not None and found.revoked is True
+    assert await store.revoke_key(conn, uuid.uuid4(), a.id) is False
+
+
+async def test_revoke_key_by_operator(conn: asyncpg.Connection) -> None:
+    a = await account(conn)
+    _, k = await key(conn, a)
+    assert await store.revoke_key(conn, k.id) is True
+    found = await store.key_by_prefix(conn, k.prefix)
+    assert found is not None and found.revoked is True
+    assert await store.revoke_key(conn, uuid.uuid4()) is False
+
+
+async def test_rotate_key_scoped_by_account(conn: asyncpg.Connection) -> None:
+    a, b = await account(conn), await account(conn)
+    expires = dt.datetime(2031, 1, 1, tzinfo=UTC)
+    old_full, k = await key(conn, a, "ci", ["messages:read"], 7, expires)
+    new_full, new_prefix = keys.make_secret(keys.KEY_KIND)
+    new_hash = keys.digest(SECRET, new_full)
+
+    assert await store.rotate_key(conn, k.id, new_prefix, new_hash, b.id) is None
+    assert await store.key_by_prefix(conn, k.prefix) is not None  # untouched
+    assert await store.key_by_prefix(conn, new_prefix) is None
+
+    rotated = await store.rotate_key(conn, k.id, new_prefix, new_hash, a.id)
+    assert rotated is not None
+    assert (rotated.id, rotated.account_id, rotated.name, rotated.scopes, rotated.rate_limit,
+            rotated.expires_at) == (k.id, a.id, "ci", ["messages:read"], 7, expires)
+    assert (rotated.prefix, rotated.secret_hash) == (new_prefix, new_hash)
+    # The old secret stops at once: its prefix finds nothing.
+    assert await store.key_by_prefix(conn, k.prefix) is None
+    found = await store.key_by_prefix(conn, new_prefix)
+    assert found is not None and keys.matches(SECRET, new_full, found.secret_hash)
+    assert not keys.matches(SECRET, old_full, found.secret_hash)
+    assert await store.rotate_key(conn, uuid.uuid4(), "12345678", new_hash, a.id) is None
+
+
+# --- devices ----------------------------------------------------------------
+
+
+async def test_insert_device(conn: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    full, prefix = keys.make_secret(keys.TOKEN_KIND)
+    dev = await store.insert_device(conn, acc.id, "My Samsung S24", prefix,
+                                    keys.digest(SECRET, full), 12)
+    assert (dev.account_id, dev.name, dev.send_rate, dev.active) == (
+        acc.id, "My Samsung S24", 12, True)
+    assert dev.last_seen_at is None and dev.health is None and dev.app_version is None
+    assert await store.device_by_token_prefix(conn, prefix) == dev
+    assert await store.device_by_token_prefix(conn, "00000000") is None
+    assert await store.list_devices(conn, acc.id) == [dev]
+    assert await store.list_devices(conn, (await account(conn)).id) == []
+
+
+async def test_device_limit_reached(conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
+    await add_plan(db, "one-phone", 100, 1)
+    acc = await account(conn, plan="one-phone")
+    first = await device(conn, acc, "first")
+    with pytest.raises(store.DeviceLimitReached):
+        await device(conn, acc, "second")
+    assert await db.fetchval("SELECT count(*) FROM devices") == 1
+    # Another account on the same plan has its own limit.
+    other = await account(conn, plan="one-phone")
+    await device(conn, other)
+    # Only active devices count.
+    assert await store.deactivate_device(conn, first.id, acc.id) is True
+    await device(conn, acc, "replacement")
+
+
+async def test_device_limit_holds_under_concurrent_registrations(
+        database_url: str, conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
+    await add_plan(db, "one-phone", 100, 1)
+    acc = await account(conn, plan="one-phone")
+    others = [await store.connect(database_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(device(c, acc, f"p{i}") for i, c in enumerate(others)),
+                                       return_exceptions=True)
+    finally:
+        for c in others:
+            await c.close()
+    assert sum(isinstance(r, store.DeviceRow) for r in results) == 1
+    assert sum(isinstance(r, store.DeviceLimitReached) for r in results) == 3
+    assert await db.fetchval("SELECT count(*) FROM devices") == 1
+
+
+async def test_deactivate_device_scoped_by_account(conn: asyncpg.Connection) -> None:
+    a, b = await account(conn), await account(conn)
+    dev = await device(conn, a)
+    assert await store.deactivate_device(conn, dev.id, b.id) is False
+    assert (await store.list_devices(conn, a.id))[0].active is True
+    assert await store.deactivate_device(conn, dev.id) is True
+    assert (await store.list_devices(conn, a.id))[0].active is False
+
+
+async def test_flush_last_seen_many_devices_in_one_call(conn: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    d1, d2, d3 = [await device(conn, acc, name) for name in ("1", "2", "3")]
+    t1 = dt.datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
+    t2 = dt.datetime(2030, 5, 1, 12, 0, 5, tzinfo=UTC)
+    await store.flush_last_seen(conn, [d1.id, d2.id], [t1, t2],
+                                ['{"battery":80,"charging":true}', None], ["1.0", None])
+    by_id = {d.id: d for d in await store.list_devices(conn, acc.id)}
+    assert by_id[d1.id].last_seen_at == t1
+    assert by_id[d1.id].health == {"battery": 80, "charging": True}
+    assert by_id[d1.id].app_version == "1.0"
+    assert by_id[d2.id].last_seen_at == t2
+    assert by_id[d2.id].health is None and by_id[d2.id].app_version is None
+    assert by_id[d3.id].last_seen_at is None  # not in the batch
+
+    # An older batch arriving late never moves last_seen backwards; absent
+    # health / version keep the stored ones.
+    earlier = t1 - dt.timedelta(minutes=1)
+    later = t2 + dt.timedelta(seconds=1)
+    await store.flush_last_seen(conn, [d1.id, d2.id], [earlier, later],
+                                [None, '{"signal":2}'], [None, "2.0"])
+    by_id = {d.id: d for d in await store.list_devices(conn, acc.id)}
+    assert by_id[d1.id].last_seen_at == t1
+    assert by_id[d1.id].health == {"battery": 80, "charging": True}
+    assert by_id[d1.id].app_version == "1.0"
+    assert by_id[d2.id].last_seen_at == later
+    assert by_id[d2.id].health == {"signal": 2}
+    assert by_id[d2.id].app_version == "2.0"
+
+
+async def test_flush_last_seen_empty_batch(conn: asyncpg.Connection) -> None:
+    await store.flush_last_seen(conn, [], [], [], [])
+
+
+# --- messages ---------------------------------------------------------------
+
+
+async def test_insert_message_dispatching(conn: asyncpg.Connection,
+                                          db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    at = dt.datetime(2030, 1, 1, 9, 30, 0, 123000, tzinfo=UTC)
+    mid = uuid.uuid4()
+    expires = at + dt.timedelta(minutes=5)
+    await store.insert_message(conn, mid, acc.id, dev.id, "+212600000000", "Your code is 4829",
+                               "dispatching", expires, at)
+    row = await db.fetchrow("SELECT * FROM messages WHERE id = $1", mid)
+    assert (row["account_id"], row["device_id"], row["recipient"], row["body"], row["status"],
+            row["expires_at"], row["created_at"]) == (
+        acc.id, dev.id, "+212600000000", "Your code is 4829", "dispatching", expires, at)
+    assert await history(db, mid) == [("queued", at), ("dispatching", at)]
+
+
+async def test_insert_message_queued(conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    at = dt.datetime(2030, 1, 1, tzinfo=UTC)
+    mid = await message(conn, acc, dev, "queued", at)
+    assert await db.fetchval("SELECT status FROM messages WHERE id = $1", mid) == "queued"
+    assert await history(db, mid) == [("queued", at)]
+
+
+async def test_get_message_history_oldest_first(conn: asyncpg.Connection,
+                                                db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    dev = await device(conn, acc, "My Samsung S24")
+    t0 = dt.datetime(2030, 1, 1, tzinfo=UTC)
+    mid = await message(conn, acc, dev, "dispatching", t0)
+    # Inserted out of time order: the answer must follow `at`, not insertion.
+    for status, secs in (("delivered", 3), ("sent", 2), ("sending", 1)):
+        await db.execute("INSERT INTO message_history (message_id, status, at) VALUES ($1, $2, $3)",
+                         mid, status, t0 + dt.timedelta(seconds=secs))
+    await db.execute("UPDATE messages SET status = 'delivered' WHERE id = $1", mid)
+
+    found = await store.get_message(conn, acc.id, mid)
+    assert found is not None
+    row, hist = found
+    assert (row.id, row.status, row.device_id, row.device_name, row.body, row.created_at) == (
+        mid, "delivered", dev.id, "My Samsung S24", "hello", t0)
+    assert [(h.status, h.at) for h in hist] == [
+        ("queued", t0), ("dispatching", t0), ("sending", t0 + dt.timedelta(seconds=1)),
+        ("sent", t0 + dt.timedelta(seconds=2)), ("delivered", t0 + dt.timedelta(seconds=3))]
+
+
+async def test_get_message_of_another_account_is_none(conn: asyncpg.Connection) -> None:
+    a, b = await account(conn), await account(conn)
+    mid = await message(conn, a, await device(conn, a))
+    assert await store.get_message(conn, b.id, mid) is None
+    assert await store.get_message(conn, a.id, uuid.uuid4()) is None
+    assert await store.get_message(conn, a.id, mid) is not None
+
+
+async def test_list_messages_keyset(conn: asyncpg.Connection) -> None:
+    a, b = await account(conn), await account(conn)
+    dev = await device(conn, a)
+    ids = []
+    for i, status in enumerate(["queued", "dispatching", "queued", "dispatching", "queued"]):
+        ids.append(await message(conn, a, dev, status, body=f"m{i}"))
+    await message(conn, b, await device(conn, b))  # never seen by a
+
+    newest_first = list(reversed(ids))
+    page1 = await store.list_messages(conn, a.id, None, 2, None)
+    assert [m.id for m in page1] == newest_first[:2]
+    page2 = await store.list_messages(conn, a.id, None, 2, page1[-1].seq)
+    assert [m.id for m in page2] == newest_first[2:4]
+    page3 = await store.list_messages(conn, a.id, None, 2, page2[-1].seq)
+    assert [m.id for m in page3] == newest_first[4:]
+    assert await store.list_messages(conn, a.id, None, 2, page3[-1].seq) == []
+
+    queued = await store.list_messages(conn, a.id, "queued", 10, None)
+    assert [m.id for m in queued] == [ids[4], ids[2], ids[0]]
+    queued2 = await store.list_messages(conn, a.id, "queued", 1, queued[0].seq)
+    assert [m.id for m in queued2] == [ids[2]]
+    assert await store.list_messages(conn, a.id, "delivered", 10, None) == []
+    assert all(m.device_name == "phone" for m in page1)
+
+
+async def test_messages_this_month(conn: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    start = dt.datetime(2030, 3, 1, tzinfo=UTC)
+    await message(conn, acc, dev, created_at=start - dt.timedelta(seconds=1))
+    await message(conn, acc, dev, created_at=start)
+    await message(conn, acc, dev, created_at=start + dt.timedelta(days=3))
+    assert await store.messages_this_month(conn, acc.id, start) == 2
+
+
+async def test_open_jobs(conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    dev, other = await device(conn, acc), await device(conn, acc)
+    m1 = await message(conn, acc, dev, "dispatching", body="one")
+    m2 = await message(conn, acc, dev, "dispatching", body="two")
+    m3 = await message(conn, acc, dev, "dispatching", body="three")
+    await message(conn, acc, other, "dispatching")
+    await db.execute("UPDATE messages SET status = 'sending' WHERE id = $1", m2)
+    await db.execute("UPDATE messages SET status = 'delivered' WHERE id = $1", m3)
+    jobs = await store.open_jobs(conn, dev.id, ["dispatching", "sending"])
+    assert [(j.id, j.body, j.status) for j in jobs] == [(m1, "one", "dispatching"),
+                                                         (m2, "two", "sending")]
+    assert [j.id for j in await store.open_jobs(conn, dev.id, ["sending"])] == [m2]
+
+
+async def test_claim_queued(conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
+    acc, other_acc = await account(conn), await account(conn)
+    promised, taker = await device(conn, acc), await device(conn, acc)
+    queued = [await message(conn, acc, promised, "queued", body=f"q{i}") for i in range(4)]
+    not_queued = await message(conn, acc, promised, "dispatching")
+    theirs = await message(conn, other_acc, await device(conn, other_acc), "queued")
+
+    jobs = await store.claim_queued(conn, acc.id, taker.id, 3)
+    assert [(j.id, j.status) for j in jobs] == [(m, "dispatching") for m in queued[:3]]
+    assert [j.body for j in jobs] == ["q0", "q1", "q2"]
+    for mid in queued[:3]:
+        r = await db.fetchrow("SELECT status, device_id FROM messages WHERE id = $1", mid)
+        assert (r["status"], r["device_id"]) == ("dispatching", taker.id)
+        assert [s for s, _ in await history(db, mid)] == ["queued", "dispatching"]
+        assert await db.fetchval(
+            "SELECT device_id FROM message_history"
+            " WHERE message_id = $1 AND status = 'dispatching'", mid) == taker.id
+    assert await db.fetchval("SELECT status FROM messages WHERE id = $1", queued[3]) == "queued"
+    assert await db.fetchval(
+        "SELECT device_id FROM messages WHERE id = $1", not_queued) == promised.id
+    assert await db.fetchval("SELECT status FROM messages WHERE id = $1", theirs) == "queued"
+
+    assert [j.id for j in await store.claim_queued(conn, acc.id, taker.id, 10)] == [queued[3]]
+    assert await store.claim_queued(conn, acc.id, taker.id, 10) == []
+
+
+async def test_claim_queued_skips_rows_locked_elsewhere(database_url: str,
+                                                        conn: asyncpg.Connection,
+                                                        db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    m1, m2, m3 = [await message(conn, acc, dev, "queued") for _ in range(3)]
+    holder = await asyncpg.connect(database_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", m1)
+        # Without SKIP LOCKED this would block on m1 until the timeout.
+        jobs = await asyncio.wait_for(store.claim_queued(conn, acc.id, dev.id, 10), 5)
+        assert [j.id for j in jobs] == [m2, m3]
+        await tx.rollback()
+    finally:
+        await holder.close()
+    assert await db.fetchval("SELECT status FROM messages WHERE id = $1", m1) == "queued"
+    assert [j.id for j in await store.claim_queued(conn, acc.id, dev.id, 10)] == [m1]
+
+
+async def test_accounts_with_queued(conn: asyncpg.Connection) -> None:
+    a, b = await account(conn), await account(conn)
+    await message(conn, a, await device(conn, a), "queued")
+    await message(conn, b, await device(conn, b), "dispatching")
+    assert await store.accounts_with_queued(conn) == [a.id]
+
+
+# --- idempotency ------------------------------------------------------------
+
+
+async def test_claim_idempotency(conn: asyncpg.Connection) -> None:
+    acc, other = await account(conn), await account(conn)
+    now = dt.datetime.now(UTC)
+    day_ago = now - dt.timedelta(hours=24)
+    m1, m2, m3 = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+    assert await store.claim_idempotency(conn, acc.id, "k1", b"h1", m1, b"r1", day_ago) is True
+    assert await store.claim_idempotency(conn, acc.id, "k1", b"h2", m2, b"r2", day_ago) is False
+    assert await store.idempotent_response(conn, acc.id, "k1", day_ago) == store.Idempotent(
+        request_hash=b"h1", response=b"r1")
+    # Keys are per account.
+    assert await store.claim_idempotency(conn, other.id, "k1", b"h9", m3, b"r9", day_ago) is True
+    assert await store.idempotent_response(conn, acc.id, "k2", day_ago) is None
+
+    # Past the window (the row is older than `since`) the key is taken over.
+    later = dt.datetime.now(UTC) + dt.timedelta(seconds=5)
+    assert await store.idempotent_response(conn, acc.id, "k1", later) is None
+    assert await store.claim_idempotency(conn, acc.id, "k1", b"h3", m3, b"r3", later) is True
+    assert await store.idempotent_response(conn, acc.id, "k1", day_ago) == store.Idempotent(
+        request_hash=b"h3", response=b"r3")
+    # ... and is fresh again: a twin right after is refused.
+    assert await store.claim_idempotency(conn, acc.id, "k1", b"h4", m2, b"r4", day_ago) is False
+
+
+# --- reports ----------------------------------------------------------------
+
+
+async def test_lock_for_report(conn: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    mine, other = await device(conn, acc), await device(conn, acc)
+    mid = await message(conn, acc, mine)
+    assert await store.lock_for_report(conn, mid, mine.id) == store.ReportTarget(
+        status="dispatching", error=None)
+    assert await store.lock_for_report(conn, mid, other.id) is None
+    assert await store.lock_for_report(conn, uuid.uuid4(), mine.id) is None
+
+
+async def test_move_status_never_duplicates_history(conn: asyncpg.Connection,
+                                                    db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    mid = await message(conn, acc, dev)
+    await store.move_status(conn, mid, dev.id, "sending", None)
+    await store.move_status(conn, mid, dev.id, "sending", None)
+    await store.add_history(conn, mid, dev.id, "sending", None)
+    await store.move_status(conn, mid, dev.id, "failed", "carrier said no")
+    await store.move_status(conn, mid, dev.id, "failed", None)
+    statuses = [s for s, _ in await history(db, mid)]
+    assert sorted(statuses) == sorted(["queued", "dispatching", "sending", "failed"])
+    r = await db.fetchrow("SELECT status, error FROM messages WHERE id = $1", mid)
+    assert (r["status"], r["error"]) == ("failed", "carrier said no")
+    assert await db.fetchval(
+        "SELECT error FROM message_history WHERE message_id = $1 AND status = 'failed'",
+        mid) == "carrier said no"
+    assert await store.lock_for_report(conn, mid, dev.id) == store.ReportTarget(
+        status="failed", error="carrier said no")
+
+
+async def test_add_history_records_without_moving_status(conn: asyncpg.Connection,
+                                                         db: asyncpg.Connection) -> None:
+    """A late `sent` after `delivered` is in the history; the status stays."""
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    mid = await message(conn, acc, dev)
+    await store.move_status(conn, mid, dev.id, "delivered", None)
+    await store.add_history(conn, mid, dev.id, "sent", None)
+    await store.add_history(conn, mid, dev.id, "sent", None)
+    assert await db.fetchval("SELECT status FROM messages WHERE id = $1", mid) == "delivered"
+    assert await db.fetchval(
+        "SELECT count(*) FROM message_history WHERE message_id = $1 AND status = 'sent'", mid) == 1
+
+
+# --- schema -----------------------------------------------------------------
+
+
+async def test_apply_schema_is_idempotent(database_url: str, conn: asyncpg.Connection,
+                                          db: asyncpg.Connection) -> None:
+    acc = await account(conn)
+    raw = await store.connect(database_url)
+    try:
+        await store.apply_schema(raw)
+        await store.apply_schema(raw)
+    finally:
+        await raw.close()
+    # Two processes at once wait for each other on the advisory lock.
+    pair = [await store.connect(database_url) for _ in range(2)]
+    try:
+        await asyncio.gather(*(store.apply_schema(c) for c in pair))
+    finally:
+        for c in pair:
+            await c.close()
+    assert await db.fetchval("SELECT count(*) FROM plans WHERE name = 'default'") == 1
+    assert await store.account_by_id(conn, acc.id) == acc  # data survives
+
+
+async def test_ping(conn: asyncpg.Connection) -> None:
+    await store.ping(conn)
