@@ -17,7 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import http_api, logs, metrics, store
-from broker.devices_ws import CLOSE_RESTART, device_socket
+from broker.devices_ws import CLOSE_POLICY, CLOSE_RESTART, device_socket
 from broker.dispatch import Dispatcher
 from broker.errors import BrokerError
 from broker.keys import RateWindow
@@ -41,14 +41,33 @@ class Broker:
         self.pool: Any = None
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self._flusher: asyncio.Task[None] | None = None
+        self._listener: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
                                             max_size=self.settings.pool_max)
         self.dispatcher = Dispatcher(self.pool, self.presence)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._listener = await store.connect(self.database_url)
+        await self._listener.add_listener(store.DEVICE_DEACTIVATED, self._on_deactivated)
+
+    def _on_deactivated(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        """A device was deactivated (maybe by the CLI): drop its socket now."""
+        try:
+            conn = self.presence.get(uuid.UUID(payload))
+        except ValueError:
+            return
+        if conn is not None:
+            task = asyncio.get_running_loop().create_task(
+                conn.socket.close(CLOSE_POLICY, "device deactivated"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(*store.DATABASE_DOWN):
+                await self._listener.close(timeout=2)
         await self.dispatcher.close()
         for conn in self.presence.all_connections():
             await conn.socket.close(CLOSE_RESTART, "broker restarting")

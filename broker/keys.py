@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from collections import deque
 from typing import Final
@@ -95,6 +96,6 @@ class RateWindow:
         while hits and now - hits[0] >= WINDOW_S:
             hits.popleft()
         if len(hits) >= limit:
-            return max(1, int(WINDOW_S - (now - hits[0]) + 0.999))
+            return max(1, math.ceil(WINDOW_S - (now - hits[0])))
         hits.append(now)
         return None

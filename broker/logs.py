@@ -17,7 +17,8 @@ import msgspec
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _encoder = msgspec.json.Encoder()
-_STD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "color_message"}  # uvicorn's terminal-coloured copy of msg
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,6 +39,16 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(out).decode()
 
 
+class DenialNoise(logging.Filter):
+    """uvicorn (0.54, websockets-sansio) logs an error after every WebSocket
+    refused with a denial response, which is how the broker answers a bad
+    device token (contract section 4: 401 before the upgrade). The client got
+    its 401; the line is noise that would bury real errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def setup(level: str = "INFO", stream: Any = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -46,3 +57,4 @@ def setup(level: str = "INFO", stream: Any = None) -> None:
     root.setLevel(level.upper())
     # uvicorn's own access log would duplicate ours (which has the request id).
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("uvicorn.error").addFilter(DenialNoise())

@@ -124,7 +124,7 @@ class Presence:
         return len(self._by_device)
 
     def account_connections(self, account_id: uuid.UUID) -> list[Connection]:
-        return list(self._by_account.get(account_id, ()).values())
+        return list(self._by_account.get(account_id, {}).values())
 
     def all_connections(self) -> list[Connection]:
         return list(self._by_device.values())

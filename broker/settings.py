@@ -19,6 +19,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where the broker keeps its own files: the embedded PostgreSQL and the
@@ -55,6 +65,7 @@ class Settings:
             hello_timeout_s=_int(e, "SMSDORA_HELLO_TIMEOUT", 10),
             default_send_rate=_int(e, "SMSDORA_SEND_RATE", 30),
             reassign_after_s=_int(e, "SMSDORA_REASSIGN_AFTER", 60),
+            last_seen_flush_s=_float(e, "SMSDORA_LAST_SEEN_FLUSH_SECONDS", 2.0),
             pool_min=_int(e, "SMSDORA_POOL_MIN", 2),
             pool_max=_int(e, "SMSDORA_POOL_MAX", 20),
             log_level=e.get("SMSDORA_LOG_LEVEL", "INFO"),

