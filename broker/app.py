@@ -107,16 +107,25 @@ class RequestContext:
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         status = 500
+        status_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, status_started = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:  # noqa: BLE001 - answered in the error shape, logged
+                # Here rather than in Starlette's outermost handler, so that the
+                # answer and the log line both carry the request id.
+                response = _unexpected(exc)
+                if status_started:
+                    raise
+                await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             endpoint = scope.get("endpoint")
@@ -148,7 +157,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return http_api.error_response(exc.status_code, message, dict(exc.headers or {}))
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+def _unexpected(exc: Exception) -> Response:
     if isinstance(exc, store.DATABASE_DOWN):
         log.warning("database unavailable", extra={"error": type(exc).__name__})
         return http_api.error_response(503, "Database unavailable")
@@ -171,16 +180,14 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         Route("/messages/send", http_api.send_message, methods=["POST"]),
         Route("/messages", http_api.list_messages, methods=["GET"]),
         Route("/messages/{message_id}", http_api.get_message, methods=["GET"]),
-        Route("/devices", http_api.list_devices, methods=["GET"]),
-        Route("/devices", http_api.create_device, methods=["POST"]),
+        Route("/devices", http_api.devices, methods=["GET", "POST"]),
         Route("/health", http_api.health, methods=["GET"]),
         Route("/metrics", http_api.metrics_endpoint, methods=["GET"]),
         WebSocketRoute("/devices/ws", device_socket),
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan,
-        exception_handlers={BrokerError: _broker_error, HTTPException: _http_exception,
-                            Exception: _unexpected},
+        exception_handlers={BrokerError: _broker_error, HTTPException: _http_exception},
     )
     app.state.broker = broker
     app.add_middleware(RequestContext)

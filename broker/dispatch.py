@@ -25,6 +25,8 @@ from protocol.api import DeviceRef, MessageData, SendResponse, encoder as api_en
 
 log = logging.getLogger("smsdora.dispatch")
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+_PICK_ATTEMPTS = 4
+CLOSE_DEACTIVATED = 1008
 
 
 def utcnow() -> dt.datetime:
@@ -76,38 +78,57 @@ class Dispatcher:
             if replay is not None:
                 return replay
         await self._check_quota(account_id, monthly, now)
-        mono = time.monotonic()
-        picked = self.presence.pick(account_id, mono)
+        expires_at = now + dt.timedelta(seconds=ttl_s) if ttl_s else None
+        # A pick can name a device that was deactivated a moment ago (presence
+        # hears of it by NOTIFY, PostgreSQL knows at once): drop it, pick again.
+        for _ in range(_PICK_ATTEMPTS):
+            mono = time.monotonic()
+            picked = self.presence.pick(account_id, mono)
+            if picked is None:
+                break
+            conn, has_room = picked
+            status = lifecycle.DISPATCHING if has_room else lifecycle.QUEUED
+            message_id = uuid.uuid4()
+            response = api_encoder.encode(SendResponse(
+                statusCode=201, message="SMS queued for delivery",
+                data=MessageData(id=str(message_id), recipient=recipient, message=body,
+                                 status=status,
+                                 device=DeviceRef(id=str(conn.device_id), deviceName=conn.name)),
+            ))
+            if has_room:
+                conn.pacer.take(mono)  # before the await: a concurrent send sees it
+            try:
+                if idempotency_key is None:
+                    if not await store.insert_message(
+                            self.pool, message_id, account_id, conn.device_id, recipient, body,
+                            status, expires_at, now):
+                        raise _Inactive()
+                else:
+                    async with self.pool.acquire() as db, db.transaction():
+                        if not await store.claim_idempotency(
+                                db, account_id, idempotency_key, request_hash, message_id,
+                                response, now - IDEMPOTENCY_WINDOW):
+                            raise _LostRace()
+                        if not await store.insert_message(
+                                db, message_id, account_id, conn.device_id, recipient, body,
+                                status, expires_at, now):
+                            raise _Inactive()
+            except (_LostRace, _Inactive) as err:
+                if has_room:
+                    conn.pacer.give_back(mono)  # nothing went to the phone
+                if isinstance(err, _Inactive):
+                    self.presence.unregister(conn)
+                    await conn.socket.close(CLOSE_DEACTIVATED, "device deactivated")
+                    continue
+                replay = await self._replay(account_id, idempotency_key or "", request_hash, now)
+                assert replay is not None, "idempotency row vanished under us"
+                return replay
+            break
+        else:
+            picked = None
         if picked is None:
             metrics.SENDS.labels("no_device").inc()
             raise NoEligibleDevice()
-        conn, has_room = picked
-        status = lifecycle.DISPATCHING if has_room else lifecycle.QUEUED
-        message_id = uuid.uuid4()
-        expires_at = now + dt.timedelta(seconds=ttl_s) if ttl_s else None
-        response = api_encoder.encode(SendResponse(
-            statusCode=201, message="SMS queued for delivery",
-            data=MessageData(id=str(message_id), recipient=recipient, message=body, status=status,
-                             device=DeviceRef(id=str(conn.device_id), deviceName=conn.name)),
-        ))
-        if has_room:
-            conn.pacer.take(mono)  # before the await: a concurrent send sees it
-        try:
-            if idempotency_key is None:
-                await store.insert_message(self.pool, message_id, account_id, conn.device_id,
-                                           recipient, body, status, expires_at, now)
-            else:
-                async with self.pool.acquire() as db, db.transaction():
-                    if not await store.claim_idempotency(
-                            db, account_id, idempotency_key, request_hash, message_id, response,
-                            now - IDEMPOTENCY_WINDOW):
-                        raise _LostRace()
-                    await store.insert_message(db, message_id, account_id, conn.device_id,
-                                               recipient, body, status, expires_at, now)
-        except _LostRace:
-            replay = await self._replay(account_id, idempotency_key or "", request_hash, now)
-            assert replay is not None, "idempotency row vanished under us"
-            return replay
         self._count(account_id)
         metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
         if has_room:
@@ -255,6 +276,10 @@ class Dispatcher:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Inactive(Exception):
+    """The picked device was deactivated: nothing was written."""
 
 
 class _LostRace(Exception):

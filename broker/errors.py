@@ -40,6 +40,10 @@ class NotFound(BrokerError):
     status = 404
 
 
+class MethodNotAllowed(BrokerError):
+    status = 405
+
+
 class Conflict(BrokerError):
     status = 409
 

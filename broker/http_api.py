@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker import keys, metrics, store
-from broker.errors import (BadRequest, BrokerError, Forbidden, NotFound, PayloadTooLarge,
-                           RateLimited, Unauthorized)
+from broker.errors import (BadRequest, BrokerError, Forbidden, MethodNotAllowed, NotFound,
+                           PayloadTooLarge, RateLimited, Unauthorized)
 from protocol import lifecycle
 from protocol.api import (MAX_BODY_BYTES, CreatedDevice, DeviceHealth, DeviceInfo, DeviceRef,
                           Envelope, ErrorBody, HistoryEntry, MessageData, MessageDetail,
@@ -126,6 +126,8 @@ async def send_message(request: Request) -> Response:
     req = _decode(send_request_decoder, body)
     if not 1 <= len(req.message) <= MAX_MESSAGE_CHARS:
         raise BadRequest("Message must be 1-1600 characters")
+    if "\x00" in req.message:  # PostgreSQL text cannot hold it
+        raise BadRequest("Message must not contain NUL characters")
     recipient = normalize_recipient(req.recipient)
     idem = request.headers.get("idempotency-key")
     if idem is not None and not 1 <= len(idem) <= MAX_IDEMPOTENCY_KEY:
@@ -136,6 +138,9 @@ async def send_message(request: Request) -> Response:
 
 
 def _message_id(request: Request) -> uuid.UUID:
+    if request.path_params["message_id"] == "send":
+        # `/messages/send` is a route of its own that only takes POST.
+        raise MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
     try:
         return uuid.UUID(request.path_params["message_id"])
     except ValueError:
@@ -183,7 +188,7 @@ async def list_messages(request: Request) -> Response:
 def _int_param(raw: str | None, name: str, *, default: int | None, low: int, high: int) -> Any:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
@@ -193,7 +198,8 @@ async def list_devices(request: Request) -> Response:
     key = await authenticate(request, "devices:read")
     out = []
     for d in await store.list_devices(broker.pool, key.account_id):
-        conn = broker.presence.get(d.id)
+        # Online, or gone so recently that last-seen is not flushed yet.
+        conn = broker.presence.get(d.id) or broker.presence.unflushed(d.id)
         last_seen = (dt.datetime.fromtimestamp(conn.last_seen_at, dt.timezone.utc)
                      if conn is not None else d.last_seen_at)
         if conn is not None and conn.health is not None:
@@ -203,7 +209,7 @@ async def list_devices(request: Request) -> Response:
         else:
             health = msgspec.convert(d.health, DeviceHealth) if d.health else None
         out.append(DeviceInfo(
-            id=str(d.id), deviceName=d.name, online=conn is not None, lastSeen=_iso(last_seen),
+            id=str(d.id), deviceName=d.name, online=broker.presence.get(d.id) is not None, lastSeen=_iso(last_seen),
             active=d.active, sendRate=d.send_rate, health=health,
             appVersion=(conn.app_version if conn is not None else d.app_version),
         ))
@@ -215,14 +221,24 @@ async def create_device(request: Request) -> Response:
     body = await read_body(request)
     key = await authenticate(request, "devices:write")
     req = _decode(create_device_decoder, body)
+    if "\x00" in req.name:
+        raise BadRequest("name must not contain NUL characters")
     token, prefix = keys.make_secret(keys.TOKEN_KIND)
     try:
-        row = await store.insert_device(broker.pool, key.account_id, req.name, prefix,
-                                        keys.digest(broker.secret, token), req.sendRate)
+        async with broker.pool.acquire() as db:
+            row = await store.insert_device(db, key.account_id, req.name, prefix,
+                                            keys.digest(broker.secret, token), req.sendRate)
     except store.DeviceLimitReached:
         raise Forbidden("Device limit reached") from None
     return ok(CreatedDevice(id=str(row.id), deviceName=row.name, token=token,
                             sendRate=row.send_rate), status=201)
+
+
+async def devices(request: Request) -> Response:
+    """`/devices`: one route for both methods, so a 405 lists both in Allow."""
+    if request.method == "POST":
+        return await create_device(request)
+    return await list_devices(request)
 
 
 async def health(request: Request) -> Response:

@@ -50,6 +50,13 @@ class Pacer:
         if self.rate > 0:
             self._sent.append(now)
 
+    def give_back(self, at: float) -> None:
+        """Undo a `take(at)` whose job never went out."""
+        try:
+            self._sent.remove(at)
+        except ValueError:
+            pass  # already out of the window
+
     def next_room_at(self, now: float) -> float:
         if self.room(now) > 0:
             return now
@@ -116,6 +123,10 @@ class Presence:
 
     def get(self, device_id: uuid.UUID) -> Connection | None:
         return self._by_device.get(device_id)
+
+    def unflushed(self, device_id: uuid.UUID) -> Connection | None:
+        """A connection whose last-seen has not reached PostgreSQL yet."""
+        return self._dirty.get(device_id)
 
     def is_current(self, conn: Connection) -> bool:
         return self._by_device.get(conn.device_id) is conn

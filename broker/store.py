@@ -307,20 +307,26 @@ _INSERT_MESSAGE = """
 WITH m AS (
     INSERT INTO messages (id, account_id, device_id, recipient, body, status, expires_at, created_at,
                           updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
+    WHERE EXISTS (SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active)
     RETURNING id, created_at
+), h AS (
+    INSERT INTO message_history (message_id, status, at, device_id)
+    SELECT m.id, s.status, m.created_at, $3 FROM m,
+           unnest(CASE WHEN $6 = 'queued' THEN ARRAY['queued'] ELSE ARRAY['queued', $6] END)
+           AS s(status)
 )
-INSERT INTO message_history (message_id, status, at, device_id)
-SELECT m.id, s.status, m.created_at, $3 FROM m,
-       unnest(CASE WHEN $6 = 'queued' THEN ARRAY['queued'] ELSE ARRAY['queued', $6] END) AS s(status)
+SELECT count(*) FROM m
 """
 
 
 async def insert_message(db: Any, message_id: uuid.UUID, account_id: uuid.UUID,
                          device_id: uuid.UUID, recipient: str, body: str, status: str,
-                         expires_at: dt.datetime | None, created_at: dt.datetime) -> None:
-    await db.execute(_INSERT_MESSAGE, message_id, account_id, device_id, recipient, body, status,
-                     expires_at, created_at)
+                         expires_at: dt.datetime | None, created_at: dt.datetime) -> bool:
+    """False (and nothing written) if the device is no longer active: presence
+    may not have heard of a deactivation yet, PostgreSQL has."""
+    return bool(await db.fetchval(_INSERT_MESSAGE, message_id, account_id, device_id, recipient,
+                                  body, status, expires_at, created_at))
 
 
 async def idempotent_response(db: Any, account_id: uuid.UUID, key: str,

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import websockets
 from websockets.exceptions import InvalidStatus
 
 from broker import store
@@ -137,7 +138,12 @@ async def test_device_deactivated_while_connected_gets_no_new_jobs(
     r = await send_sms(http, account.key)
     assert (r.status_code, r.json()) == (400, error(400, "No eligible device available"))
     assert await count_messages(db) == 0
-    await p.nothing(0.1)
+    # No job reached the phone: its socket closes (1008, deactivated) with no
+    # `send` frame before the close.
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        frame = await asyncio.wait_for(p.ws.recv(), 5)
+        raise AssertionError(f"unexpected frame {frame!r}")
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
 # --- 400 Invalid phone number ----------------------------------------------------
