@@ -69,6 +69,12 @@ CREATE INDEX IF NOT EXISTS messages_account_created ON messages (account_id, cre
 -- Non-final jobs by owner: redelivery on connect, queue drains, timers.
 CREATE INDEX IF NOT EXISTS messages_open_by_device ON messages (device_id, seq)
     WHERE status IN ('queued', 'dispatching', 'sending', 'sent');
+-- The lifecycle's clocks (broker/sweeper.py): ttl expiry, reassignment of
+-- jobs never acked, and the 24 h no-report limit.
+CREATE INDEX IF NOT EXISTS messages_expiring ON messages (expires_at)
+    WHERE status IN ('queued', 'dispatching') AND expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_unacked ON messages (updated_at) WHERE status = 'dispatching';
+CREATE INDEX IF NOT EXISTS messages_unreported ON messages (updated_at) WHERE status = 'sending';
 CREATE INDEX IF NOT EXISTS messages_queued_by_account ON messages (account_id, seq)
     WHERE status = 'queued';
 

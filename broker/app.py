@@ -23,6 +23,7 @@ from broker.errors import BrokerError
 from broker.keys import RateWindow
 from broker.presence import Presence
 from broker.settings import Settings
+from broker.sweeper import Sweeper
 
 log = logging.getLogger("smsdora.app")
 
@@ -41,6 +42,7 @@ class Broker:
         self.pool: Any = None
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self._flusher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._listener: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -48,7 +50,9 @@ class Broker:
         self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
                                             max_size=self.settings.pool_max)
         self.dispatcher = Dispatcher(self.pool, self.presence)
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_loop())
+        self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
         self._listener = await store.connect(self.database_url)
         await self._listener.add_listener(store.DEVICE_DEACTIVATED, self._on_deactivated)
 
@@ -71,10 +75,11 @@ class Broker:
         await self.dispatcher.close()
         for conn in self.presence.all_connections():
             await conn.socket.close(CLOSE_RESTART, "broker restarting")
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        for task in (self._flusher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.flush_last_seen()
         await self.pool.close()
 

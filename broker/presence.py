@@ -88,6 +88,7 @@ class Presence:
         self._by_account: dict[uuid.UUID, OrderedDict[uuid.UUID, Connection]] = {}
         self._pacers: dict[uuid.UUID, Pacer] = {}  # outlive a reconnect
         self._dirty: dict[uuid.UUID, Connection] = {}
+        self._gone_at: dict[uuid.UUID, float] = {}  # wall time of the last disconnect
 
     # --- membership ---------------------------------------------------------
 
@@ -102,6 +103,7 @@ class Presence:
         """Make `conn` the device's connection; returns the one it replaces."""
         old = self._by_device.get(conn.device_id)
         self._by_device[conn.device_id] = conn
+        self._gone_at.pop(conn.device_id, None)
         devices = self._by_account.setdefault(conn.account_id, OrderedDict())
         devices[conn.device_id] = conn
         devices.move_to_end(conn.device_id)
@@ -113,6 +115,7 @@ class Presence:
         if self._by_device.get(conn.device_id) is not conn:
             return False
         del self._by_device[conn.device_id]
+        self._gone_at[conn.device_id] = time.time()
         devices = self._by_account.get(conn.account_id)
         if devices is not None:
             devices.pop(conn.device_id, None)
@@ -123,6 +126,10 @@ class Presence:
 
     def get(self, device_id: uuid.UUID) -> Connection | None:
         return self._by_device.get(device_id)
+
+    def gone_at(self, device_id: uuid.UUID) -> float | None:
+        """When this process last saw the device's socket end (None: never)."""
+        return self._gone_at.get(device_id)
 
     def unflushed(self, device_id: uuid.UUID) -> Connection | None:
         """A connection whose last-seen has not reached PostgreSQL yet."""

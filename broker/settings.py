@@ -45,6 +45,8 @@ class Settings:
     hello_timeout_s: int = 10
     default_send_rate: int = 30
     reassign_after_s: int = 60
+    no_report_after_s: int = 24 * 3600
+    sweep_s: float = 1.0
     last_seen_flush_s: float = 2.0
     pool_min: int = 2
     pool_max: int = 20
@@ -65,6 +67,8 @@ class Settings:
             hello_timeout_s=_int(e, "SMSDORA_HELLO_TIMEOUT", 10),
             default_send_rate=_int(e, "SMSDORA_SEND_RATE", 30),
             reassign_after_s=_int(e, "SMSDORA_REASSIGN_AFTER", 60),
+            no_report_after_s=_int(e, "SMSDORA_NO_REPORT_AFTER", 24 * 3600),
+            sweep_s=_float(e, "SMSDORA_SWEEP_SECONDS", 1.0),
             last_seen_flush_s=_float(e, "SMSDORA_LAST_SEEN_FLUSH_SECONDS", 2.0),
             pool_min=_int(e, "SMSDORA_POOL_MIN", 2),
             pool_max=_int(e, "SMSDORA_POOL_MAX", 20),

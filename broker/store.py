@@ -460,5 +460,77 @@ async def add_history(db: Any, message_id: uuid.UUID, device_id: uuid.UUID, stat
     )
 
 
+# --- the lifecycle's clocks (broker/sweeper.py) -----------------------------
+
+
+class Stopped(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    device_id: uuid.UUID | None
+    was: str
+
+
+async def fail_due(db: Any, statuses: list[str], column: str, before: dt.datetime, error: str,
+                   limit: int = 1000) -> list[Stopped]:
+    """Fail (with `error`) up to `limit` messages in `statuses` whose `column`
+    (expires_at or updated_at) is before `before`, with their history rows.
+    SKIP LOCKED: a row a phone's report holds is left to that report; if the
+    report moved it on, it no longer matches next time."""
+    assert column in ("expires_at", "updated_at")
+    return _rows(Stopped, await db.fetch(
+        f"""
+        WITH due AS (
+            SELECT id, status AS was FROM messages
+            WHERE status = ANY($1::text[]) AND {column} < $2
+            ORDER BY {column} LIMIT $4 FOR UPDATE SKIP LOCKED
+        ), u AS (
+            UPDATE messages m SET status = 'failed', error = $3, updated_at = now()
+            FROM due WHERE m.id = due.id
+            RETURNING m.id, m.device_id, due.was
+        ), h AS (
+            INSERT INTO message_history (message_id, status, device_id, error)
+            SELECT id, 'failed', device_id, $3 FROM u ON CONFLICT DO NOTHING
+        )
+        SELECT id, device_id, was FROM u
+        """,
+        statuses, before, error, limit,
+    ))
+
+
+class Unacked(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    account_id: uuid.UUID
+    device_id: uuid.UUID
+    recipient: str
+    body: str
+    status: str
+    last_seen_at: dt.datetime | None
+    active: bool
+
+
+async def unacked_jobs(db: Any, before: dt.datetime, limit: int = 500) -> list[Unacked]:
+    """`dispatching` jobs handed out before `before` whose device has not been
+    seen since then (or is deactivated): candidates for another device."""
+    return _rows(Unacked, await db.fetch(
+        "SELECT m.id, m.account_id, m.device_id, m.recipient, m.body, m.status, d.last_seen_at,"
+        " d.active FROM messages m JOIN devices d ON d.id = m.device_id"
+        " WHERE m.status = 'dispatching' AND m.updated_at < $1"
+        " AND (d.last_seen_at IS NULL OR d.last_seen_at < $1 OR NOT d.active)"
+        " ORDER BY m.seq LIMIT $2",
+        before, limit,
+    ))
+
+
+async def reassign(db: Any, message_id: uuid.UUID, old_device: uuid.UUID,
+                   new_device: uuid.UUID) -> bool:
+    """Move a job that was never acked to another device. Conditional on the
+    old owner and status: an ack stored meanwhile wins, and the job stays."""
+    status = await db.execute(
+        "UPDATE messages SET device_id = $3, updated_at = now()"
+        " WHERE id = $1 AND device_id = $2 AND status = 'dispatching'",
+        message_id, old_device, new_device,
+    )
+    return status == "UPDATE 1"
+
+
 async def ping(db: Any) -> None:
     await db.fetchval("SELECT 1")

@@ -1,0 +1,102 @@
+"""The lifecycle's clocks (contract section 5), derived from PostgreSQL.
+
+One loop, every `sweep_s`, asks the database what is due, so nothing is held
+only in memory and a restarted broker picks up where the last one stopped:
+- a `queued` or `dispatching` message whose `ttl` passed fails as `expired`
+  (a connected phone holding it gets `cancel`);
+- a job never acked whose device has stayed away longer than the reassign
+  delay (or was deactivated) goes to another eligible device; if the first
+  phone comes back holding it, it gets `cancel`, never a receipt;
+- a job in `sending` with no report within `no_report_after_s` fails as
+  `no report`.
+Every move is a conditional UPDATE, so a phone's report that lands at the
+same moment wins or loses cleanly, and several nodes may sweep at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from broker import metrics, store
+from broker.dispatch import send_frame, utcnow
+from broker.presence import Presence
+from broker.settings import Settings
+from protocol import frames, lifecycle
+
+log = logging.getLogger("smsdora.sweeper")
+
+
+class Sweeper:
+    def __init__(self, pool: Any, presence: Presence, settings: Settings) -> None:
+        self.pool = pool
+        self.presence = presence
+        self.settings = settings
+        self.started_at = time.time()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_s)
+            try:
+                await self.sweep()
+            except store.DATABASE_DOWN as err:
+                log.warning("sweep skipped: database unavailable",
+                            extra={"error": type(err).__name__})
+
+    async def sweep(self) -> None:
+        now = utcnow()
+        await self._expire(now)
+        await self._reassign(now)
+        for stopped in await store.fail_due(
+                self.pool, [lifecycle.SENDING], "updated_at",
+                now - dt.timedelta(seconds=self.settings.no_report_after_s), "no report"):
+            metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
+            log.info("no report: failed", extra={"message_id": str(stopped.id)})
+
+    async def _expire(self, now: dt.datetime) -> None:
+        for stopped in await store.fail_due(
+                self.pool, [lifecycle.QUEUED, lifecycle.DISPATCHING], "expires_at", now,
+                "expired"):
+            metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
+            if stopped.was != lifecycle.DISPATCHING or stopped.device_id is None:
+                continue
+            conn = self.presence.get(stopped.device_id)
+            if conn is not None:
+                await conn.socket.send_frame(frames.encode(
+                    frames.Cancel(id=str(stopped.id), reason="expired")))
+
+    async def _reassign(self, now: dt.datetime) -> None:
+        delay_s = self.settings.reassign_after_s
+        wall = time.time()
+        for job in await store.unacked_jobs(self.pool, now - dt.timedelta(seconds=delay_s)):
+            if job.active and self.presence.get(job.device_id) is not None:
+                continue  # online: its phone has the job
+            if job.active and wall - self._away_since(job) < delay_s:
+                continue
+            mono = time.monotonic()
+            picked = self.presence.pick(job.account_id, mono)
+            if picked is None or not picked[1] or picked[0].device_id == job.device_id:
+                continue  # nobody with room now: the next sweep tries again
+            conn = picked[0]
+            conn.pacer.take(mono)
+            if not await store.reassign(self.pool, job.id, job.device_id, conn.device_id):
+                conn.pacer.give_back(mono)
+                continue
+            log.info("job reassigned", extra={"message_id": str(job.id),
+                                              "from_device": str(job.device_id),
+                                              "to_device": str(conn.device_id)})
+            await conn.socket.send_frame(send_frame(store.Job(
+                id=job.id, recipient=job.recipient, body=job.body, status=job.status)))
+
+    def _away_since(self, job: store.Unacked) -> float:
+        """Since when the device has been away, as far as anyone can tell: its
+        disconnect here, else its last-seen, but never before this process
+        started (a phone cannot be blamed for the broker's own restart)."""
+        gone = self.presence.gone_at(job.device_id)
+        if gone is not None:
+            return gone
+        seen = job.last_seen_at.timestamp() if job.last_seen_at else 0.0
+        return max(seen, self.started_at)
