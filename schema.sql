@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen_at timestamptz,
     health       jsonb,
     app_version  text,
+    online_node  text,                       -- the broker node holding its socket (batched)
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS devices_account ON devices (account_id);

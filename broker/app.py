@@ -50,6 +50,7 @@ class Broker:
         self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
                                             max_size=self.settings.pool_max)
         self.dispatcher = Dispatcher(self.pool, self.presence)
+        await store.forget_node(self.pool, self.settings.node)
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
         self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
@@ -86,7 +87,9 @@ class Broker:
     async def flush_last_seen(self) -> None:
         ids, seen, health, versions = self.presence.take_dirty()
         if ids:
-            await store.flush_last_seen(self.pool, ids, seen, health, versions)
+            online = [self.presence.get(i) is not None for i in ids]
+            await store.flush_last_seen(self.pool, ids, seen, health, versions, online,
+                                        self.settings.node)
 
     async def _flush_loop(self) -> None:
         """Last-seen reaches PostgreSQL in batches, not once per frame."""

@@ -232,11 +232,12 @@ async def devices_list(db: asyncpg.Connection, args: argparse.Namespace,
     account = await _account(db, args.account)
     rows = await store.list_devices(db, account.id)
     items = [{"id": str(r.id), "deviceName": r.name, "active": r.active,
+              "online": r.online_node is not None, "node": r.online_node,
               "lastSeen": _iso(r.last_seen_at), "sendRate": r.send_rate,
               "appVersion": r.app_version, "health": r.health} for r in rows]
     lines = [f"{len(rows)} device(s) for {account.email}"]
     for item in items:
-        state = "active" if item["active"] else "deactivated"
+        state = ("online" if item["online"] else "active") if item["active"] else "deactivated"
         lines.append(f"  {item['id']}  {state:<11}  last seen {item['lastSeen'] or 'never'}"
                      f"  {item['sendRate'] or 'unlimited'}/min  {item['deviceName']}")
     return Output({"devices": items}, "\n".join(lines))

@@ -221,22 +221,29 @@ class Dispatcher:
         own = {str(j.id) for j in jobs}
         for job in jobs:
             await conn.socket.send_frame(send_frame(job))
-        for held in pending:
-            if held not in own:
-                await conn.socket.send_frame(frames.encode(
-                    frames.Cancel(id=held, reason=await self._cancel_reason(conn, held))))
+        foreign = [held for held in pending if held not in own]
+        if foreign:
+            for held, reason in (await self._cancel_reasons(conn, foreign)).items():
+                await conn.socket.send_frame(frames.encode(frames.Cancel(id=held, reason=reason)))
         self.kick(conn.account_id)
 
-    async def _cancel_reason(self, conn: Connection, held: str) -> str:
-        message_id = _parse_uuid(held)
-        if message_id is None:
-            return "unknown"
-        target = await store.lock_for_report(self.pool, message_id, conn.device_id)
-        if target is None:
-            return "reassigned"
-        if target.status == lifecycle.FAILED:
-            return target.error or "failed"
-        return "done"  # sent or delivered: nothing left to do for it
+    async def _cancel_reasons(self, conn: Connection, held: list[str]) -> dict[str, str]:
+        """Why each job a phone holds is no longer its own to send."""
+        ids = {h: _parse_uuid(h) for h in held}
+        known = {str(j.id): j for j in await store.held_jobs(
+            self.pool, conn.account_id, [i for i in ids.values() if i is not None])}
+        reasons = {}
+        for h in held:
+            job = known.get(str(ids[h])) if ids[h] is not None else None
+            if job is None:
+                reasons[h] = "unknown"
+            elif job.device_id != conn.device_id:
+                reasons[h] = "reassigned"
+            elif job.status == lifecycle.FAILED:
+                reasons[h] = job.error or "failed"
+            else:
+                reasons[h] = "done"  # sent or delivered: nothing left to do for it
+        return reasons
 
     async def report(self, conn: Connection, frame: frames.Ack | frames.Status) -> bytes:
         """Store a phone's report; returns the frame to answer with. The

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -21,8 +22,23 @@ _STD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "color_message"}  # uvicorn's terminal-coloured copy of msg
 
 
+# A second line of defence for lines we do not write ourselves: uvicorn's
+# websockets implementation logs every handshake header at DEBUG, the
+# device's `Authorization` among them.
+_SECRET = re.compile(r"\b(smsgw|smsdev)_([0-9a-f]{8})_[A-Za-z0-9_-]+")
+_CREDENTIAL_HEADER = re.compile(r"(?i)\b(authorization|x-api-key)(\s*[:=]\s*)[^\s,'\"}]+(\s+[^\s,'\"}]+)?")
+
+
+def redact(text: str) -> str:
+    text = _CREDENTIAL_HEADER.sub(r"\1\2[redacted]", text)
+    return _SECRET.sub(r"\1_\2_[redacted]", text)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return redact(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",

@@ -99,6 +99,7 @@ class DeviceRow(msgspec.Struct, frozen=True):
     last_seen_at: dt.datetime | None
     health: dict[str, Any] | None
     app_version: str | None
+    online_node: str | None = None
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -230,7 +231,8 @@ async def rotate_key(db: Any, key_id: uuid.UUID, prefix: str, secret_hash: bytes
 
 # --- devices ----------------------------------------------------------------
 
-_DEVICE_COLS = "id, account_id, name, token_hash, send_rate, active, last_seen_at, health, app_version"
+_DEVICE_COLS = ("id, account_id, name, token_hash, send_rate, active, last_seen_at, health,"
+                " app_version, online_node")
 
 
 class DeviceLimitReached(Exception):
@@ -287,15 +289,26 @@ async def deactivate_device(db: Any, device_id: uuid.UUID,
 
 
 async def flush_last_seen(db: Any, ids: list[uuid.UUID], seen: list[dt.datetime],
-                          health: list[str | None], versions: list[str | None]) -> None:
-    """Last-seen of many devices in one statement (presence batches them)."""
+                          health: list[str | None], versions: list[str | None],
+                          online: list[bool] | None = None, node: str | None = None) -> None:
+    """Last-seen of many devices in one statement (presence batches them).
+    With `online` and `node`: which node holds each socket now, so that the
+    CLI (another process) can tell who is online."""
     await db.execute(
         "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, v.seen),"
-        " health = COALESCE(v.health::jsonb, d.health), app_version = COALESCE(v.ver, d.app_version)"
-        " FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS v(id, seen, health, ver)"
+        " health = COALESCE(v.health::jsonb, d.health), app_version = COALESCE(v.ver, d.app_version),"
+        " online_node = CASE WHEN v.online IS NULL THEN d.online_node WHEN v.online THEN $6"
+        "   WHEN d.online_node = $6 THEN NULL ELSE d.online_node END"
+        " FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bool[])"
+        "   AS v(id, seen, health, ver, online)"
         " WHERE d.id = v.id",
-        ids, seen, health, versions,
+        ids, seen, health, versions, online or [None] * len(ids), node,
     )
+
+
+async def forget_node(db: Any, node: str) -> None:
+    """At start-up: sockets this node held before it stopped are gone."""
+    await db.execute("UPDATE devices SET online_node = NULL WHERE online_node = $1", node)
 
 
 # --- messages ---------------------------------------------------------------
@@ -424,6 +437,21 @@ async def claim_queued(db: Any, account_id: uuid.UUID, device_id: uuid.UUID,
 async def accounts_with_queued(db: Any) -> list[uuid.UUID]:
     return [r[0] for r in await db.fetch(
         "SELECT DISTINCT account_id FROM messages WHERE status = 'queued'")]
+
+
+class Held(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    device_id: uuid.UUID | None
+    status: str
+    error: str | None
+
+
+async def held_jobs(db: Any, account_id: uuid.UUID, ids: list[uuid.UUID]) -> list[Held]:
+    """Owner and status of the jobs a phone says it holds, in one query."""
+    return _rows(Held, await db.fetch(
+        "SELECT id, device_id, status, error FROM messages"
+        " WHERE account_id = $1 AND id = ANY($2::uuid[])", account_id, ids,
+    ))
 
 
 class ReportTarget(msgspec.Struct, frozen=True):

@@ -133,3 +133,17 @@ def test_setup_installs_one_json_handler_on_root() -> None:
     # Only this test's logger: anything else logging meanwhile is not ours to judge.
     [rec] = [r for r in lines(stream) if r["logger"] == "smsdora.some.module"]
     assert (rec["msg"], rec["level"]) == ("kept", "warning")
+
+
+def test_formatter_redacts_credentials_that_other_libraries_log() -> None:
+    """uvicorn's websockets implementation logs handshake headers at DEBUG."""
+    from broker.logs import JsonFormatter
+
+    token = "smsdev_92ce8d81_C7naL-ItnqsvDFHYQJNKbfCjVfVYB5_v0ZQnIv2y8wY"
+    key = "smsgw_0123abcd_" + "A" * 43
+    record = logging.LogRecord("uvicorn.error", logging.DEBUG, __file__, 1,
+                               "< authorization: Bearer %s; key %s; x-api-key: %s",
+                               (token, key, key), None)
+    line = JsonFormatter().format(record)
+    assert token not in line and key not in line and "A" * 43 not in line
+    assert "smsgw_0123abcd_[redacted]" in line and "authorization: [redacted]" in line
