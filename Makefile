@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test
+.PHONY: install run test typecheck
 
 install: $(STAMP)
 
@@ -21,5 +21,9 @@ run: $(STAMP)
 	$(BIN)/smsdora migrate && $(BIN)/smsdora serve
 
 # Extra pytest arguments: make test ARGS='-k lifecycle -x'
-test: $(STAMP)
+test: typecheck
 	$(BIN)/pytest -q $(ARGS)
+
+# STYLE.md: strict typing. asyncpg ships no type information.
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict --ignore-missing-imports broker protocol

@@ -147,7 +147,7 @@ class RequestContext:
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 64 and value.isascii():
-            return value.decode()
+            return str(value.decode())
     return uuid.uuid4().hex[:16]
 
 

@@ -9,6 +9,7 @@ can be rebuilt from the database after a restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import datetime as dt
 import hashlib
 import logging
@@ -176,7 +177,7 @@ class Dispatcher:
             return
         task = asyncio.get_running_loop().create_task(self._drain(account_id))
         self._drains[account_id] = task
-        task.add_done_callback(lambda t, a=account_id: self._drain_done(a, t))
+        task.add_done_callback(functools.partial(self._drain_done, account_id))
 
     def _drain_done(self, account_id: uuid.UUID, task: asyncio.Task[None]) -> None:
         if self._drains.get(account_id) is task:

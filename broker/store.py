@@ -215,7 +215,7 @@ async def revoke_key(db: Any, key_id: uuid.UUID, account_id: uuid.UUID | None = 
         "UPDATE api_keys SET revoked = true WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)",
         key_id, account_id,
     )
-    return status != "UPDATE 0"
+    return bool(status != "UPDATE 0")
 
 
 async def rotate_key(db: Any, key_id: uuid.UUID, prefix: str, secret_hash: bytes,
@@ -290,7 +290,8 @@ async def deactivate_device(db: Any, device_id: uuid.UUID,
 
 async def flush_last_seen(db: Any, ids: list[uuid.UUID], seen: list[dt.datetime],
                           health: list[str | None], versions: list[str | None],
-                          online: list[bool] | None = None, node: str | None = None) -> None:
+                          online: list[bool] | list[None] | None = None,
+                          node: str | None = None) -> None:
     """Last-seen of many devices in one statement (presence batches them).
     With `online` and `node`: which node holds each socket now, so that the
     CLI (another process) can tell who is online."""
@@ -302,7 +303,7 @@ async def flush_last_seen(db: Any, ids: list[uuid.UUID], seen: list[dt.datetime]
         " FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bool[])"
         "   AS v(id, seen, health, ver, online)"
         " WHERE d.id = v.id",
-        ids, seen, health, versions, online or [None] * len(ids), node,
+        ids, seen, health, versions, online if online is not None else [None] * len(ids), node,
     )
 
 
@@ -557,7 +558,7 @@ async def reassign(db: Any, message_id: uuid.UUID, old_device: uuid.UUID,
         " WHERE id = $1 AND device_id = $2 AND status = 'dispatching'",
         message_id, old_device, new_device,
     )
-    return status == "UPDATE 1"
+    return bool(status == "UPDATE 1")
 
 
 async def ping(db: Any) -> None:
