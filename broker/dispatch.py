@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -73,75 +74,92 @@ class Dispatcher:
         """Accept one message; returns the 201 body. The row is committed and
         the job frame written to the phone's socket before this returns."""
         now = utcnow()
-        request_hash = hashlib.sha256(raw_body).digest() if idempotency_key else b""
-        if idempotency_key is not None:
+        job = _NewJob(uuid.uuid4(), account_id, recipient, body,
+                      now + dt.timedelta(seconds=ttl_s) if ttl_s else None, now)
+        accepted: _Accepted | None = None
+        if idempotency_key is None:
+            await self._check_quota(account_id, monthly, now)
+            accepted = await self._accept(self.pool, job)
+        else:
+            request_hash = hashlib.sha256(raw_body).digest()
             replay = await self._replay(account_id, idempotency_key, request_hash, now)
             if replay is not None:
                 return replay
-        await self._check_quota(account_id, monthly, now)
-        expires_at = now + dt.timedelta(seconds=ttl_s) if ttl_s else None
+            await self._check_quota(account_id, monthly, now)
+            # Claim the key first, in the message's own transaction: a twin
+            # request blocks on the key until we commit and then replays our
+            # response, so only one of them ever picks a device.
+            try:
+                async with self.pool.acquire() as db, db.transaction():
+                    if not await store.claim_idempotency(
+                            db, account_id, idempotency_key, request_hash, job.id, b"",
+                            now - IDEMPOTENCY_WINDOW):
+                        raise _LostRace()
+                    accepted = await self._accept(db, job)
+                    await store.set_idempotent_response(db, account_id, idempotency_key,
+                                                        accepted.response)
+            except _LostRace:
+                replay = await self._replay(account_id, idempotency_key, request_hash, now)
+                assert replay is not None, "idempotency row vanished under us"
+                return replay
+            except BaseException:
+                if accepted is not None and accepted.has_room:  # rolled back: nothing sent
+                    accepted.conn.pacer.give_back(accepted.mono)
+                raise
+        assert accepted is not None
+        await self._deliver(job, accepted)
+        return accepted.response
+
+    async def _accept(self, db: Any, job: _NewJob) -> _Accepted:
+        """Pick the device and write the message (not yet the frame)."""
         # A pick can name a device that was deactivated a moment ago (presence
         # hears of it by NOTIFY, PostgreSQL knows at once): drop it, pick again.
         for _ in range(_PICK_ATTEMPTS):
             mono = time.monotonic()
-            picked = self.presence.pick(account_id, mono)
+            picked = self.presence.pick(job.account_id, mono)
             if picked is None:
                 break
             conn, has_room = picked
             status = lifecycle.DISPATCHING if has_room else lifecycle.QUEUED
-            message_id = uuid.uuid4()
-            response = api_encoder.encode(SendResponse(
-                statusCode=201, message="SMS queued for delivery",
-                data=MessageData(id=str(message_id), recipient=recipient, message=body,
-                                 status=status,
-                                 device=DeviceRef(id=str(conn.device_id), deviceName=conn.name)),
-            ))
             if has_room:
                 conn.pacer.take(mono)  # before the await: a concurrent send sees it
             try:
-                if idempotency_key is None:
-                    if not await store.insert_message(
-                            self.pool, message_id, account_id, conn.device_id, recipient, body,
-                            status, expires_at, now):
-                        raise _Inactive()
-                else:
-                    async with self.pool.acquire() as db, db.transaction():
-                        if not await store.claim_idempotency(
-                                db, account_id, idempotency_key, request_hash, message_id,
-                                response, now - IDEMPOTENCY_WINDOW):
-                            raise _LostRace()
-                        if not await store.insert_message(
-                                db, message_id, account_id, conn.device_id, recipient, body,
-                                status, expires_at, now):
-                            raise _Inactive()
-            except (_LostRace, _Inactive) as err:
+                written = await store.insert_message(
+                    db, job.id, job.account_id, conn.device_id, job.recipient, job.body, status,
+                    job.expires_at, job.created_at)
+            except BaseException:
                 if has_room:
-                    conn.pacer.give_back(mono)  # nothing went to the phone
-                if isinstance(err, _Inactive):
-                    self.presence.unregister(conn)
-                    await conn.socket.close(CLOSE_DEACTIVATED, "device deactivated")
-                    continue
-                replay = await self._replay(account_id, idempotency_key or "", request_hash, now)
-                assert replay is not None, "idempotency row vanished under us"
-                return replay
-            break
-        else:
-            picked = None
-        if picked is None:
-            metrics.SENDS.labels("no_device").inc()
-            raise NoEligibleDevice()
-        self._count(account_id)
+                    conn.pacer.give_back(mono)
+                raise
+            if written:
+                response = api_encoder.encode(SendResponse(
+                    statusCode=201, message="SMS queued for delivery",
+                    data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
+                                     status=status, device=DeviceRef(id=str(conn.device_id),
+                                                                     deviceName=conn.name)),
+                ))
+                return _Accepted(conn, has_room, mono, response)
+            if has_room:
+                conn.pacer.give_back(mono)  # nothing went to the phone
+            self.presence.unregister(conn)
+            await conn.socket.close(CLOSE_DEACTIVATED, "device deactivated")
+        metrics.SENDS.labels("no_device").inc()
+        raise NoEligibleDevice()
+
+    async def _deliver(self, job: _NewJob, accepted: _Accepted) -> None:
+        """After the commit: the job frame to the phone, or a wake-up for the queue."""
+        self._count(job.account_id)
         metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
-        if has_room:
+        if accepted.has_room:
             metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
-            await conn.socket.send_frame(frames.encode(
-                frames.Send(id=str(message_id), recipient=recipient, message=body)))
-            metrics.DISPATCH_LATENCY.observe(time.monotonic() - mono)
+            await accepted.conn.socket.send_frame(frames.encode(
+                frames.Send(id=str(job.id), recipient=job.recipient, message=job.body)))
+            metrics.DISPATCH_LATENCY.observe(time.monotonic() - accepted.mono)
             metrics.SENDS.labels("dispatching").inc()
         else:
             metrics.SENDS.labels("queued").inc()
-            self.wake_at(account_id, self.presence.next_room_at(account_id, mono))
-        return response
+            self.wake_at(job.account_id, self.presence.next_room_at(job.account_id,
+                                                                    accepted.mono))
 
     async def _replay(self, account_id: uuid.UUID, key: str, request_hash: bytes,
                       now: dt.datetime) -> bytes | None:
@@ -286,8 +304,20 @@ class Dispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class _Inactive(Exception):
-    """The picked device was deactivated: nothing was written."""
+class _NewJob(NamedTuple):
+    id: uuid.UUID
+    account_id: uuid.UUID
+    recipient: str
+    body: str
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class _Accepted(NamedTuple):
+    conn: Connection
+    has_room: bool
+    mono: float
+    response: bytes
 
 
 class _LostRace(Exception):

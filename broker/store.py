@@ -370,6 +370,15 @@ async def claim_idempotency(db: Any, account_id: uuid.UUID, key: str, request_ha
     return bool(r)
 
 
+async def set_idempotent_response(db: Any, account_id: uuid.UUID, key: str,
+                                  response: bytes) -> None:
+    """The response to replay, written in the transaction that claimed the key."""
+    await db.execute(
+        "UPDATE idempotency_keys SET response = $3 WHERE account_id = $1 AND key = $2",
+        account_id, key, response,
+    )
+
+
 _MESSAGE_COLS = """
 m.seq, m.id, m.recipient, m.body, m.status, m.error, m.created_at, m.device_id,
 d.name AS device_name
