@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS devices (
     online_node  text,                       -- the broker node holding its socket (batched)
     created_at   timestamptz NOT NULL DEFAULT now()
 );
+-- Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves an
+-- existing table as it was, so each later column is also added here.
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS online_node text;
 CREATE INDEX IF NOT EXISTS devices_account ON devices (account_id);
 
 CREATE TABLE IF NOT EXISTS messages (

@@ -243,15 +243,19 @@ class Dispatcher:
         foreign = [held for held in pending if held not in own]
         if foreign:
             for held, reason in (await self._cancel_reasons(conn, foreign)).items():
-                await conn.socket.send_frame(frames.encode(frames.Cancel(id=held, reason=reason)))
+                if reason is not None:
+                    await conn.socket.send_frame(frames.encode(
+                        frames.Cancel(id=held, reason=reason)))
         self.kick(conn.account_id)
 
-    async def _cancel_reasons(self, conn: Connection, held: list[str]) -> dict[str, str]:
-        """Why each job a phone holds is no longer its own to send."""
+    async def _cancel_reasons(self, conn: Connection,
+                              held: list[str]) -> dict[str, str | None]:
+        """Why each job a phone holds is no longer its own to send (None: it
+        is `sent` and the phone may still report its delivery: no cancel)."""
         ids = {h: _parse_uuid(h) for h in held}
         known = {str(j.id): j for j in await store.held_jobs(
             self.pool, conn.account_id, [i for i in ids.values() if i is not None])}
-        reasons = {}
+        reasons: dict[str, str | None] = {}
         for h in held:
             job = known.get(str(ids[h])) if ids[h] is not None else None
             if job is None:
@@ -260,8 +264,10 @@ class Dispatcher:
                 reasons[h] = "reassigned"
             elif job.status == lifecycle.FAILED:
                 reasons[h] = job.error or "failed"
+            elif job.status == lifecycle.SENT:
+                reasons[h] = None  # the delivery report may still come
             else:
-                reasons[h] = "done"  # sent or delivered: nothing left to do for it
+                reasons[h] = "done"  # delivered: nothing left to do for it
         return reasons
 
     async def report(self, conn: Connection, frame: frames.Ack | frames.Status) -> bytes:

@@ -138,9 +138,6 @@ async def send_message(request: Request) -> Response:
 
 
 def _message_id(request: Request) -> uuid.UUID:
-    if request.path_params["message_id"] == "send":
-        # `/messages/send` is a route of its own that only takes POST.
-        raise MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
     try:
         return uuid.UUID(request.path_params["message_id"])
     except ValueError:
@@ -149,6 +146,9 @@ def _message_id(request: Request) -> uuid.UUID:
 
 async def get_message(request: Request) -> Response:
     broker: Broker = request.app.state.broker
+    if request.path_params["message_id"] == "send":
+        # `/messages/send` is a route of its own that only takes POST.
+        raise MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
     key = await authenticate(request, "messages:read")
     found = await store.get_message(broker.pool, key.account_id, _message_id(request))
     if found is None:
@@ -227,7 +227,9 @@ async def create_device(request: Request) -> Response:
     try:
         async with broker.pool.acquire() as db:
             row = await store.insert_device(db, key.account_id, req.name, prefix,
-                                            keys.digest(broker.secret, token), req.sendRate)
+                                            keys.digest(broker.secret, token),
+                                            broker.settings.default_send_rate
+                                            if req.sendRate is None else req.sendRate)
     except store.DeviceLimitReached:
         raise Forbidden("Device limit reached") from None
     return ok(CreatedDevice(id=str(row.id), deviceName=row.name, token=token,

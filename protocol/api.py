@@ -72,7 +72,7 @@ class DeviceInfo(msgspec.Struct, frozen=True):
 
 class CreateDeviceRequest(msgspec.Struct, frozen=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    sendRate: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 30
+    sendRate: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None  # None: the default
 
 
 class CreatedDevice(msgspec.Struct, frozen=True):

@@ -249,3 +249,23 @@ async def test_pending_ids_no_longer_the_phones_get_cancel_its_own_get_send(
     assert await me.ask({"type": "status", "id": own_acked, "status": "sent"}) == \
         receipt(own_acked, "sent")
 
+
+
+async def test_a_pending_job_in_sent_gets_no_cancel_and_can_still_be_delivered(
+        server: Server, http: httpx.AsyncClient, account: Account, db: asyncpg.Connection,
+        phone: PhoneFactory) -> None:
+    """A phone holds a `sent` job while it waits for the carrier's delivery
+    report: a `cancel` would make it drop that report."""
+    p = await phone(await account.make_device())
+    half = await dispatch(http, account, p, message="half")
+    done = await dispatch(http, account, p, message="done")
+    for mid, steps in ((half, ["sent"]), (done, ["sent", "delivered"])):
+        assert await p.ask({"type": "ack", "id": mid}) == receipt(mid, "sending")
+        for status in steps:
+            assert await p.ask({"type": "status", "id": mid, "status": status}) == \
+                receipt(mid, status)
+    p = await reconnect(server, phone, p, pending=[half, done])
+    assert await p.recv() == {"type": "cancel", "id": done, "reason": "done"}
+    await p.nothing()
+    assert await p.ask({"type": "status", "id": half, "status": "delivered"}) == \
+        receipt(half, "delivered")
