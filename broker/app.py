@@ -21,6 +21,7 @@ from broker.devices_ws import CLOSE_POLICY, CLOSE_RESTART, device_socket
 from broker.dispatch import Dispatcher
 from broker.errors import BrokerError
 from broker.keys import RateWindow
+from broker.openapi import openapi_endpoint
 from broker.presence import Presence
 from broker.settings import Settings
 from broker.sweeper import Sweeper
@@ -191,6 +192,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         Route("/devices", http_api.devices, methods=["GET", "POST"]),
         Route("/health", http_api.health, methods=["GET"]),
         Route("/metrics", http_api.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         WebSocketRoute("/devices/ws", device_socket),
     ]
     app = Starlette(
