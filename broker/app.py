@@ -21,6 +21,7 @@ from broker.devices_ws import CLOSE_POLICY, CLOSE_RESTART, device_socket
 from broker.dispatch import Dispatcher
 from broker.errors import BrokerError
 from broker.keys import RateWindow
+from broker.listener import Listener
 from broker.openapi import openapi_endpoint
 from broker.presence import Presence
 from broker.settings import Settings
@@ -44,7 +45,7 @@ class Broker:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._listener: Any = None
+        self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -55,10 +56,12 @@ class Broker:
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
         self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
-        self._listener = await store.connect(self.database_url)
-        await self._listener.add_listener(store.DEVICE_DEACTIVATED, self._on_deactivated)
+        self._listener = Listener(self.database_url,
+                                  {store.DEVICE_DEACTIVATED: self._on_deactivated})
+        self._listener.start()
+        await asyncio.wait_for(self._listener.connected.wait(), 10)
 
-    def _on_deactivated(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_deactivated(self, payload: str) -> None:
         """A device was deactivated (maybe by the CLI): drop its socket now."""
         try:
             conn = self.presence.get(uuid.UUID(payload))
@@ -72,8 +75,7 @@ class Broker:
 
     async def stop(self) -> None:
         if self._listener is not None:
-            with contextlib.suppress(*store.DATABASE_DOWN):
-                await self._listener.close(timeout=2)
+            await self._listener.stop()
         await self.dispatcher.close()
         for conn in self.presence.all_connections():
             await conn.socket.close(CLOSE_RESTART, "broker restarting")
@@ -105,8 +107,9 @@ class Broker:
 class RequestContext:
     """Request id, one structured log line and the latency histogram per request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, deadline_s: float = 5.0) -> None:
         self.app = app
+        self.deadline_s = deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,7 +130,10 @@ class RequestContext:
 
         try:
             try:
-                await self.app(scope, receive, send_with_id)
+                # Every request answers within the deadline: a database that
+                # hangs becomes a 503 in the error shape, never a stuck client.
+                async with asyncio.timeout(self.deadline_s):
+                    await self.app(scope, receive, send_with_id)
             except Exception as exc:  # noqa: BLE001 - answered in the error shape, logged
                 # Here rather than in Starlette's outermost handler, so that the
                 # answer and the log line both carry the request id.
@@ -200,5 +206,5 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         exception_handlers={BrokerError: _broker_error, HTTPException: _http_exception},
     )
     app.state.broker = broker
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, deadline_s=settings.request_timeout_s)
     return app

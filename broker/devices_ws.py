@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ CLOSE_REPLACED = 4000
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 CLOSE_PROTOCOL = 1002
+CLOSE_TRY_AGAIN = 1013
 
 
 class WsSocket:
@@ -64,7 +66,8 @@ class WsSocket:
 
 
 def _deny(status: int, message: str) -> Response:
-    body = api_encoder.encode(ErrorBody(statusCode=status, message=message, error="Unauthorized"))
+    body = api_encoder.encode(ErrorBody(statusCode=status, message=message,
+                                        error=http.HTTPStatus(status).phrase))
     return Response(body, status_code=status, media_type="application/json")
 
 
@@ -81,7 +84,11 @@ async def _authenticate(broker: Broker, ws: WebSocket) -> store.DeviceRow | None
 
 async def device_socket(ws: WebSocket) -> None:
     broker: Broker = ws.app.state.broker
-    device = await _authenticate(broker, ws)
+    try:
+        device = await _authenticate(broker, ws)
+    except store.DATABASE_DOWN:
+        await ws.send_denial_response(_deny(503, "Database unavailable"))
+        return
     if device is None:
         await ws.send_denial_response(_deny(401, "Invalid device token"))
         return
@@ -104,7 +111,12 @@ async def device_socket(ws: WebSocket) -> None:
     )))
     log.info("device connected", extra={"device_id": str(device.id)})
     try:
-        await broker.dispatcher.on_connect(conn, list(hello.pending))
+        try:
+            await broker.dispatcher.on_connect(conn, list(hello.pending))
+        except store.DATABASE_DOWN:
+            # Its jobs could not be read: come back later and get them all.
+            await sock.close(CLOSE_TRY_AGAIN, "database unavailable")
+            return
         await _serve(broker, ws, conn)
     finally:
         if broker.presence.unregister(conn):
@@ -180,7 +192,14 @@ async def _serve(broker: Broker, ws: WebSocket, conn: Connection) -> None:
         match frame:
             case frames.Ack() | frames.Status():
                 metrics.FRAMES.labels("ack" if isinstance(frame, frames.Ack) else "status").inc()
-                await sock.send_frame(await dispatcher.report(conn, frame))
+                try:
+                    answer = await dispatcher.report(conn, frame)
+                except store.DATABASE_DOWN:
+                    # Not stored, so no receipt: the phone keeps the report in
+                    # its outbox and sends it again.
+                    answer = _error(frames.UNAVAILABLE, "database unavailable: retry later",
+                                    frame.id)
+                await sock.send_frame(answer)
             case frames.Ping(health=health):
                 metrics.FRAMES.labels("ping").inc()
                 if health is not None:

@@ -47,6 +47,11 @@ class Settings:
     reassign_after_s: int = 60
     no_report_after_s: int = 24 * 3600
     sweep_s: float = 1.0
+    request_timeout_s: float = 5.0
+    max_queued_per_account: int = 10_000
+    inflight_window: int = 100
+    frame_rate: float = 50.0
+    frame_burst: int = 200
     last_seen_flush_s: float = 2.0
     pool_min: int = 2
     pool_max: int = 20
@@ -69,6 +74,11 @@ class Settings:
             reassign_after_s=_int(e, "SMSDORA_REASSIGN_AFTER", 60),
             no_report_after_s=_int(e, "SMSDORA_NO_REPORT_AFTER", 24 * 3600),
             sweep_s=_float(e, "SMSDORA_SWEEP_SECONDS", 1.0),
+            request_timeout_s=_float(e, "SMSDORA_REQUEST_TIMEOUT", 5.0),
+            max_queued_per_account=_int(e, "SMSDORA_MAX_QUEUED", 10_000),
+            inflight_window=_int(e, "SMSDORA_INFLIGHT_WINDOW", 100),
+            frame_rate=_float(e, "SMSDORA_FRAME_RATE", 50.0),
+            frame_burst=_int(e, "SMSDORA_FRAME_BURST", 200),
             last_seen_flush_s=_float(e, "SMSDORA_LAST_SEEN_FLUSH_SECONDS", 2.0),
             pool_min=_int(e, "SMSDORA_POOL_MIN", 2),
             pool_max=_int(e, "SMSDORA_POOL_MAX", 20),

@@ -45,14 +45,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-        command_timeout=10, max_inactive_connection_lifetime=300,
+        # Fail fast when the database is away: callers answer 503 in seconds
+        # rather than hang (connect timeout; per-statement timeout).
+        timeout=3, command_timeout=4, max_inactive_connection_lifetime=300,
     )
     assert pool is not None
     return pool
 
 
 async def connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=5)
     await _init_connection(conn)
     return conn
 

@@ -1,0 +1,66 @@
+"""A supervised LISTEN connection: PostgreSQL tells every broker process what
+another process (the CLI, another node) changed, e.g. a deactivated device.
+
+The connection is re-made after it breaks (a PostgreSQL restart, a network
+blip), with backoff, so a broker outlives its database's restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from broker import store
+
+log = logging.getLogger("smsdora.listener")
+Handler = Callable[[str], None]
+
+
+class Listener:
+    def __init__(self, database_url: str, channels: dict[str, Handler]) -> None:
+        self.database_url = database_url
+        self.channels = channels
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                conn = await store.connect(self.database_url)
+            except store.DATABASE_DOWN as err:
+                log.warning("listen: cannot connect", extra={"error": type(err).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(lambda _c: lost.set())
+                for channel, handler in self.channels.items():
+                    await conn.add_listener(channel, _call(handler))
+                backoff = 0.2
+                self.connected.set()
+                await lost.wait()
+                log.warning("listen: connection lost, reconnecting")
+            except store.DATABASE_DOWN as err:
+                log.warning("listen: failed", extra={"error": type(err).__name__})
+            finally:
+                self.connected.clear()
+                if not conn.is_closed():
+                    conn.terminate()
+
+
+def _call(handler: Handler) -> Callable[[Any, int, str, str], None]:
+    def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        handler(payload)
+    return on_notify
