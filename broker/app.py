@@ -51,7 +51,8 @@ class Broker:
     async def start(self) -> None:
         self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
                                             max_size=self.settings.pool_max)
-        self.dispatcher = Dispatcher(self.pool, self.presence)
+        self.dispatcher = Dispatcher(self.pool, self.presence,
+                                     max_queued=self.settings.max_queued_per_account)
         await store.forget_node(self.pool, self.settings.node)
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())

@@ -98,7 +98,8 @@ async def device_socket(ws: WebSocket) -> None:
     if hello is None:
         return
     conn = Connection(device.id, device.account_id, device.name, sock,
-                      broker.presence.pacer(device.id, device.send_rate), time.time())
+                      broker.presence.pacer(device.id, device.send_rate), time.time(),
+                      window=broker.settings.inflight_window)
     conn.app_version = hello.appVersion or None
     conn.health = hello.health
     old = broker.presence.register(conn)
@@ -169,14 +170,52 @@ async def _await_hello(broker: Broker, ws: WebSocket, sock: WsSocket) -> frames.
         return frame
 
 
+class FrameBucket:
+    """Per-connection token bucket for frames: `rate` a second, `burst` at
+    once. Past it the reader waits (the phone is throttled by TCP itself);
+    a phone that stays over it for `burst` frames in a row is flooding and
+    its socket is closed with 1008."""
+
+    __slots__ = ("rate", "burst", "tokens", "at", "strikes")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at, self.strikes = float(burst), now, 0
+
+    def take(self, now: float) -> float | None:
+        """Seconds to wait before this frame may be handled (0: now), or
+        None: a flood, close the socket."""
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1.0
+        if self.tokens >= 0:
+            self.strikes = 0
+            return 0.0
+        self.strikes += 1
+        if self.strikes > self.burst:
+            return None
+        return -self.tokens / self.rate
+
+
 async def _serve(broker: Broker, ws: WebSocket, conn: Connection) -> None:
     presence, dispatcher, sock = broker.presence, broker.dispatcher, conn.socket
+    settings = broker.settings
+    bucket = FrameBucket(settings.frame_rate, settings.frame_burst, time.monotonic())
     while True:
         message = await _receive(ws)
         if message is None:
             return
         if not presence.is_current(conn):
             return  # replaced: the new connection owns the device now
+        wait = bucket.take(time.monotonic())
+        if wait is None:
+            metrics.FRAMES.labels("flood").inc()
+            log.warning("frame flood: closing", extra={"device_id": str(conn.device_id)})
+            await sock.close(CLOSE_POLICY, "too many frames")
+            return
+        if wait > 0:
+            metrics.FRAMES.labels("throttled").inc()
+            await asyncio.sleep(wait)
         presence.touch(conn)
         data = _payload(message)
         if data is None:

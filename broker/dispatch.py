@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from broker import metrics, store
-from broker.errors import Conflict, Forbidden, NoEligibleDevice
+from broker.errors import Conflict, Forbidden, NoEligibleDevice, Unavailable
 from broker.presence import Connection, Presence
 from protocol import frames, lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse, encoder as api_encoder
@@ -28,6 +28,7 @@ from protocol.api import DeviceRef, MessageData, SendResponse, encoder as api_en
 log = logging.getLogger("smsdora.dispatch")
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
 _PICK_ATTEMPTS = 4
+_QUEUE_FULL_RETRY_S = 30
 CLOSE_DEACTIVATED = 1008
 
 
@@ -43,10 +44,18 @@ def send_frame(job: store.Job) -> bytes:
     return frames.encode(frames.Send(id=str(job.id), recipient=job.recipient, message=job.body))
 
 
+async def hand(conn: Connection, message_id: uuid.UUID, frame: bytes) -> None:
+    """Write a job to a phone; it is in flight until the phone answers."""
+    conn.inflight.add(message_id)
+    await conn.socket.send_frame(frame)
+
+
 class Dispatcher:
-    def __init__(self, pool: asyncpg.Pool, presence: Presence) -> None:
+    def __init__(self, pool: asyncpg.Pool, presence: Presence,
+                 max_queued: int = 10_000) -> None:
         self.pool = pool
         self.presence = presence
+        self.max_queued = max_queued
         self._usage: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
         self._drains: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.TimerHandle] = {}
@@ -123,6 +132,12 @@ class Dispatcher:
             status = lifecycle.DISPATCHING if has_room else lifecycle.QUEUED
             if has_room:
                 conn.pacer.take(mono)  # before the await: a concurrent send sees it
+            elif await store.queued_count(db, job.account_id) >= self.max_queued:
+                # A bounded queue: past it the client is told to come back,
+                # rather than the backlog growing without end.
+                metrics.SENDS.labels("queue_full").inc()
+                raise Unavailable("Too many queued messages",
+                                  headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
             try:
                 written = await store.insert_message(
                     db, job.id, job.account_id, conn.device_id, job.recipient, job.body, status,
@@ -152,7 +167,7 @@ class Dispatcher:
         metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
         if accepted.has_room:
             metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
-            await accepted.conn.socket.send_frame(frames.encode(
+            await hand(accepted.conn, job.id, frames.encode(
                 frames.Send(id=str(job.id), recipient=job.recipient, message=job.body)))
             metrics.DISPATCH_LATENCY.observe(time.monotonic() - accepted.mono)
             metrics.SENDS.labels("dispatching").inc()
@@ -214,7 +229,7 @@ class Dispatcher:
             conns.sort(key=lambda c: c.last_seen_at, reverse=True)
             moved = 0
             for conn in conns:
-                room = conn.pacer.room(now)
+                room = conn.room(now)
                 if room <= 0 or not self.presence.is_current(conn):
                     continue
                 jobs = await store.claim_queued(self.pool, account_id, conn.device_id,
@@ -222,7 +237,7 @@ class Dispatcher:
                 for job in jobs:
                     conn.pacer.take(now)
                     metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
-                    await conn.socket.send_frame(send_frame(job))
+                    await hand(conn, job.id, send_frame(job))
                 moved += len(jobs)
                 if len(jobs) < min(room, 500):
                     return  # the queue is empty
@@ -239,7 +254,7 @@ class Dispatcher:
         jobs = await store.open_jobs(self.pool, conn.device_id, sorted(lifecycle.REDELIVERED))
         own = {str(j.id) for j in jobs}
         for job in jobs:
-            await conn.socket.send_frame(send_frame(job))
+            await hand(conn, job.id, send_frame(job))
         foreign = [held for held in pending if held not in own]
         if foreign:
             for held, reason in (await self._cancel_reasons(conn, foreign)).items():
@@ -290,6 +305,10 @@ class Dispatcher:
             elif outcome.kind is lifecycle.Kind.LATE:
                 assert outcome.new_status is not None
                 await store.add_history(db, message_id, conn.device_id, outcome.new_status, error)
+        was_full = 0 < conn.window <= len(conn.inflight)
+        conn.inflight.discard(message_id)  # answered: no longer in flight
+        if was_full:
+            self.kick(conn.account_id)  # room again: queued jobs may go now
         if outcome.kind is lifecycle.Kind.MOVE:
             metrics.TRANSITIONS.labels(outcome.new_status).inc()
         if outcome.kind is lifecycle.Kind.REFUSE:

@@ -67,10 +67,10 @@ class Connection:
     """One phone's live socket and what the broker knows of it."""
 
     __slots__ = ("device_id", "account_id", "name", "socket", "pacer", "last_seen_at",
-                 "health", "app_version", "connected_at")
+                 "health", "app_version", "connected_at", "window", "inflight")
 
     def __init__(self, device_id: uuid.UUID, account_id: uuid.UUID, name: str, socket: Socket,
-                 pacer: Pacer, now_wall: float) -> None:
+                 pacer: Pacer, now_wall: float, window: int = 0) -> None:
         self.device_id = device_id
         self.account_id = account_id
         self.name = name
@@ -80,6 +80,23 @@ class Connection:
         self.health: Health | None = None
         self.app_version: str | None = None
         self.connected_at = now_wall
+        # In-flight window: jobs handed to this socket that the phone has not
+        # answered yet (0 = no limit). A silent phone stops getting new jobs.
+        self.window = window
+        self.inflight: set[uuid.UUID] = set()
+
+    def room(self, now: float) -> int:
+        room = self.pacer.room(now)
+        if self.window > 0:
+            room = min(room, self.window - len(self.inflight))
+        return room
+
+    def next_room_at(self, now: float) -> float:
+        if self.window > 0 and len(self.inflight) >= self.window:
+            # Room comes with the phone's next answer, which kicks the queue;
+            # look again in a second in case it never does.
+            return max(now + 1.0, self.pacer.next_room_at(now))
+        return self.pacer.next_room_at(now)
 
 
 class Presence:
@@ -168,9 +185,9 @@ class Presence:
         soonest: Connection | None = None
         soonest_at = 0.0
         for conn in reversed(devices.values()):
-            if conn.pacer.room(now) > 0:
+            if conn.room(now) > 0:
                 return conn, True
-            at = conn.pacer.next_room_at(now)
+            at = conn.next_room_at(now)
             if soonest is None or at < soonest_at:
                 soonest, soonest_at = conn, at
         assert soonest is not None
@@ -180,7 +197,7 @@ class Presence:
         devices = self._by_account.get(account_id)
         if not devices:
             return None
-        return min(c.pacer.next_room_at(now) for c in devices.values())
+        return min(c.next_room_at(now) for c in devices.values())
 
     # --- last-seen batches --------------------------------------------------
 

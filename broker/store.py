@@ -446,6 +446,11 @@ async def claim_queued(db: Any, account_id: uuid.UUID, device_id: uuid.UUID,
     ))
 
 
+async def queued_count(db: Any, account_id: uuid.UUID) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND status = 'queued'", account_id))
+
+
 async def accounts_with_queued(db: Any) -> list[uuid.UUID]:
     return [r[0] for r in await db.fetch(
         "SELECT DISTINCT account_id FROM messages WHERE status = 'queued'")]

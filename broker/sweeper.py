@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from broker import metrics, store
-from broker.dispatch import send_frame, utcnow
+from broker.dispatch import hand, send_frame, utcnow
 from broker.presence import Presence
 from broker.settings import Settings
 from protocol import frames, lifecycle
@@ -65,6 +65,7 @@ class Sweeper:
                 continue
             conn = self.presence.get(stopped.device_id)
             if conn is not None:
+                conn.inflight.discard(stopped.id)
                 await conn.socket.send_frame(frames.encode(
                     frames.Cancel(id=str(stopped.id), reason="expired")))
 
@@ -88,7 +89,7 @@ class Sweeper:
             log.info("job reassigned", extra={"message_id": str(job.id),
                                               "from_device": str(job.device_id),
                                               "to_device": str(conn.device_id)})
-            await conn.socket.send_frame(send_frame(store.Job(
+            await hand(conn, job.id, send_frame(store.Job(
                 id=job.id, recipient=job.recipient, body=job.body, status=job.status)))
 
     def _away_since(self, job: store.Unacked) -> float:
