@@ -41,6 +41,7 @@ class Broker:
         self.presence = Presence()
         self.rate_window = RateWindow()
         self.started_mono = time.monotonic()
+        self.draining = False  # set on SIGTERM: no new sends
         self.pool: Any = None
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self._flusher: asyncio.Task[None] | None = None

@@ -341,6 +341,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> Output:
     _run_db(migrate, args, settings.with_(database_url=dsn))
     logs.setup(settings.log_level)
     app = create_app(settings, dsn)
+    DrainingServer = _draining_server()
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the handlers
     # it found and raises the signal again. Found handlers that end `main`
     # normally make that a clean exit (status 0, no traceback), and atexit
@@ -348,12 +349,28 @@ def serve(args: argparse.Namespace, settings: Settings) -> Output:
     # which a process killed by the default SIGTERM action would leave behind.
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        uvicorn.Server(uvicorn_config(app, settings, args.host, args.port)).run()
+        DrainingServer(uvicorn_config(app, settings, args.host, args.port)).run()
     except (KeyboardInterrupt, _Stopped):
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
     return Output({}, "")
+
+
+def _draining_server() -> type:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT the broker first stops taking sends (503 in the
+        error shape for any that still arrive on an open connection), then
+        uvicorn closes phone sockets with 1012 and the lifespan flushes
+        last-seen (issue 4: graceful shutdown)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.config.app.state.broker.draining = True  # type: ignore[union-attr]
+            super().handle_exit(sig, frame)
+
+    return DrainingServer
 
 
 class _Stopped(Exception):

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from broker import keys, metrics, store
 from broker.errors import (BadRequest, BrokerError, Forbidden, MethodNotAllowed, NotFound,
-                           PayloadTooLarge, RateLimited, Unauthorized)
+                           PayloadTooLarge, RateLimited, Unauthorized, Unavailable)
 from protocol import lifecycle
 from protocol.api import (MAX_BODY_BYTES, CreatedDevice, DeviceHealth, DeviceInfo, DeviceRef,
                           Envelope, ErrorBody, HistoryEntry, MessageData, MessageDetail,
@@ -121,6 +121,8 @@ def _validation_text(raw: str) -> str:
 
 async def send_message(request: Request) -> Response:
     broker: Broker = request.app.state.broker
+    if broker.draining:
+        raise Unavailable("Broker is shutting down", headers={"Retry-After": "5"})
     body = await read_body(request)
     key = await authenticate(request, "messages:send")
     req = _decode(send_request_decoder, body)
