@@ -122,7 +122,8 @@ async def test_a_job_the_phone_never_took_expires_after_its_ttl(
         return (await state(db, left))[:2] == ("failed", "expired")
     await wait_for(expired, timeout=TTL_S + 4, what="the un-acked job failed as expired")
     statuses = [r["status"] for r in await db.fetch(
-        "SELECT status FROM message_history WHERE message_id = $1 ORDER BY at",
+        "SELECT status FROM message_history WHERE message_id = $1 ORDER BY at, array_position("
+            " ARRAY['queued', 'dispatching', 'sending', 'sent', 'delivered', 'failed'], status)",
         uuid.UUID(left))]
     assert statuses[-1] == "failed" and "sending" not in statuses
     r = await http.get(f"/messages/{left}", headers=account.headers)

@@ -86,7 +86,8 @@ async def test_a_job_in_sending_without_a_report_fails_as_no_report(
         assert await p.ask({"type": "status", "id": mid, "status": "sent"}) == {
             "type": "receipt", "id": mid, "status": "sent"}
         history = [r["status"] for r in await db.fetch(
-            "SELECT status FROM message_history WHERE message_id = $1 ORDER BY at",
+            "SELECT status FROM message_history WHERE message_id = $1 ORDER BY at, array_position("
+            " ARRAY['queued', 'dispatching', 'sending', 'sent', 'delivered', 'failed'], status)",
             uuid.UUID(mid))]
         assert history == ["queued", "dispatching", "sending", "failed", "sent"]
         await p.close()
