@@ -103,3 +103,16 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account_id, key)
 );
+
+-- Brokers cache API keys by prefix; any change to a key (revoke, rotate,
+-- delete, or an operator's hand-written UPDATE) tells them to drop it, so a
+-- revoked or rotated key stops working at once on every node.
+CREATE OR REPLACE FUNCTION smsdora_key_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('smsdora_key_changed', OLD.id::text);
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER api_keys_changed AFTER UPDATE OR DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION smsdora_key_changed();

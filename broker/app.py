@@ -20,7 +20,7 @@ from broker import http_api, logs, metrics, store
 from broker.devices_ws import CLOSE_POLICY, CLOSE_RESTART, device_socket
 from broker.dispatch import Dispatcher
 from broker.errors import BrokerError
-from broker.keys import RateWindow
+from broker.keys import KeyCache, RateWindow
 from broker.listener import Listener
 from broker.openapi import openapi_endpoint
 from broker.presence import Presence
@@ -40,6 +40,7 @@ class Broker:
         self.secret = settings.server_secret()
         self.presence = Presence()
         self.rate_window = RateWindow()
+        self.key_cache: KeyCache[store.KeyRow] = KeyCache()
         self.started_mono = time.monotonic()
         self.draining = False  # set on SIGTERM: no new sends
         self.pool: Any = None
@@ -58,10 +59,16 @@ class Broker:
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
         self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
-        self._listener = Listener(self.database_url,
-                                  {store.DEVICE_DEACTIVATED: self._on_deactivated})
+        self._listener = Listener(
+            self.database_url,
+            {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop},
+            on_connect=self.key_cache.clear)
         self._listener.start()
         await asyncio.wait_for(self._listener.connected.wait(), 10)
+
+    def keys_cached(self) -> bool:
+        """The key cache is trusted only while change notices can reach us."""
+        return self._listener is not None and self._listener.connected.is_set()
 
     def _on_deactivated(self, payload: str) -> None:
         """A device was deactivated (maybe by the CLI): drop its socket now."""

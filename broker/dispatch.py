@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from broker import metrics, store
-from broker.errors import Conflict, Forbidden, NoEligibleDevice, Unavailable
+from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
 from broker.presence import Connection, Presence
 from protocol import frames, lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse, encoder as api_encoder
@@ -79,12 +79,14 @@ class Dispatcher:
         self._usage[account_id] = (month, n + 1)
 
     async def send(self, account_id: uuid.UUID, monthly: int, recipient: str, body: str,
-                   ttl_s: int | None, idempotency_key: str | None, raw_body: bytes) -> bytes:
+                   ttl_s: int | None, idempotency_key: str | None, raw_body: bytes,
+                   key_id: uuid.UUID | None = None, key_prefix: str | None = None) -> bytes:
         """Accept one message; returns the 201 body. The row is committed and
         the job frame written to the phone's socket before this returns."""
         now = utcnow()
         job = _NewJob(uuid.uuid4(), account_id, recipient, body,
-                      now + dt.timedelta(seconds=ttl_s) if ttl_s else None, now)
+                      now + dt.timedelta(seconds=ttl_s) if ttl_s else None, now, key_id,
+                      key_prefix)
         accepted: _Accepted | None = None
         if idempotency_key is None:
             await self._check_quota(account_id, monthly, now)
@@ -141,12 +143,16 @@ class Dispatcher:
             try:
                 written = await store.insert_message(
                     db, job.id, job.account_id, conn.device_id, job.recipient, job.body, status,
-                    job.expires_at, job.created_at)
+                    job.expires_at, job.created_at, job.key_id, job.key_prefix)
             except BaseException:
                 if has_room:
                     conn.pacer.give_back(mono)
                 raise
-            if written:
+            if written == store.KEY_GONE:
+                if has_room:
+                    conn.pacer.give_back(mono)
+                raise KeyChanged()
+            if written == store.WRITTEN:
                 response = api_encoder.encode(SendResponse(
                     statusCode=201, message="SMS queued for delivery",
                     data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
@@ -336,6 +342,8 @@ class _NewJob(NamedTuple):
     body: str
     expires_at: dt.datetime | None
     created_at: dt.datetime
+    key_id: uuid.UUID | None  # the API key, checked again in the INSERT itself
+    key_prefix: str | None
 
 
 class _Accepted(NamedTuple):

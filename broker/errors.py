@@ -27,6 +27,14 @@ class Unauthorized(BrokerError):
     status = 401
 
 
+class KeyChanged(Unauthorized):
+    """The API key changed (revoked, rotated, expired) after the cached check:
+    the edge checks it again against PostgreSQL for the precise answer."""
+
+    def __init__(self) -> None:
+        super().__init__("Invalid API key")
+
+
 class Forbidden(BrokerError):
     status = 403
 

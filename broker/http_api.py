@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker import keys, metrics, store
-from broker.errors import (BadRequest, BrokerError, Forbidden, MethodNotAllowed, NotFound,
+from broker.errors import (BadRequest, BrokerError, Forbidden, KeyChanged, MethodNotAllowed,
+                           NotFound,
                            PayloadTooLarge, RateLimited, Unauthorized, Unavailable)
 from protocol import lifecycle
 from protocol.api import (MAX_BODY_BYTES, CreatedDevice, DeviceHealth, DeviceInfo, DeviceRef,
@@ -65,13 +66,23 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def authenticate(request: Request, scope: str) -> store.KeyRow:
+async def authenticate(request: Request, scope: str, *, cached: bool = False) -> store.KeyRow:
+    """The caller's key. `cached`: from the key cache when it can be trusted
+    (the send path, whose INSERT checks the key again in the same statement);
+    every other endpoint reads PostgreSQL."""
     broker: Broker = request.app.state.broker
     raw = keys.bearer(request.headers, api=True)
     prefix = keys.parse_prefix(keys.KEY_KIND, raw) if raw else None
     if raw is None or prefix is None:
         raise Unauthorized("Invalid API key")
-    key = await store.key_by_prefix(broker.pool, prefix)
+    now = time.monotonic()
+    cached = cached and broker.keys_cached()
+    key = broker.key_cache.get(prefix, now) if cached else None
+    if key is None:
+        generation = broker.key_cache.generation
+        key = await store.key_by_prefix(broker.pool, prefix)
+        if key is not None and cached:
+            broker.key_cache.put(prefix, str(key.id), key, now, generation)
     if key is None or not keys.matches(broker.secret, raw, key.secret_hash):
         raise Unauthorized("Invalid API key")
     if key.revoked:
@@ -81,7 +92,7 @@ async def authenticate(request: Request, scope: str) -> store.KeyRow:
     if not keys.has_scope(key.scopes, scope):
         raise Forbidden(f"Missing {scope} scope")
     if key.rate_limit is not None:
-        retry = broker.rate_window.hit(str(key.id), key.rate_limit, time.monotonic())
+        retry = broker.rate_window.hit(str(key.id), key.rate_limit, now)
         if retry is not None:
             raise RateLimited(retry)
     return key
@@ -124,7 +135,7 @@ async def send_message(request: Request) -> Response:
     if broker.draining:
         raise Unavailable("Broker is shutting down", headers={"Retry-After": "5"})
     body = await read_body(request)
-    key = await authenticate(request, "messages:send")
+    key = await authenticate(request, "messages:send", cached=True)
     req = _decode(send_request_decoder, body)
     if not 1 <= len(req.message) <= MAX_MESSAGE_CHARS:
         raise BadRequest("Message must be 1-1600 characters")
@@ -134,8 +145,17 @@ async def send_message(request: Request) -> Response:
     idem = request.headers.get("idempotency-key")
     if idem is not None and not 1 <= len(idem) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest("Idempotency-Key must be 1-255 characters")
-    result = await broker.dispatcher.send(key.account_id, key.monthly_messages, recipient,
-                                          req.message, req.ttl, idem, body)
+    try:
+        result = await broker.dispatcher.send(key.account_id, key.monthly_messages, recipient,
+                                              req.message, req.ttl, idem, body, key.id,
+                                              key.prefix)
+    except KeyChanged:
+        # The cache had not heard yet: the database's answer is the one given.
+        broker.key_cache.drop(str(key.id))
+        key = await authenticate(request, "messages:send")
+        result = await broker.dispatcher.send(key.account_id, key.monthly_messages, recipient,
+                                              req.message, req.ttl, idem, body, key.id,
+                                              key.prefix)
     return Response(result, status_code=201, media_type=JSON)
 
 

@@ -13,7 +13,7 @@ import hmac
 import math
 import secrets
 from collections import deque
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from protocol.api import SCOPES
 
@@ -22,6 +22,7 @@ TOKEN_KIND: Final = "smsdev"
 ALL_SCOPES: Final = frozenset(SCOPES)
 DEFAULT_SCOPES: Final = ("messages:send",)
 WINDOW_S: Final = 60.0
+T = TypeVar("T")
 
 
 def make_secret(kind: str) -> tuple[str, str]:
@@ -99,3 +100,43 @@ class RateWindow:
             return max(1, math.ceil(WINDOW_S - (now - hits[0])))
         hits.append(now)
         return None
+
+
+class KeyCache(Generic[T]):
+    """API keys by prefix, so that a key check is an HMAC and a dict lookup,
+    not a database round trip. Trusted only while the LISTEN connection is up
+    (a trigger announces every change to a key; the cache is cleared when
+    that connection is re-made); entries also age out after `ttl_s` so that
+    plan changes reach the quota check.
+
+    `generation` moves with every drop: a row read from the database before
+    a change was announced is not cached after it (`put(..., generation)`)."""
+
+    def __init__(self, ttl_s: float = 60.0) -> None:
+        self.ttl_s = ttl_s
+        self.generation = 0
+        self._by_prefix: dict[str, tuple[float, T]] = {}
+        self._prefix_of: dict[str, str] = {}  # key id -> prefix
+
+    def get(self, prefix: str, now: float) -> T | None:
+        hit = self._by_prefix.get(prefix)
+        if hit is None or now - hit[0] > self.ttl_s:
+            return None
+        return hit[1]
+
+    def put(self, prefix: str, key_id: str, row: T, now: float, generation: int) -> None:
+        if generation != self.generation:
+            return  # a change was announced while the row was being read
+        self._by_prefix[prefix] = (now, row)
+        self._prefix_of[key_id] = prefix
+
+    def drop(self, key_id: str) -> None:
+        self.generation += 1
+        prefix = self._prefix_of.pop(key_id, None)
+        if prefix is not None:
+            self._by_prefix.pop(prefix, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._by_prefix.clear()
+        self._prefix_of.clear()

@@ -19,9 +19,11 @@ Handler = Callable[[str], None]
 
 
 class Listener:
-    def __init__(self, database_url: str, channels: dict[str, Handler]) -> None:
+    def __init__(self, database_url: str, channels: dict[str, Handler],
+                 on_connect: Callable[[], None] | None = None) -> None:
         self.database_url = database_url
         self.channels = channels
+        self.on_connect = on_connect  # what was missed while away is unknown
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -49,6 +51,8 @@ class Listener:
                 for channel, handler in self.channels.items():
                     await conn.add_listener(channel, _call(handler))
                 backoff = 0.2
+                if self.on_connect is not None:
+                    self.on_connect()
                 self.connected.set()
                 await lost.wait()
                 log.warning("listen: connection lost, reconnecting")

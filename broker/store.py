@@ -274,6 +274,9 @@ async def list_devices(db: Any, account_id: uuid.UUID) -> list[DeviceRow]:
     ))
 
 
+# Sent by a trigger on api_keys (schema.sql) with the key's id.
+KEY_CHANGED = "smsdora_key_changed"
+
 # Brokers LISTEN here: a phone deactivated from the CLI (another process) is
 # disconnected at once rather than at its next reconnect.
 DEVICE_DEACTIVATED = "smsdora_device_deactivated"
@@ -320,11 +323,16 @@ async def forget_node(db: Any, node: str) -> None:
 # `queued` is always the first row ("the history of every message begins with
 # queued, the moment it was accepted").
 _INSERT_MESSAGE = """
-WITH m AS (
+WITH ok AS (
+    SELECT ($9::uuid IS NULL OR EXISTS (
+               SELECT 1 FROM api_keys WHERE id = $9 AND prefix = $10 AND NOT revoked
+               AND (expires_at IS NULL OR expires_at > $8))) AS key_ok,
+           EXISTS (SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active)
+               AS device_ok
+), m AS (
     INSERT INTO messages (id, account_id, device_id, recipient, body, status, expires_at, created_at,
                           updated_at)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
-    WHERE EXISTS (SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8 FROM ok WHERE ok.key_ok AND ok.device_ok
     RETURNING id, created_at
 ), h AS (
     INSERT INTO message_history (message_id, status, at, device_id)
@@ -332,17 +340,25 @@ WITH m AS (
            unnest(CASE WHEN $6 = 'queued' THEN ARRAY['queued'] ELSE ARRAY['queued', $6] END)
            AS s(status)
 )
-SELECT count(*) FROM m
+SELECT key_ok, device_ok FROM ok
 """
+
+WRITTEN, KEY_GONE, DEVICE_GONE = "written", "key", "device"
 
 
 async def insert_message(db: Any, message_id: uuid.UUID, account_id: uuid.UUID,
                          device_id: uuid.UUID, recipient: str, body: str, status: str,
-                         expires_at: dt.datetime | None, created_at: dt.datetime) -> bool:
-    """False (and nothing written) if the device is no longer active: presence
-    may not have heard of a deactivation yet, PostgreSQL has."""
-    return bool(await db.fetchval(_INSERT_MESSAGE, message_id, account_id, device_id, recipient,
-                                  body, status, expires_at, created_at))
+                         expires_at: dt.datetime | None, created_at: dt.datetime,
+                         key_id: uuid.UUID | None = None, key_prefix: str | None = None) -> str:
+    """The message and its first history rows, in one statement, checked in
+    the same statement against what presence and the key cache may not have
+    heard of yet: the API key (revoked, rotated, expired: KEY_GONE) and the
+    device (deactivated: DEVICE_GONE). Nothing is written unless WRITTEN."""
+    r = await db.fetchrow(_INSERT_MESSAGE, message_id, account_id, device_id, recipient, body,
+                          status, expires_at, created_at, key_id, key_prefix)
+    if not r["key_ok"]:
+        return KEY_GONE
+    return WRITTEN if r["device_ok"] else DEVICE_GONE
 
 
 async def idempotent_response(db: Any, account_id: uuid.UUID, key: str,

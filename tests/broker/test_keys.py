@@ -244,3 +244,23 @@ def test_rate_window_memory_bounded_by_limit() -> None:
         w.hit("k", 5, float(i) / 100)  # 1000 hits in 10 s, limit 5
     assert w.hit("k", 5, 10.0) is not None
     assert len(w._hits["k"]) == 5
+
+
+def test_key_cache_ages_out_and_drops_by_id() -> None:
+    cache: keys.KeyCache[str] = keys.KeyCache(ttl_s=60)
+    cache.put("abcd0123", "id-1", "row", now=0.0, generation=cache.generation)
+    assert cache.get("abcd0123", now=59.0) == "row"
+    assert cache.get("abcd0123", now=61.0) is None  # aged out: read the database again
+    cache.put("abcd0123", "id-1", "row", now=100.0, generation=cache.generation)
+    cache.drop("id-1")
+    assert cache.get("abcd0123", now=100.0) is None
+
+
+def test_key_cache_refuses_a_row_read_before_a_change_was_announced() -> None:
+    cache: keys.KeyCache[str] = keys.KeyCache()
+    before = cache.generation  # a request starts reading the key from PostgreSQL
+    cache.drop("id-1")  # meanwhile the key is revoked and the notice arrives
+    cache.put("abcd0123", "id-1", "stale row", now=0.0, generation=before)
+    assert cache.get("abcd0123", now=0.0) is None
+    cache.clear()
+    assert cache.generation == before + 2

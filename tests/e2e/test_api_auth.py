@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http as httplib
+import time
 from typing import Any
 
 import asyncpg
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from broker import keys, store
-from tests.e2e.conftest import SECRET, Account, PhoneFactory, send_sms
+from tests.e2e.conftest import SECRET, Account, PhoneFactory, Server, send_sms, wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -263,3 +264,22 @@ async def test_device_limit_is_403_on_post_devices(http: httpx.AsyncClient, acco
     r = await http.post("/devices", json={"name": "Second"}, headers=account.headers)
     assert (r.status_code, r.json()) == (403, error(403, "Device limit reached"))
     assert await db.fetchval("SELECT count(*) FROM devices") == 1
+
+
+async def test_the_key_cache_hears_of_a_revocation_by_notify(
+        server: Server, http: httpx.AsyncClient, account: Account, phone: PhoneFactory,
+        db: asyncpg.Connection) -> None:
+    """Sends check the key from the broker's cache; a trigger on api_keys
+    NOTIFYs every broker, which drops the key from its cache."""
+    await phone(await account.make_device())
+    key = await account.make_key(["messages:send"])
+    prefix = keys.parse_prefix(keys.KEY_KIND, key)
+    assert prefix is not None
+    assert (await send_sms(http, key)).status_code == 201
+    cache = server.broker.key_cache
+    assert cache.get(prefix, time.monotonic()) is not None
+    await store.revoke_key(db, (await key_row(db, key)).id, account.id)
+
+    async def dropped() -> bool:
+        return cache.get(prefix, time.monotonic()) is None
+    await wait_for(dropped, what="the revoked key to leave the cache")
