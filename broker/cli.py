@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import os
 import signal
 import sys
@@ -365,6 +366,16 @@ def _draining_server() -> type:
         error shape for any that still arrive on an open connection), then
         uvicorn closes phone sockets with 1012 and the lifespan flushes
         last-seen (issue 4: graceful shutdown)."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            # What start-up built (modules, the pool, caches) lives as long as
+            # the process: keep it out of every collection, and collect the
+            # young generation less often. With 10k sockets the default
+            # settings paused for 0.5-0.7 s (issue 5).
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 100)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             self.config.app.state.broker.draining = True  # type: ignore[union-attr]
