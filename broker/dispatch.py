@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from broker import metrics, store
+from broker import metrics, reports, store
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
 from broker.presence import Connection, Presence
 from protocol import frames, lifecycle
@@ -56,6 +56,7 @@ class Dispatcher:
         self.pool = pool
         self.presence = presence
         self.max_queued = max_queued
+        self.reports = reports.ReportWriter(pool)
         self._usage: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
         self._drains: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.TimerHandle] = {}
@@ -299,18 +300,9 @@ class Dispatcher:
         message_id = _parse_uuid(frame.id)
         if message_id is None:
             return _refuse(frame.id, frames.NOT_YOURS)
-        async with self.pool.acquire() as db, db.transaction():
-            target = await store.lock_for_report(db, message_id, conn.device_id)
-            if target is None:
-                return _refuse(frame.id, frames.NOT_YOURS)
-            outcome = lifecycle.apply(target.status, report)
-            if outcome.kind is lifecycle.Kind.MOVE:
-                assert outcome.new_status is not None
-                await store.move_status(db, message_id, conn.device_id, outcome.new_status,
-                                        error if outcome.new_status == lifecycle.FAILED else None)
-            elif outcome.kind is lifecycle.Kind.LATE:
-                assert outcome.new_status is not None
-                await store.add_history(db, message_id, conn.device_id, outcome.new_status, error)
+        result = await self.reports.submit(
+            reports.Report(conn.device_id, message_id, report, error))
+        outcome = result.outcome
         was_full = 0 < conn.window <= len(conn.inflight)
         conn.inflight.discard(message_id)  # answered: no longer in flight
         if was_full:
@@ -320,12 +312,13 @@ class Dispatcher:
         if outcome.kind is lifecycle.Kind.REFUSE:
             return _refuse(frame.id, outcome.code or frames.REFUSED)
         if outcome.kind is lifecycle.Kind.CANCEL:
-            return frames.encode(frames.Cancel(id=frame.id, reason=target.error or "failed"))
+            return frames.encode(frames.Cancel(id=frame.id, reason=result.error or "failed"))
         assert outcome.receipt is not None
         return frames.encode(frames.Receipt(id=frame.id, status=outcome.receipt))
 
     async def close(self) -> None:
         self._closing = True
+        await self.reports.close()
         for handle in self._wakeups.values():
             handle.cancel()
         self._wakeups.clear()

@@ -487,6 +487,34 @@ async def held_jobs(db: Any, account_id: uuid.UUID, ids: list[uuid.UUID]) -> lis
     ))
 
 
+async def lock_for_reports(db: Any, ids: list[uuid.UUID]) -> list[Held]:
+    """Lock the messages a batch of reports names, in id order (two batches
+    can never wait on each other in a cycle)."""
+    return _rows(Held, await db.fetch(
+        "SELECT id, device_id, status, error FROM messages WHERE id = ANY($1::uuid[])"
+        " ORDER BY id FOR UPDATE", ids,
+    ))
+
+
+async def write_moves(db: Any, moved: list[Held]) -> None:
+    await db.execute(
+        "UPDATE messages m SET status = v.status, error = v.error, updated_at = now()"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, status, error)"
+        " WHERE m.id = v.id",
+        [h.id for h in moved], [h.status for h in moved], [h.error for h in moved],
+    )
+
+
+async def write_history(db: Any,
+                        rows: list[tuple[uuid.UUID, str, uuid.UUID, str | None]]) -> None:
+    await db.execute(
+        "INSERT INTO message_history (message_id, status, device_id, error)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])"
+        " ON CONFLICT DO NOTHING",
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+    )
+
+
 class ReportTarget(msgspec.Struct, frozen=True):
     status: str
     error: str | None

@@ -32,8 +32,11 @@ THROTTLED = "throttled"
 
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Signal = Annotated[int, msgspec.Meta(ge=0, le=4)]
-MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-ShortText = Annotated[str, msgspec.Meta(max_length=500)]
+# No NUL anywhere: PostgreSQL text cannot hold it, so a phone's string that
+# will be stored is refused here, at the edge, with a bad_frame error.
+_NO_NUL = "^[^\x00]*$"
+MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NO_NUL)]
+ShortText = Annotated[str, msgspec.Meta(max_length=500, pattern=_NO_NUL)]
 
 
 class FrameError(Exception):

@@ -1,0 +1,126 @@
+"""Group commit of phones' reports (`ack` and `status`).
+
+Every report must be committed before its receipt (contract section 5), but
+one transaction per report costs a commit each: with `ack`, `sent` and
+`delivered` that is three per SMS. Reports from all phones are queued here
+and written together: while one batch commits, the next gathers, so under
+load many reports share one commit and at low load a report waits for
+nobody. One batch is three statements in one transaction: lock the messages
+(in id order), update the ones that move, insert their history rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, NamedTuple
+
+from broker import store
+from protocol import lifecycle
+
+MAX_BATCH = 1000
+
+
+class Report(NamedTuple):
+    device_id: uuid.UUID
+    message_id: uuid.UUID
+    report: str  # "ack", "sent", "delivered" or "failed"
+    error: str | None
+
+
+class Result(NamedTuple):
+    outcome: lifecycle.Outcome
+    error: str | None  # the message's stored error (the reason of a cancel)
+
+
+_NOT_YOURS = lifecycle.Outcome(lifecycle.Kind.REFUSE, code="not_yours")
+
+
+def decide(reports: list[Report],
+           rows: dict[uuid.UUID, store.Held]) -> tuple[list[Result], list[store.Held],
+                                                        list[tuple[uuid.UUID, str, uuid.UUID,
+                                                                   str | None]]]:
+    """Apply each report in order to the locked rows (pure). Returns the
+    results, the rows to update, and the history rows to insert."""
+    state = dict(rows)
+    moved: dict[uuid.UUID, store.Held] = {}
+    history: list[tuple[uuid.UUID, str, uuid.UUID, str | None]] = []
+    results: list[Result] = []
+    for r in reports:
+        row = state.get(r.message_id)
+        if row is None or row.device_id != r.device_id:
+            results.append(Result(_NOT_YOURS, None))
+            continue
+        outcome = lifecycle.apply(row.status, r.report)
+        if outcome.kind is lifecycle.Kind.MOVE:
+            assert outcome.new_status is not None
+            failed = outcome.new_status == lifecycle.FAILED
+            row = store.Held(id=row.id, device_id=row.device_id, status=outcome.new_status,
+                             error=r.error if failed and r.error else row.error)
+            state[r.message_id] = moved[r.message_id] = row
+            history.append((r.message_id, outcome.new_status, r.device_id,
+                            r.error if failed else None))
+        elif outcome.kind is lifecycle.Kind.LATE:
+            assert outcome.new_status is not None
+            history.append((r.message_id, outcome.new_status, r.device_id, r.error))
+        results.append(Result(outcome, row.error))
+    return results, list(moved.values()), history
+
+
+class ReportWriter:
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self._pending: list[tuple[Report, asyncio.Future[Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, report: Report) -> Result:
+        """Store one report; returns once it is committed (or refused)."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((report, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_all())
+        return await future
+
+    async def _write_all(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[tuple[Report, asyncio.Future[Result]]]) -> None:
+        """Write a batch and hand each caller its result or the error."""
+        try:
+            results = await self._write([r for r, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as err:  # noqa: BLE001 - handed to the callers below
+            if len(batch) > 1 and not isinstance(err, store.DATABASE_DOWN):
+                # One report the database refuses must not fail the others
+                # that shared its commit: write them one by one.
+                for item in batch:
+                    await self._settle([item])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
+
+    async def _write(self, reports: list[Report]) -> list[Result]:
+        ids = sorted({r.message_id for r in reports})
+        async with self.pool.acquire() as db, db.transaction():
+            rows = {h.id: h for h in await store.lock_for_reports(db, ids)}
+            results, moved, history = decide(reports, rows)
+            if moved:
+                await store.write_moves(db, moved)
+            if history:
+                await store.write_history(db, history)
+        return results
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
