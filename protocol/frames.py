@@ -28,7 +28,6 @@ NOT_ACKED = "not_acked"
 REFUSED = "refused"
 HELLO_FIRST = "hello_first"
 UNAVAILABLE = "unavailable"  # the broker could not store it now: keep it, send it again
-THROTTLED = "throttled"
 
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Signal = Annotated[int, msgspec.Meta(ge=0, le=4)]
