@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test typecheck
+.PHONY: install run test typecheck soak
 
 install: $(STAMP)
 
@@ -27,3 +27,7 @@ test: typecheck
 # STYLE.md: strict typing. asyncpg ships no type information.
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict --ignore-missing-imports broker protocol
+
+# Issue 4's soak, full form (tests/fault/soak.py); a short form runs in `make test`.
+soak: $(STAMP)
+	$(BIN)/python -m tests.fault.soak --messages 1000 --phones 20 --kills 3 --pg-restarts 1

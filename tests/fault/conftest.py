@@ -1,0 +1,28 @@
+"""Fault tests: the soak of issue 4 in its short form.
+
+`short_soak` runs tests/fault/soak.py once per module — its own embedded
+PostgreSQL, the broker as a subprocess killed with SIGKILL, PostgreSQL
+stopped and started, phones dropping at random — and yields the report;
+each test then asserts one promise of it. The full form is `make soak`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fault.soak import SoakConfig, SoakReport, run_soak
+
+# 100 messages, 5 phones, 1 SIGKILL, 1 PostgreSQL restart: about 6 s when
+# all is well. The bounds below keep a broken broker within the test timeout.
+SHORT = SoakConfig(messages=100, phones=5, kills=1, pg_restarts=1, seed=4, give_up_s=20.0,
+                   recover_s=20.0, settle_s=30.0, overall_s=100.0)
+
+
+@pytest.fixture(scope="module")
+def short_soak() -> Iterator[SoakReport]:
+    report = asyncio.run(run_soak(SHORT))
+    print(report.table())  # shown with -s, and with the output of a failed test
+    yield report

@@ -1,0 +1,237 @@
+"""The soak's promises as pure checks over what it observed (no I/O).
+
+The driver (`tests/fault/soak.py`) collects `Evidence` — what the HTTP
+clients were answered, what PostgreSQL holds at the end, what each simulated
+phone handed to its radio — and `check_all` turns it into one `Check` per
+promise of contract section 5 and issue 4:
+
+- nothing lost: every message answered 201 is in PostgreSQL;
+- nothing doubled: one message per Idempotency-Key, never more;
+- every message final;
+- each SMS sent exactly once, summed over all phones, by its owner device,
+  and its stored status is what that phone reported;
+- every history is forward-only and begins with `queued`.
+
+"Final" for the soak: `delivered` or `failed`, or `sent` when `sent` was
+the phone's last word about it (the simulated carrier then never reports a
+delivery, so `sent` is as far as that message will ever go). A `sent`
+message whose phone chose `delivered` is not final: its delivery report is
+still in the phone's outbox.
+
+Pure, so the checker itself is tested on hand-made evidence
+(tests/fault/test_soak.py): a check that can never fail proves nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from protocol import lifecycle
+
+RANK: Final[dict[str, int]] = {s: i for i, s in enumerate(lifecycle.STATUSES)}
+# A report the lifecycle table records "late", after the status went final:
+# "A late `sent` after `delivered` is recorded in the history but the status
+# stays `delivered`" (contract section 5); the same holds after `failed`.
+LATE_AFTER_FINAL: Final = frozenset({lifecycle.SENT})
+SHOWN: Final = 5  # examples quoted per failed check
+
+
+@dataclass(frozen=True)
+class Row:
+    """A message as PostgreSQL holds it at the end."""
+
+    id: str
+    status: str
+    device_id: str | None
+    body: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One row of a message's history."""
+
+    status: str
+    at: dt.datetime
+
+
+@dataclass
+class Evidence:
+    requested: int  # messages the driver meant to send, one Idempotency-Key each
+    accepted: dict[str, str] = field(default_factory=dict)  # key -> id answered with 201
+    key_rows: dict[str, str] = field(default_factory=dict)  # key -> message id, in PostgreSQL
+    rows: dict[str, Row] = field(default_factory=dict)
+    history: dict[str, list[Step]] = field(default_factory=dict)
+    sends: dict[str, Counter[str]] = field(default_factory=dict)  # device id -> id -> SMS sent
+    outcomes: dict[str, str] = field(default_factory=dict)  # id -> what its phone reported
+    answers: Counter[str] = field(default_factory=Counter)  # every HTTP answer, by kind
+    unexpected: list[str] = field(default_factory=list)  # answers the soak cannot explain
+    phone_views: dict[str, str] = field(default_factory=dict)  # id -> its phone's side
+    fault_problems: list[str] = field(default_factory=list)
+    phone_problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+# What one check found: its problems (none: it holds) and what it saw if it holds.
+Verdict = tuple[list[str], str]
+
+
+def is_final(status: str, outcome: str | None) -> bool:
+    """Final for the soak (see the module docstring)."""
+    return lifecycle.is_final(status) or (status == lifecycle.SENT and outcome == lifecycle.SENT)
+
+
+def history_problem(status: str, steps: list[Step]) -> str | None:
+    """Why this history is not forward-only, or None. Ordered by `at`, then
+    by rank (the first two rows of a message share its `created_at`)."""
+    ordered = [s.status for s in sorted(steps, key=lambda s: (s.at, RANK.get(s.status, 99)))]
+    if not ordered or ordered[0] != lifecycle.QUEUED:
+        return f"begins with {ordered[0] if ordered else 'nothing'}, not queued: {ordered}"
+    current = ordered[0]
+    for step in ordered[1:]:
+        if step not in RANK:
+            return f"unknown status {step!r}: {ordered}"
+        if lifecycle.is_final(current):
+            if step in LATE_AFTER_FINAL:
+                continue
+            return f"{step} after final {current}: {ordered}"
+        if not lifecycle.can_move(current, step):
+            return f"{current} -> {step} is not a forward move: {ordered}"
+        current = step
+    if current != status:
+        return f"history ends at {current} but the message is {status}: {ordered}"
+    return None
+
+
+def _check(name: str, problems: list[str], passed: str) -> Check:
+    if not problems:
+        return Check(name, True, passed)
+    shown = "; ".join(problems[:SHOWN])
+    more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+    return Check(name, False, f"{len(problems)} problem(s): {shown}{more}")
+
+
+def all_accepted(e: Evidence) -> Verdict:
+    problems = list(e.unexpected)
+    missing = e.requested - len(e.accepted)
+    if missing:
+        problems.insert(0, f"{missing} of {e.requested} message(s) never answered 201")
+    return problems, f"{len(e.accepted)} of {e.requested}, retries only on the expected answers"
+
+
+def no_server_errors(e: Evidence) -> Verdict:
+    problems = [f"{n} answer(s) {kind}" for kind, n in sorted(e.answers.items())
+                if kind.startswith("5") and not kind.startswith("503")]
+    return problems, "no 5xx other than 503"
+
+
+def nothing_lost(e: Evidence) -> Verdict:
+    problems = [f"key {key}: answered 201 with {mid}, not in PostgreSQL"
+                for key, mid in sorted(e.accepted.items()) if mid not in e.rows]
+    return problems, f"all {len(e.accepted)} messages answered 201 are in PostgreSQL"
+
+
+def nothing_doubled(e: Evidence) -> Verdict:
+    problems: list[str] = []
+    if len(e.rows) > e.requested:
+        problems.append(f"{len(e.rows)} messages for {e.requested} Idempotency-Keys")
+    if len(e.rows) != len(e.key_rows):
+        problems.append(f"{len(e.rows)} messages but {len(e.key_rows)} Idempotency-Key rows")
+    keyed = set(e.key_rows.values())
+    problems += [f"message {mid} has no Idempotency-Key row" for mid in sorted(e.rows)
+                 if mid not in keyed]
+    problems += [f"body {body!r} stored {n} times"
+                 for body, n in Counter(r.body for r in e.rows.values()).items() if n > 1]
+    problems += [f"key {key}: answered 201 with {mid} but the key made {e.key_rows.get(key)}"
+                 for key, mid in sorted(e.accepted.items()) if e.key_rows.get(key) != mid]
+    return problems, f"{len(e.rows)} messages for {len(e.key_rows)} keys ({e.requested} sent)"
+
+
+def all_final(e: Evidence) -> Verdict:
+    problems = [f"{mid} is {row.status} (its phone reported {e.outcomes.get(mid, 'nothing')};"
+                f" {e.phone_views.get(mid, 'no phone view')})"
+                for mid, row in sorted(e.rows.items())
+                if not is_final(row.status, e.outcomes.get(mid))]
+    return problems, f"all {len(e.rows)} final"
+
+
+def sent_once(e: Evidence) -> Verdict:
+    total: Counter[str] = Counter()
+    senders: dict[str, list[str]] = defaultdict(list)
+    for device, counts in e.sends.items():
+        for mid, n in counts.items():
+            if n:
+                total[mid] += n
+                senders[mid].append(device)
+    problems = [f"phones sent {mid}, which PostgreSQL does not know" for mid in sorted(total)
+                if mid not in e.rows]
+    for mid, row in sorted(e.rows.items()):
+        n = total[mid]
+        if n > 1:
+            problems.append(f"{mid} ({row.status}) sent {n} times, by {sorted(senders[mid])}")
+        elif n == 0 and row.status in (lifecycle.SENT, lifecycle.DELIVERED):
+            problems.append(f"{mid} is {row.status} but no phone sent it")
+    return problems, (f"{sum(total.values())} SMS for {len(e.rows)} messages;"
+                     f" max {max(total.values(), default=0)} per id")
+
+
+def sent_by_owner(e: Evidence) -> Verdict:
+    problems: list[str] = []
+    for device, counts in sorted(e.sends.items()):
+        for mid, n in sorted(counts.items()):
+            row = e.rows.get(mid)
+            if n and row is not None and row.device_id != device:
+                problems.append(f"{mid} sent by {device} but owned by {row.device_id}")
+            outcome = e.outcomes.get(mid)
+            if (n and row is not None and outcome is not None
+                    and is_final(row.status, outcome) and row.status != outcome):
+                problems.append(f"{mid}: the phone reported {outcome}, stored {row.status}")
+    return problems, "every SMS by the device that owns it, with the status its phone reported"
+
+
+def forward_only(e: Evidence) -> Verdict:
+    problems = []
+    for mid, row in sorted(e.rows.items()):
+        problem = history_problem(row.status, e.history.get(mid, []))
+        if problem is not None:
+            problems.append(f"{mid}: {problem}")
+    return problems, f"{sum(len(h) for h in e.history.values())} history rows"
+
+
+def recovered(e: Evidence) -> Verdict:
+    return e.fault_problems, "/health ok again after each kill and PostgreSQL restart"
+
+
+def phones_ran(e: Evidence) -> Verdict:
+    return e.phone_problems, "every device-sim ran to the end"
+
+
+CHECKS: Final[dict[str, Callable[[Evidence], Verdict]]] = {
+    "every send answered 201": all_accepted,
+    "no 500 answers": no_server_errors,
+    "nothing lost": nothing_lost,
+    "nothing doubled": nothing_doubled,
+    "every message final": all_final,
+    "each SMS sent exactly once": sent_once,
+    "sent by its owner, stored as reported": sent_by_owner,
+    "history forward-only from queued": forward_only,
+    "broker healthy after every fault": recovered,
+    "phones kept running": phones_ran,
+}
+
+
+def check_all(e: Evidence) -> list[Check]:
+    return [_check(name, *verdict(e)) for name, verdict in CHECKS.items()]
+
+
+def final_counts(rows: Mapping[str, Row]) -> Counter[str]:
+    return Counter(r.status for r in rows.values())

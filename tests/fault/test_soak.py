@@ -1,0 +1,176 @@
+"""Issue 4's proof, short form: nothing lost, nothing doubled, under faults.
+
+The soak (tests/fault/soak.py) sends 100 messages, each with its own
+Idempotency-Key, to 5 `device-sim` phones that report random outcomes and
+drop their sockets at random, while the broker (a real subprocess) is
+killed with SIGKILL once and PostgreSQL is stopped and started once. Each
+test below asserts one promise over that one run (fixture `short_soak`).
+The full form, 1,000 messages to 20 phones with 3 SIGKILLs, is `make soak`.
+
+"Final", for the soak, is `delivered` or `failed`, or `sent` when `sent` was
+the phone's last report: a simulated carrier that answers `sent` never
+sends a delivery report, so that message stays `sent` for good (contract
+section 5 keeps a `sent` message open for a delivery report that, here, will
+not come). A `sent` message whose phone reported `delivered` is not final:
+its delivery report is still on its way.
+
+Below the soak, the checker itself on hand-made evidence: a check that
+cannot fail proves nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import pytest
+
+from tests.fault import invariants
+from tests.fault.invariants import Evidence, Row, Step, history_problem, is_final
+from tests.fault.phones import OUTCOME_WEIGHTS, outcome_for
+from tests.fault.soak import SoakReport
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("name", list(invariants.CHECKS))
+def test_the_short_soak_keeps_its_promise(short_soak: SoakReport, name: str) -> None:
+    check = next(c for c in short_soak.checks if c.name == name)
+    assert check.ok, (f"{check.name}: {check.detail}\n{short_soak.table()}\n\n"
+                      f"{short_soak.log_tail()}")
+
+
+def test_the_short_soak_ran_its_faults(short_soak: SoakReport) -> None:
+    kinds = Counter(f.kind for f in short_soak.faults)
+    assert kinds == {"kill": 1, "pg restart": 1}
+    assert short_soak.figures["answered 201"] == 100
+    assert short_soak.duration_s < 60, short_soak.table()
+
+
+# --- the checker, on hand-made evidence ---------------------------------------
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def steps(*statuses: str, same_first_two: bool = True) -> list[Step]:
+    """A history, one second apart (the first two share created_at, as
+    insert_message writes them)."""
+    out = []
+    for i, status in enumerate(statuses):
+        second = max(0, i - 1) if same_first_two else i
+        out.append(Step(status, T0 + dt.timedelta(seconds=second)))
+    return out
+
+
+@pytest.mark.parametrize("status,history", [
+    ("delivered", ["queued", "dispatching", "sending", "sent", "delivered"]),
+    ("delivered", ["queued", "dispatching", "sending", "delivered"]),
+    ("delivered", ["queued", "dispatching", "sending", "delivered", "sent"]),  # late sent
+    ("failed", ["queued", "dispatching", "sending", "failed", "sent"]),
+    ("failed", ["queued", "dispatching", "failed"]),
+    ("failed", ["queued", "failed"]),  # expired before any phone took it
+    ("sent", ["queued", "dispatching", "sending", "sent"]),
+    ("dispatching", ["queued", "dispatching"]),
+])
+def test_forward_histories_pass(status: str, history: list[str]) -> None:
+    assert history_problem(status, steps(*history)) is None
+
+
+@pytest.mark.parametrize("status,history,why", [
+    ("delivered", ["dispatching", "sending", "delivered"], "not queued"),
+    ("delivered", [], "nothing"),
+    ("delivered", ["queued", "dispatching", "delivered"], "not a forward move"),
+    ("failed", ["queued", "dispatching", "sending", "delivered", "failed"], "after final"),
+    ("delivered", ["queued", "dispatching", "sending", "failed", "delivered"], "after final"),
+    ("sending", ["queued", "dispatching", "sending", "sent"], "but the message is sending"),
+])
+def test_broken_histories_are_caught(status: str, history: list[str], why: str) -> None:
+    problem = history_problem(status, steps(*history))
+    assert problem is not None and why in problem
+
+
+def test_a_history_is_ordered_by_time_then_rank() -> None:
+    backwards = [Step("queued", T0), Step("dispatching", T0),
+                 Step("sending", T0 + dt.timedelta(seconds=2)),
+                 Step("dispatching", T0 + dt.timedelta(seconds=3))]
+    assert "not a forward move" in (history_problem("sending", backwards) or "")
+    tied = [Step("dispatching", T0), Step("queued", T0)]  # same created_at: rank decides
+    assert history_problem("dispatching", tied) is None
+
+
+def test_final_means_what_the_phone_last_said() -> None:
+    assert is_final("delivered", None) and is_final("failed", None)
+    assert is_final("sent", "sent")
+    assert not is_final("sent", "delivered")  # its delivery report is still coming
+    assert not is_final("sending", "failed")
+
+
+def evidence() -> Evidence:
+    """Two messages, each sent once by its owner, as a passing soak sees them."""
+    e = Evidence(requested=2)
+    for i, (status, device) in enumerate([("delivered", "d1"), ("failed", "d2")]):
+        mid = f"m{i}"
+        e.accepted[f"k{i}"] = mid
+        e.key_rows[f"k{i}"] = mid
+        e.rows[mid] = Row(mid, status, device, f"body {i}")
+        e.history[mid] = steps("queued", "dispatching", "sending", status)
+        e.sends.setdefault(device, Counter())[mid] = 1
+        e.outcomes[mid] = status
+        e.answers["201"] += 1
+    return e
+
+
+def failing(e: Evidence) -> set[str]:
+    return {c.name for c in invariants.check_all(e) if not c.ok}
+
+
+def test_good_evidence_passes_every_check() -> None:
+    assert failing(evidence()) == set()
+
+
+def test_a_lost_message_is_caught() -> None:
+    e = evidence()
+    del e.rows["m0"]
+    assert "nothing lost" in failing(e)
+
+
+def test_a_doubled_message_is_caught() -> None:
+    e = evidence()
+    e.rows["m9"] = Row("m9", "delivered", "d1", "body 0")  # a second message, same request
+    e.history["m9"] = steps("queued", "dispatching", "sending", "delivered")
+    e.sends["d1"]["m9"] = 1
+    e.outcomes["m9"] = "delivered"
+    assert "nothing doubled" in failing(e)
+
+
+def test_an_sms_sent_twice_is_caught() -> None:
+    e = evidence()
+    e.sends.setdefault("d2", Counter())["m0"] = 1  # a second phone sent it too
+    assert {"each SMS sent exactly once", "sent by its owner, stored as reported"} <= failing(e)
+
+
+def test_a_delivered_message_no_phone_sent_is_caught() -> None:
+    e = evidence()
+    e.sends["d1"]["m0"] = 0
+    assert "each SMS sent exactly once" in failing(e)
+
+
+def test_a_report_never_stored_is_caught() -> None:
+    e = evidence()
+    e.rows["m1"] = Row("m1", "sending", "d2", "body 1")  # the phone said failed
+    e.history["m1"] = steps("queued", "dispatching", "sending")
+    assert failing(e) == {"every message final"}
+
+
+def test_a_500_and_an_unexplained_answer_are_caught() -> None:
+    e = evidence()
+    e.answers["500"] += 1
+    e.unexpected.append("k1: 409 conflict")
+    assert {"no 500 answers", "every send answered 201"} <= failing(e)
+
+
+def test_a_phone_outcome_is_fixed_per_message_and_mixed() -> None:
+    assert outcome_for(4, "abc") == outcome_for(4, "abc")
+    drawn = Counter(outcome_for(4, f"id-{i}") for i in range(1000))
+    assert set(drawn) == set(OUTCOME_WEIGHTS)
+    assert 500 < drawn["delivered"] < 700
