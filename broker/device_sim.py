@@ -42,6 +42,7 @@ log = logging.getLogger("smsdora.device_sim")
 APP_VERSION: Final = "device-sim/1"
 FAILURE_TEXT: Final = "simulated failure"
 CLOSE_REPLACED: Final = 4000
+RETRY_S: Final = 1.0  # pause before saying again what the broker could not store
 WELCOME_TIMEOUT_S: Final = 10.0
 BACKOFF_FIRST_S: Final = 0.5
 BACKOFF_MAX_S: Final = 10.0
@@ -98,6 +99,9 @@ class Phone:
         # that runs twice shows up as 2 here (tests assert it never does).
         self.sent_count: Counter[str] = Counter()
         self.go_ahead: list[str] = []
+        # Ids whose last frame the broker could not store ("unavailable"):
+        # sent again after a pause (`take_retries`).
+        self.retry: set[str] = set()
         self.events: list[Event] = []
         self.pongs = 0
         self.device_id: str | None = None
@@ -195,10 +199,26 @@ class Phone:
         self._event("refused", message_id, f"{code}: {detail}")
         if message_id is None:
             return
+        if code == frames.UNAVAILABLE:
+            # Not stored, so not refused: keep it and say it again later.
+            self.retry.add(message_id)
+            return
         job = self.jobs.get(message_id)
         if job is not None and job.state == ACKED:
             job.state = DROPPED
         self.outbox.pop(message_id, None)
+
+    def take_retries(self) -> list[frames.DeviceFrame]:
+        """What to send again for the ids the broker could not store: the ack
+        of a job still waiting for its go-ahead, else its unreceipted reports."""
+        out: list[frames.DeviceFrame] = []
+        for message_id in sorted(self.retry):
+            job = self.jobs.get(message_id)
+            if job is not None and job.state == ACKED:
+                out.append(frames.Ack(id=message_id))
+            out.extend(self.outbox.get(message_id, ()))
+        self.retry.clear()
+        return out
 
     def finish_send(self, message_id: str, at: str) -> list[frames.Status]:
         """The radio is done with the SMS: the reports of the outcome, into the outbox."""
@@ -256,6 +276,7 @@ class DeviceSim:
         self.close_code: int | None = None  # of the last socket
         self._ws: ClientConnection | None = None
         self._radio: dict[str, asyncio.Task[None]] = {}
+        self._retrier: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
     @property
@@ -309,6 +330,8 @@ class DeviceSim:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
+            if self._retrier is not None:
+                self._retrier.cancel()
             for task in self._radio.values():
                 task.cancel()
             await asyncio.gather(*self._radio.values(), return_exceptions=True)
@@ -363,6 +386,8 @@ class DeviceSim:
     async def _apply(self, frame: frames.BrokerFrame) -> None:
         for out in self.phone.on_frame(frame):
             await self._write(out)
+        if self.phone.retry and (self._retrier is None or self._retrier.done()):
+            self._retrier = asyncio.get_running_loop().create_task(self._retry_later())
         while self.phone.go_ahead:
             message_id = self.phone.go_ahead.pop(0)
             task = asyncio.get_running_loop().create_task(self._transmit(message_id))
@@ -375,6 +400,13 @@ class DeviceSim:
             del self._radio[message_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("simulated send failed", exc_info=task.exception())
+
+    async def _retry_later(self) -> None:
+        """The broker could not store some frames (its database is away):
+        say them again after a pause, as often as it takes."""
+        await asyncio.sleep(RETRY_S)
+        for out in self.phone.take_retries():
+            await self._write(out)
 
     async def _transmit(self, message_id: str) -> None:
         """The radio: sending takes `delay_ms`, then the outcome is reported."""

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from broker import keys, metrics, store
 from broker.presence import Connection
@@ -50,7 +50,8 @@ class WsSocket:
         try:
             await self.ws.send({"type": "websocket.send", "text": data.decode()})
             return True
-        except (RuntimeError, OSError) as err:  # closed under us: the job stays in PostgreSQL
+        except (RuntimeError, OSError, WebSocketDisconnect) as err:
+            # Closed under us: the job stays in PostgreSQL for the reconnect.
             self.closed = True
             log.info("frame not written: socket closed", extra={"reason": type(err).__name__})
             return False
@@ -61,7 +62,7 @@ class WsSocket:
         self.closed = True
         try:
             await self.ws.close(code, reason)
-        except (RuntimeError, OSError):
+        except (RuntimeError, OSError, WebSocketDisconnect):
             pass  # already gone: nothing to close
 
 

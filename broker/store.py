@@ -32,6 +32,10 @@ class DuplicateEmail(Exception):
 DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError, ConnectionError, OSError, TimeoutError,
+    # A session ended by the server mid-query (fast shutdown) can leave the
+    # protocol in an impossible state ("cannot switch to state ..."); the
+    # pool discards such a connection when it is released.
+    asyncpg.InternalClientError,
 )
 
 

@@ -355,3 +355,22 @@ async def test_app_level_ping_every_heartbeat(db: asyncpg.Connection, database_u
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
+
+
+def test_a_report_the_broker_could_not_store_is_kept_and_said_again() -> None:
+    """`error` code `unavailable` (the broker's database is away) is no
+    refusal: the phone keeps the report and sends it again later."""
+    phone = Phone("delivered")
+    phone.on_frame(SEND)
+    phone.on_frame(frames.Error(code=frames.UNAVAILABLE, detail="retry", id=ID))  # the ack's
+    assert phone.jobs[ID].state == ACKED
+    assert phone.take_retries() == [frames.Ack(id=ID)]
+    phone.on_frame(_receipt("sending"))
+    reports = phone.finish_send(ID, AT)
+    phone.on_frame(frames.Error(code=frames.UNAVAILABLE, detail="retry", id=ID))
+    assert phone.outbox[ID] == reports
+    assert phone.take_retries() == reports and phone.take_retries() == []
+    assert phone.sent_count[ID] == 1
+    # A real refusal still drops the report.
+    phone.on_frame(frames.Error(code="refused", detail="no", id=ID))
+    assert ID not in phone.outbox
