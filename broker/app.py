@@ -111,6 +111,8 @@ class Broker:
                 await self.flush_last_seen()
             except store.DATABASE_DOWN as err:
                 log.warning("last-seen flush failed", extra={"error": type(err).__name__})
+            except Exception:  # noqa: BLE001 - logged loudly; one bad batch must not end presence
+                log.exception("last-seen flush failed: batch dropped")
 
 
 class RequestContext:
