@@ -33,6 +33,8 @@ CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 CLOSE_PROTOCOL = 1002
 CLOSE_TRY_AGAIN = 1013
+SEND_TIMEOUT_S = 2.0
+_closing: set[asyncio.Task[None]] = set()  # references to close tasks in flight
 
 
 class WsSocket:
@@ -48,13 +50,32 @@ class WsSocket:
         if self.closed:
             return False
         try:
-            await self.ws.send({"type": "websocket.send", "text": data.decode()})
+            # A phone that stops reading fills its socket's buffer and the
+            # write waits; nobody (a send request, the sweeper, a drain) may
+            # wait on it for long. Its jobs stay in PostgreSQL and come again
+            # when it reconnects.
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.ws.send({"type": "websocket.send", "text": data.decode()})
             return True
+        except TimeoutError:
+            log.warning("phone not reading: closing its socket")
+            self.closed = True
+            task = asyncio.get_running_loop().create_task(self._close_stalled())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+            return False
         except (RuntimeError, OSError, WebSocketDisconnect) as err:
             # Closed under us: the job stays in PostgreSQL for the reconnect.
             self.closed = True
             log.info("frame not written: socket closed", extra={"reason": type(err).__name__})
             return False
+
+    async def _close_stalled(self) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.ws.close(CLOSE_TRY_AGAIN, "not reading")
+        except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
+            pass  # the heartbeat ends it in any case
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

@@ -44,10 +44,22 @@ def send_frame(job: store.Job) -> bytes:
     return frames.encode(frames.Send(id=str(job.id), recipient=job.recipient, message=job.body))
 
 
-async def hand(conn: Connection, message_id: uuid.UUID, frame: bytes) -> None:
-    """Write a job to a phone; it is in flight until the phone answers."""
+async def hand(presence: Presence, conn: Connection, message_id: uuid.UUID,
+               frame: bytes) -> None:
+    """Write a job to a phone; it is in flight until the phone answers.
+
+    If the phone reconnected meanwhile (its new connection read its open
+    jobs before this one was committed), the job goes to the new connection
+    too: the phone keys its work by id, so a repeat costs nothing, and
+    without it the job would wait for the next reconnect."""
     conn.inflight.add(message_id)
-    await conn.socket.send_frame(frame)
+    if not await conn.socket.send_frame(frame):
+        conn.inflight.discard(message_id)
+    current = presence.get(conn.device_id)
+    if current is not None and current is not conn and message_id not in current.inflight:
+        current.inflight.add(message_id)
+        if not await current.socket.send_frame(frame):
+            current.inflight.discard(message_id)
 
 
 class Dispatcher:
@@ -174,7 +186,7 @@ class Dispatcher:
         metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
         if accepted.has_room:
             metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
-            await hand(accepted.conn, job.id, frames.encode(
+            await hand(self.presence, accepted.conn, job.id, frames.encode(
                 frames.Send(id=str(job.id), recipient=job.recipient, message=job.body)))
             metrics.DISPATCH_LATENCY.observe(time.monotonic() - accepted.mono)
             metrics.SENDS.labels("dispatching").inc()
@@ -223,8 +235,9 @@ class Dispatcher:
         if self._drains.get(account_id) is task:
             del self._drains[account_id]
         if not task.cancelled() and task.exception() is not None:
-            log.error("queue drain failed", exc_info=task.exception(),
+            log.error("queue drain failed: retrying in 1 s", exc_info=task.exception(),
                       extra={"account_id": str(account_id)})
+            self.wake_at(account_id, time.monotonic() + 1.0)
 
     async def _drain(self, account_id: uuid.UUID) -> None:
         while True:
@@ -244,7 +257,7 @@ class Dispatcher:
                 for job in jobs:
                     conn.pacer.take(now)
                     metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
-                    await hand(conn, job.id, send_frame(job))
+                    await hand(self.presence, conn, job.id, send_frame(job))
                 moved += len(jobs)
                 if len(jobs) < min(room, 500):
                     return  # the queue is empty
@@ -258,10 +271,17 @@ class Dispatcher:
     async def on_connect(self, conn: Connection, pending: list[str]) -> None:
         """Give a (re)connected phone every job of its own that is not final,
         cancel what it holds that is no longer its own, and drain the queue."""
+        if not await store.device_active(self.pool, conn.device_id):
+            # Deactivated between the token check and the hello: the notice
+            # found no connection to close, so close it here.
+            self.presence.unregister(conn)
+            await conn.socket.close(CLOSE_DEACTIVATED, "device deactivated")
+            return
         jobs = await store.open_jobs(self.pool, conn.device_id, sorted(lifecycle.REDELIVERED))
         own = {str(j.id) for j in jobs}
         for job in jobs:
-            await hand(conn, job.id, send_frame(job))
+            if job.id not in conn.inflight:  # a send may have handed it here already
+                await hand(self.presence, conn, job.id, send_frame(job))
         foreign = [held for held in pending if held not in own]
         if foreign:
             for held, reason in (await self._cancel_reasons(conn, foreign)).items():

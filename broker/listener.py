@@ -58,6 +58,9 @@ class Listener:
                 log.warning("listen: connection lost, reconnecting")
             except store.DATABASE_DOWN as err:
                 log.warning("listen: failed", extra={"error": type(err).__name__})
+            except Exception:  # noqa: BLE001 - logged loudly; reconnect rather than go deaf
+                log.exception("listen: unexpected failure, reconnecting")
+                await asyncio.sleep(backoff)
             finally:
                 self.connected.clear()
                 if not conn.is_closed():

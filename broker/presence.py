@@ -161,6 +161,9 @@ class Presence:
     def account_connections(self, account_id: uuid.UUID) -> list[Connection]:
         return list(self._by_account.get(account_id, {}).values())
 
+    def online_accounts(self) -> list[uuid.UUID]:
+        return list(self._by_account)
+
     def all_connections(self) -> list[Connection]:
         return list(self._by_device.values())
 

@@ -36,6 +36,7 @@ DATABASE_DOWN: tuple[type[BaseException], ...] = (
     # protocol in an impossible state ("cannot switch to state ..."); the
     # pool discards such a connection when it is released.
     asyncpg.InternalClientError,
+    asyncpg.TooManyConnectionsError,
 )
 
 
@@ -264,6 +265,10 @@ async def insert_device(db: Any, account_id: uuid.UUID, name: str, prefix: str,
             uuid.uuid4(), account_id, name, prefix, token_hash, send_rate,
         )
     return DeviceRow(**dict(r))
+
+
+async def device_active(db: Any, device_id: uuid.UUID) -> bool:
+    return bool(await db.fetchval("SELECT active FROM devices WHERE id = $1", device_id))
 
 
 async def device_by_token_prefix(db: Any, prefix: str) -> DeviceRow | None:
@@ -600,7 +605,8 @@ class Unacked(msgspec.Struct, frozen=True):
     active: bool
 
 
-async def unacked_jobs(db: Any, before: dt.datetime, limit: int = 500) -> list[Unacked]:
+async def unacked_jobs(db: Any, before: dt.datetime, accounts: list[uuid.UUID],
+                       limit: int = 500) -> list[Unacked]:
     """`dispatching` jobs handed out before `before` whose device has not been
     seen since then (or is deactivated): candidates for another device."""
     return _rows(Unacked, await db.fetch(
@@ -608,8 +614,9 @@ async def unacked_jobs(db: Any, before: dt.datetime, limit: int = 500) -> list[U
         " d.active FROM messages m JOIN devices d ON d.id = m.device_id"
         " WHERE m.status = 'dispatching' AND m.updated_at < $1"
         " AND (d.last_seen_at IS NULL OR d.last_seen_at < $1 OR NOT d.active)"
+        " AND m.account_id = ANY($3::uuid[])"
         " ORDER BY m.seq LIMIT $2",
-        before, limit,
+        before, limit, accounts,
     ))
 
 

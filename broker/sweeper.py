@@ -45,6 +45,8 @@ class Sweeper:
             except store.DATABASE_DOWN as err:
                 log.warning("sweep skipped: database unavailable",
                             extra={"error": type(err).__name__})
+            except Exception:  # noqa: BLE001 - logged loudly; the clocks must keep running
+                log.exception("sweep failed")
 
     async def sweep(self) -> None:
         now = utcnow()
@@ -72,7 +74,13 @@ class Sweeper:
     async def _reassign(self, now: dt.datetime) -> None:
         delay_s = self.settings.reassign_after_s
         wall = time.time()
-        for job in await store.unacked_jobs(self.pool, now - dt.timedelta(seconds=delay_s)):
+        # Only accounts with a phone online here can take a job, so only their
+        # jobs are read: jobs nobody can take never crowd out those that can.
+        accounts = self.presence.online_accounts()
+        if not accounts:
+            return
+        for job in await store.unacked_jobs(self.pool, now - dt.timedelta(seconds=delay_s),
+                                            accounts):
             if job.active and self.presence.get(job.device_id) is not None:
                 continue  # online: its phone has the job
             if job.active and wall - self._away_since(job) < delay_s:
@@ -89,7 +97,7 @@ class Sweeper:
             log.info("job reassigned", extra={"message_id": str(job.id),
                                               "from_device": str(job.device_id),
                                               "to_device": str(conn.device_id)})
-            await hand(conn, job.id, send_frame(store.Job(
+            await hand(self.presence, conn, job.id, send_frame(store.Job(
                 id=job.id, recipient=job.recipient, body=job.body, status=job.status)))
 
     def _away_since(self, job: store.Unacked) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import Account, PhoneFactory, send_sms
 
@@ -54,3 +55,24 @@ async def test_deactivating_a_device_closes_its_socket_at_once(account: Account,
         raise AssertionError("socket still open")
     except websockets.ConnectionClosed as closed:
         assert closed.rcvd is not None and closed.rcvd.code == 1008
+
+
+async def test_a_device_deactivated_before_its_hello_is_closed_after_it(
+        account: Account, phone: PhoneFactory) -> None:
+    """The deactivation notice finds no connection while the phone has not
+    said hello yet; the check after registering catches it."""
+    import asyncio
+
+    import websockets
+
+    from broker import store
+
+    device = await account.make_device()
+    p = await phone(device, hello=False)
+    assert await store.deactivate_device(account.db, uuid.UUID(device.id))
+    await p.send({"type": "hello", "protocol": 1})
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            frame = await asyncio.wait_for(p.ws.recv(), 5)
+            assert '"send"' not in str(frame)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
