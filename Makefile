@@ -31,3 +31,15 @@ typecheck: $(STAMP)
 # Issue 4's soak, full form (tests/fault/soak.py); a short form runs in `make test`.
 soak: $(STAMP)
 	$(BIN)/python -m tests.fault.soak --messages 1000 --phones 20 --kills 3 --pg-restarts 1
+
+# Issue 5's benchmark, under 4 minutes on 2 cores (bench/README.md): prints the
+# table, writes bench/results.json and bench/latency.png. `ARGS=--quick`: seconds.
+.PHONY: bench
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,bench]'
+	@touch $@
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(ARGS)

@@ -1,0 +1,1 @@
+"""`make bench`: the broker measured against baselines in the same run (issue 5)."""

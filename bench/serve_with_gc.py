@@ -1,0 +1,85 @@
+"""`python -m broker serve`, with the garbage collector's pauses measured.
+
+The broker is not changed: this wrapper adds a `gc.callbacks` hook that
+times every collection (start to stop, perf_counter_ns) and then calls
+`broker.cli.main(["serve", ...])` in the same process. Every 0.5 s (and on
+SIGUSR1) a thread writes to $BENCH_GC_FILE the count and total per
+generation and, for each wall-clock second, the longest pause in it, so the
+harness can take the longest pause inside any time window.
+
+    BENCH_GC_FILE=gc.json python -m bench.serve_with_gc --port P
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from array import array
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import msgspec
+
+from bench.procs import raise_nofile
+
+# Fixed-size arrays, not dicts: a collection can start inside the writer
+# thread while it reads them, and its callback must not resize what is read.
+SECONDS = 4 * 3600
+_base = int(time.time())
+_started = [0]
+_count = array("q", [0, 0, 0])
+_total_ns = array("q", [0, 0, 0])
+_longest_ms = array("d", [0.0]) * SECONDS  # per second since _base
+_longest_gen = array("b", [0]) * SECONDS
+_lock = threading.Lock()
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _started[0] = time.perf_counter_ns()
+        return
+    took = time.perf_counter_ns() - _started[0]
+    gen = int(info.get("generation", 0))
+    _count[gen] += 1
+    _total_ns[gen] += took
+    second = int(time.time()) - _base
+    if 0 <= second < SECONDS and took / 1e6 > _longest_ms[second]:
+        _longest_ms[second] = took / 1e6
+        _longest_gen[second] = gen
+
+
+def _write(path: str) -> None:
+    with _lock:
+        longest, gens = _longest_ms.tolist(), _longest_gen.tolist()
+        data = {"count": _count.tolist(), "total_ms": [t / 1e6 for t in _total_ns.tolist()],
+                "per_second": [[_base + i, ms, gens[i]] for i, ms in enumerate(longest) if ms],
+                "thresholds": list(gc.get_threshold()), "frozen": gc.get_freeze_count()}
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(msgspec.json.encode(data))
+        os.replace(tmp, path)
+
+
+def _writer(path: str) -> None:
+    while True:
+        time.sleep(0.5)
+        _write(path)
+
+
+def main() -> int:
+    raise_nofile()
+    path = os.environ.get("BENCH_GC_FILE")
+    if path:
+        gc.callbacks.append(_on_gc)
+        threading.Thread(target=_writer, args=(path,), daemon=True, name="gc-writer").start()
+        signal.signal(signal.SIGUSR1, lambda signum, frame: _write(path))
+    from broker.cli import main as broker_main
+
+    return broker_main(["serve", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`make bench` cannot rot: its quick form (`python -m bench --quick`, some
+seconds: 50 phones, a few hundred requests, no chart) runs here, in real
+processes on loopback with its own embedded PostgreSQL. This checks that
+every row of the table is there with sane numbers, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = ("sends/s end to end", "sends/s accept path", "p50 / p99 / p99.9",
+        "RSS KiB per idle phone", "idle CPU", "reconnect after kill -9", "API-key check",
+        "device pick", "longest GC pause")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_quick(out: Path) -> tuple[str, dict[str, Any]]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the harness ends its processes and PostgreSQL on SIGTERM
+        stdout, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"bench --quick took over 90 s\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, json.loads(out.read_text())
+
+
+def test_quick_bench_has_every_row_with_sane_numbers(tmp_path: Path) -> None:
+    table, results = run_quick(tmp_path / "results.json")
+    for row in ROWS:
+        assert row in table, f"row {row!r} missing from the table:\n{table}"
+    assert results["table"] in table
+
+    r = results["rows"]
+    assert r["baseline"]["per_s"] > 0
+    t = r["throughput"]
+    assert t["accept_per_s"] > 0 and t["frames"] == t["statuses"]["201"] > 0
+    life = r["lifecycle"]
+    assert life["e2e_per_s"] > 0 and life["delivered"] > 0 and life["drained"]
+    assert len(r["latency"]) == 2
+    for row in r["latency"]:
+        assert row["samples"] > 0 and row["missing_frames"] == 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    for side in (r["memory"], r["bare"]):
+        for level in side["levels"]:
+            assert level["connected"] == level["phones"] > 0
+            assert level["kib_per_phone"] > 0 and level["idle_cores"] >= 0
+    rc = r["reconnect"]
+    assert rc["reconnected"] == rc["phones"] > 0 and rc["seconds"] > 0 and rc["refused"] == 0
+    m = r["micro"]
+    assert all(m[k] > 0 for k in ("key_check_us", "pick_fresh_us", "pick_stale_us",
+                                  "pick_small_fresh_us", "pick_small_stale_us"))
+    g = r["gc"]
+    assert g["longest_ms"] >= 0 and g["longest_ms_whole_run"] >= 0
+    assert len(g["collections"]) == 3
