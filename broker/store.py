@@ -484,11 +484,6 @@ async def queued_count(db: Any, account_id: uuid.UUID) -> int:
         "SELECT count(*) FROM messages WHERE account_id = $1 AND status = 'queued'", account_id))
 
 
-async def accounts_with_queued(db: Any) -> list[uuid.UUID]:
-    return [r[0] for r in await db.fetch(
-        "SELECT DISTINCT account_id FROM messages WHERE status = 'queued'")]
-
-
 class Held(msgspec.Struct, frozen=True):
     id: uuid.UUID
     device_id: uuid.UUID | None
@@ -529,40 +524,6 @@ async def write_history(db: Any,
         " SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])"
         " ON CONFLICT DO NOTHING",
         [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-    )
-
-
-class ReportTarget(msgspec.Struct, frozen=True):
-    status: str
-    error: str | None
-
-
-async def lock_for_report(db: Any, message_id: uuid.UUID,
-                          device_id: uuid.UUID) -> ReportTarget | None:
-    """The message, locked, if this device owns it; None otherwise (another
-    device's message and an unknown id look the same to the phone)."""
-    r = await db.fetchrow(
-        "SELECT status, error FROM messages WHERE id = $1 AND device_id = $2 FOR UPDATE",
-        message_id, device_id,
-    )
-    return ReportTarget(**dict(r)) if r else None
-
-
-async def move_status(db: Any, message_id: uuid.UUID, device_id: uuid.UUID, new_status: str,
-                      error: str | None) -> None:
-    await db.execute(
-        "UPDATE messages SET status = $2, error = COALESCE($3, error), updated_at = now()"
-        " WHERE id = $1", message_id, new_status, error,
-    )
-    await add_history(db, message_id, device_id, new_status, error)
-
-
-async def add_history(db: Any, message_id: uuid.UUID, device_id: uuid.UUID, status: str,
-                      error: str | None) -> None:
-    await db.execute(
-        "INSERT INTO message_history (message_id, status, device_id, error)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        message_id, status, device_id, error,
     )
 
 

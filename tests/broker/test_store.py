@@ -443,13 +443,6 @@ async def test_claim_queued_skips_rows_locked_elsewhere(database_url: str,
     assert [j.id for j in await store.claim_queued(conn, acc.id, dev.id, 10)] == [m1]
 
 
-async def test_accounts_with_queued(conn: asyncpg.Connection) -> None:
-    a, b = await account(conn), await account(conn)
-    await message(conn, a, await device(conn, a), "queued")
-    await message(conn, b, await device(conn, b), "dispatching")
-    assert await store.accounts_with_queued(conn) == [a.id]
-
-
 # --- idempotency ------------------------------------------------------------
 
 
@@ -480,26 +473,29 @@ async def test_claim_idempotency(conn: asyncpg.Connection) -> None:
 # --- reports ----------------------------------------------------------------
 
 
-async def test_lock_for_report(conn: asyncpg.Connection) -> None:
+async def test_lock_for_reports(conn: asyncpg.Connection) -> None:
+    """The rows a batch of reports names, with their owner (whose the report
+    is, is decided from it in broker/reports.py); unknown ids are absent."""
     acc = await account(conn)
-    mine, other = await device(conn, acc), await device(conn, acc)
+    mine = await device(conn, acc)
     mid = await message(conn, acc, mine)
-    assert await store.lock_for_report(conn, mid, mine.id) == store.ReportTarget(
-        status="dispatching", error=None)
-    assert await store.lock_for_report(conn, mid, other.id) is None
-    assert await store.lock_for_report(conn, uuid.uuid4(), mine.id) is None
+    assert await store.lock_for_reports(conn, [mid, uuid.uuid4()]) == [store.Held(
+        id=mid, device_id=mine.id, status="dispatching", error=None)]
 
 
-async def test_move_status_never_duplicates_history(conn: asyncpg.Connection,
-                                                    db: asyncpg.Connection) -> None:
+async def test_write_moves_and_history_never_duplicate_history(
+        conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
     acc = await account(conn)
     dev = await device(conn, acc)
     mid = await message(conn, acc, dev)
-    await store.move_status(conn, mid, dev.id, "sending", None)
-    await store.move_status(conn, mid, dev.id, "sending", None)
-    await store.add_history(conn, mid, dev.id, "sending", None)
-    await store.move_status(conn, mid, dev.id, "failed", "carrier said no")
-    await store.move_status(conn, mid, dev.id, "failed", None)
+    await store.write_moves(conn, [store.Held(id=mid, device_id=dev.id, status="sending",
+                                              error=None)])
+    await store.write_history(conn, [(mid, "sending", dev.id, None)] * 2)
+    await store.write_history(conn, [(mid, "sending", dev.id, None)])
+    await store.write_moves(conn, [store.Held(id=mid, device_id=dev.id, status="failed",
+                                              error="carrier said no")])
+    await store.write_history(conn, [(mid, "failed", dev.id, "carrier said no")])
+    await store.write_history(conn, [(mid, "failed", dev.id, None)])
     statuses = [s for s, _ in await history(db, mid)]
     assert sorted(statuses) == sorted(["queued", "dispatching", "sending", "failed"])
     r = await db.fetchrow("SELECT status, error FROM messages WHERE id = $1", mid)
@@ -507,19 +503,20 @@ async def test_move_status_never_duplicates_history(conn: asyncpg.Connection,
     assert await db.fetchval(
         "SELECT error FROM message_history WHERE message_id = $1 AND status = 'failed'",
         mid) == "carrier said no"
-    assert await store.lock_for_report(conn, mid, dev.id) == store.ReportTarget(
-        status="failed", error="carrier said no")
+    assert await store.lock_for_reports(conn, [mid]) == [store.Held(
+        id=mid, device_id=dev.id, status="failed", error="carrier said no")]
 
 
-async def test_add_history_records_without_moving_status(conn: asyncpg.Connection,
-                                                         db: asyncpg.Connection) -> None:
+async def test_write_history_records_without_moving_status(conn: asyncpg.Connection,
+                                                           db: asyncpg.Connection) -> None:
     """A late `sent` after `delivered` is in the history; the status stays."""
     acc = await account(conn)
     dev = await device(conn, acc)
     mid = await message(conn, acc, dev)
-    await store.move_status(conn, mid, dev.id, "delivered", None)
-    await store.add_history(conn, mid, dev.id, "sent", None)
-    await store.add_history(conn, mid, dev.id, "sent", None)
+    await store.write_moves(conn, [store.Held(id=mid, device_id=dev.id, status="delivered",
+                                              error=None)])
+    await store.write_history(conn, [(mid, "sent", dev.id, None)])
+    await store.write_history(conn, [(mid, "sent", dev.id, None)])
     assert await db.fetchval("SELECT status FROM messages WHERE id = $1", mid) == "delivered"
     assert await db.fetchval(
         "SELECT count(*) FROM message_history WHERE message_id = $1 AND status = 'sent'", mid) == 1
