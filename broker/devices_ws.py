@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import http
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from broker import keys, metrics, store
+from broker.http_api import error_response
 from broker.presence import Connection
 from protocol import frames
-from protocol.api import ErrorBody, encoder as api_encoder
 
 if TYPE_CHECKING:
     from broker.app import Broker
@@ -87,12 +85,6 @@ class WsSocket:
             pass  # already gone: nothing to close
 
 
-def _deny(status: int, message: str) -> Response:
-    body = api_encoder.encode(ErrorBody(statusCode=status, message=message,
-                                        error=http.HTTPStatus(status).phrase))
-    return Response(body, status_code=status, media_type="application/json")
-
-
 async def _authenticate(broker: Broker, ws: WebSocket) -> store.DeviceRow | None:
     token = keys.bearer(ws.headers, api=False)
     prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if token else None
@@ -109,10 +101,10 @@ async def device_socket(ws: WebSocket) -> None:
     try:
         device = await _authenticate(broker, ws)
     except store.DATABASE_DOWN:
-        await ws.send_denial_response(_deny(503, "Database unavailable"))
+        await ws.send_denial_response(error_response(503, "Database unavailable"))
         return
     if device is None:
-        await ws.send_denial_response(_deny(401, "Invalid device token"))
+        await ws.send_denial_response(error_response(401, "Invalid device token"))
         return
     await ws.accept()
     sock = WsSocket(ws)
