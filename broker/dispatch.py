@@ -55,6 +55,7 @@ async def hand(presence: Presence, conn: Connection, message_id: uuid.UUID,
     conn.inflight.add(message_id)
     if not await conn.socket.send_frame(frame):
         conn.inflight.discard(message_id)
+        presence.room_freed(conn, time.monotonic())
     current = presence.get(conn.device_id)
     if current is not None and current is not conn and message_id not in current.inflight:
         current.inflight.add(message_id)
@@ -128,11 +129,16 @@ class Dispatcher:
                 return replay
             except BaseException:
                 if accepted is not None and accepted.has_room:  # rolled back: nothing sent
-                    accepted.conn.pacer.give_back(accepted.mono)
+                    self._give_back(accepted.conn, accepted.mono)
                 raise
         assert accepted is not None
         await self._deliver(job, accepted)
         return accepted.response
+
+    def _give_back(self, conn: Connection, mono: float) -> None:
+        """Undo a pacer take whose job never went out."""
+        conn.pacer.give_back(mono)
+        self.presence.room_freed(conn, time.monotonic())
 
     async def _accept(self, db: Any, job: _NewJob) -> _Accepted:
         """Pick the device and write the message (not yet the frame)."""
@@ -159,11 +165,11 @@ class Dispatcher:
                     job.expires_at, job.created_at, job.key_id, job.key_prefix)
             except BaseException:
                 if has_room:
-                    conn.pacer.give_back(mono)
+                    self._give_back(conn, mono)
                 raise
             if written == store.KEY_GONE:
                 if has_room:
-                    conn.pacer.give_back(mono)
+                    self._give_back(conn, mono)
                 raise KeyChanged()
             if written == store.WRITTEN:
                 response = api_encoder.encode(SendResponse(
@@ -174,7 +180,7 @@ class Dispatcher:
                 ))
                 return _Accepted(conn, has_room, mono, response)
             if has_room:
-                conn.pacer.give_back(mono)  # nothing went to the phone
+                self._give_back(conn, mono)  # nothing went to the phone
             self.presence.unregister(conn)
             await conn.socket.close(CLOSE_DEACTIVATED, "device deactivated")
         metrics.SENDS.labels("no_device").inc()
@@ -240,31 +246,26 @@ class Dispatcher:
             self.wake_at(account_id, time.monotonic() + 1.0)
 
     async def _drain(self, account_id: uuid.UUID) -> None:
+        """Queued jobs to the freshest device with room, as for new sends,
+        until the queue is empty or every device is at its rate."""
         while True:
             now = time.monotonic()
-            conns = self.presence.account_connections(account_id)
-            if not conns:
+            picked = self.presence.pick(account_id, now)
+            if picked is None:
                 return  # the next device to connect kicks the drain again
-            # Freshest first, as for new sends.
-            conns.sort(key=lambda c: c.last_seen_at, reverse=True)
-            moved = 0
-            for conn in conns:
-                room = conn.room(now)
-                if room <= 0 or not self.presence.is_current(conn):
-                    continue
-                jobs = await store.claim_queued(self.pool, account_id, conn.device_id,
-                                                min(room, 500))
-                for job in jobs:
-                    conn.pacer.take(now)
-                    metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
-                    await hand(self.presence, conn, job.id, send_frame(job))
-                moved += len(jobs)
-                if len(jobs) < min(room, 500):
-                    return  # the queue is empty
-            if moved == 0:
+            conn, has_room = picked
+            if not has_room:
                 # Every device is at its rate: come back when the first has room.
-                self.wake_at(account_id, self.presence.next_room_at(account_id, time.monotonic()))
+                self.wake_at(account_id, conn.next_room_at(now))
                 return
+            batch = min(conn.room(now), 500)
+            jobs = await store.claim_queued(self.pool, account_id, conn.device_id, batch)
+            for job in jobs:
+                conn.pacer.take(now)
+                metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
+                await hand(self.presence, conn, job.id, send_frame(job))
+            if len(jobs) < batch:
+                return  # the queue is empty
 
     # --- devices ------------------------------------------------------------
 
@@ -326,6 +327,7 @@ class Dispatcher:
         was_full = 0 < conn.window <= len(conn.inflight)
         conn.inflight.discard(message_id)  # answered: no longer in flight
         if was_full:
+            self.presence.room_freed(conn, time.monotonic())
             self.kick(conn.account_id)  # room again: queued jobs may go now
         if outcome.kind is lifecycle.Kind.MOVE:
             metrics.TRANSITIONS.labels(outcome.new_status).inc()

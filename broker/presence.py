@@ -1,9 +1,7 @@
 """The one owner of `device_id -> connection`, last-seen and per-device pacing.
 
 Presence lives in memory (contract section 1); last-seen reaches PostgreSQL in
-batches. Each account's connected devices are kept in an insertion-ordered
-dict that a frame moves to the end, so the freshest device is the last one and
-a pick walks back from it only past devices that are at their rate.
+batches. A pick is O(log n) in the account's connected devices: see `_Account`.
 """
 
 from __future__ import annotations
@@ -11,10 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections import OrderedDict, deque
+import heapq
+import itertools
+from collections import deque
 from typing import Protocol
 
 import msgspec
+from sortedcontainers import SortedDict
 
 from protocol.frames import Health
 
@@ -67,7 +68,8 @@ class Connection:
     """One phone's live socket and what the broker knows of it."""
 
     __slots__ = ("device_id", "account_id", "name", "socket", "pacer", "last_seen_at",
-                 "health", "app_version", "connected_at", "window", "inflight")
+                 "health", "app_version", "connected_at", "window", "inflight", "fresh",
+                 "park_seq")
 
     def __init__(self, device_id: uuid.UUID, account_id: uuid.UUID, name: str, socket: Socket,
                  pacer: Pacer, now_wall: float, window: int = 0) -> None:
@@ -84,6 +86,10 @@ class Connection:
         # answered yet (0 = no limit). A silent phone stops getting new jobs.
         self.window = window
         self.inflight: set[uuid.UUID] = set()
+        # Kept by Presence: the freshness stamp (higher is fresher), and 0
+        # while among the devices with room, else the stamp of its heap entry.
+        self.fresh = 0
+        self.park_seq = -1
 
     def room(self, now: float) -> int:
         room = self.pacer.room(now)
@@ -99,13 +105,35 @@ class Connection:
         return self.pacer.next_room_at(now)
 
 
+class _Account:
+    """One account's connected devices, kept so that a pick never walks them.
+
+    `ready` holds the devices that had room when last looked at, keyed by
+    their freshness stamp (a counter that every frame advances), so the
+    freshest is its last item. A device found without room is parked in
+    `parked`, a heap by the moment its room comes back: its pacer's window,
+    or a second for a full in-flight window, whose room usually comes sooner
+    with the phone's answer (`Presence.room_freed`). A heap entry whose
+    device left, or was unparked meanwhile, is skipped when it surfaces (its
+    `park_seq` has moved on). So a pick is O(log n) in the account's devices,
+    and a device is parked at most once each time it fills up."""
+
+    __slots__ = ("conns", "ready", "parked")
+
+    def __init__(self) -> None:
+        self.conns: dict[uuid.UUID, Connection] = {}
+        self.ready: SortedDict[int, Connection] = SortedDict()  # fresh stamp -> Connection
+        self.parked: list[tuple[float, int, Connection]] = []
+
+
 class Presence:
     def __init__(self) -> None:
         self._by_device: dict[uuid.UUID, Connection] = {}
-        self._by_account: dict[uuid.UUID, OrderedDict[uuid.UUID, Connection]] = {}
+        self._by_account: dict[uuid.UUID, _Account] = {}
         self._pacers: dict[uuid.UUID, Pacer] = {}  # outlive a reconnect
         self._dirty: dict[uuid.UUID, Connection] = {}
         self._gone_at: dict[uuid.UUID, float] = {}  # wall time of the last disconnect
+        self._stamps = itertools.count(1)  # freshness and park stamps, never reused
 
     # --- membership ---------------------------------------------------------
 
@@ -117,13 +145,20 @@ class Presence:
         return p
 
     def register(self, conn: Connection) -> Connection | None:
-        """Make `conn` the device's connection; returns the one it replaces."""
+        """Make `conn` the device's connection (the freshest of its account);
+        returns the one it replaces."""
         old = self._by_device.get(conn.device_id)
+        if old is not None:
+            self._leave(old)
         self._by_device[conn.device_id] = conn
         self._gone_at.pop(conn.device_id, None)
-        devices = self._by_account.setdefault(conn.account_id, OrderedDict())
-        devices[conn.device_id] = conn
-        devices.move_to_end(conn.device_id)
+        account = self._by_account.get(conn.account_id)
+        if account is None:
+            account = self._by_account[conn.account_id] = _Account()
+        account.conns[conn.device_id] = conn
+        conn.fresh = next(self._stamps)
+        conn.park_seq = 0
+        account.ready[conn.fresh] = conn
         self._dirty[conn.device_id] = conn
         return old
 
@@ -133,13 +168,20 @@ class Presence:
             return False
         del self._by_device[conn.device_id]
         self._gone_at[conn.device_id] = time.time()
-        devices = self._by_account.get(conn.account_id)
-        if devices is not None:
-            devices.pop(conn.device_id, None)
-            if not devices:
-                del self._by_account[conn.account_id]
+        self._leave(conn)
         self._dirty[conn.device_id] = conn
         return True
+
+    def _leave(self, conn: Connection) -> None:
+        account = self._by_account.get(conn.account_id)
+        if account is None or account.conns.get(conn.device_id) is not conn:
+            return
+        del account.conns[conn.device_id]
+        if conn.park_seq == 0:
+            account.ready.pop(conn.fresh, None)
+        conn.park_seq = -1  # any heap entry of it is stale now
+        if not account.conns:
+            del self._by_account[conn.account_id]
 
     def get(self, device_id: uuid.UUID) -> Connection | None:
         return self._by_device.get(device_id)
@@ -159,7 +201,8 @@ class Presence:
         return len(self._by_device)
 
     def account_connections(self, account_id: uuid.UUID) -> list[Connection]:
-        return list(self._by_account.get(account_id, {}).values())
+        account = self._by_account.get(account_id)
+        return list(account.conns.values()) if account is not None else []
 
     def online_accounts(self) -> list[uuid.UUID]:
         return list(self._by_account)
@@ -174,33 +217,65 @@ class Presence:
         conn.last_seen_at = time.time()
         if health is not None:
             conn.health = health
-        devices = self._by_account.get(conn.account_id)
-        if devices is not None and conn.device_id in devices:
-            devices.move_to_end(conn.device_id)
+        if conn.park_seq == 0 and self._by_device.get(conn.device_id) is conn:
+            ready = self._by_account[conn.account_id].ready
+            del ready[conn.fresh]
+            conn.fresh = next(self._stamps)
+            ready[conn.fresh] = conn
+        else:
+            conn.fresh = next(self._stamps)  # takes its place when unparked
         self._dirty[conn.device_id] = conn
+
+    def room_freed(self, conn: Connection, now: float) -> None:
+        """A parked device may have room before its heap entry says (the
+        phone answered a job, or a take was given back): look now."""
+        if conn.park_seq > 0 and conn.room(now) > 0:
+            account = self._by_account.get(conn.account_id)
+            if account is not None and account.conns.get(conn.device_id) is conn:
+                self._unpark(account, conn)
+
+    def _unpark(self, account: _Account, conn: Connection) -> None:
+        conn.park_seq = 0
+        account.ready[conn.fresh] = conn
+
+    def _park(self, account: _Account, conn: Connection, now: float) -> None:
+        del account.ready[conn.fresh]
+        conn.park_seq = next(self._stamps)
+        heapq.heappush(account.parked, (conn.next_room_at(now), conn.park_seq, conn))
 
     def pick(self, account_id: uuid.UUID, now: float) -> tuple[Connection, bool] | None:
         """The freshest connected device with room (True), else the one whose
         room comes first (False: the job waits as `queued`), else None."""
-        devices = self._by_account.get(account_id)
-        if not devices:
+        account = self._by_account.get(account_id)
+        if account is None:
             return None
-        soonest: Connection | None = None
-        soonest_at = 0.0
-        for conn in reversed(devices.values()):
+        parked = account.parked
+        while parked and parked[0][0] <= now:  # room came back with time
+            _, seq, conn = heapq.heappop(parked)
+            if conn.park_seq != seq:
+                continue  # left, or unparked already
+            if conn.room(now) > 0:
+                self._unpark(account, conn)
+            else:
+                conn.park_seq = next(self._stamps)
+                heapq.heappush(parked, (conn.next_room_at(now), conn.park_seq, conn))
+        ready = account.ready
+        while ready:
+            conn = ready.peekitem(-1)[1]
             if conn.room(now) > 0:
                 return conn, True
-            at = conn.next_room_at(now)
-            if soonest is None or at < soonest_at:
-                soonest, soonest_at = conn, at
-        assert soonest is not None
-        return soonest, False
+            self._park(account, conn, now)
+        while parked[0][2].park_seq != parked[0][1]:
+            heapq.heappop(parked)  # stale entries on top: the soonest is below
+        return parked[0][2], False
 
     def next_room_at(self, account_id: uuid.UUID, now: float) -> float | None:
-        devices = self._by_account.get(account_id)
-        if not devices:
+        """When the account's first device has room (`now` if one has)."""
+        picked = self.pick(account_id, now)
+        if picked is None:
             return None
-        return min(c.next_room_at(now) for c in devices.values())
+        conn, has_room = picked
+        return now if has_room else conn.next_room_at(now)
 
     # --- last-seen batches --------------------------------------------------
 

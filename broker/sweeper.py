@@ -68,6 +68,7 @@ class Sweeper:
             conn = self.presence.get(stopped.device_id)
             if conn is not None:
                 conn.inflight.discard(stopped.id)
+                self.presence.room_freed(conn, time.monotonic())
                 await conn.socket.send_frame(frames.encode(
                     frames.Cancel(id=str(stopped.id), reason="expired")))
 
@@ -93,6 +94,7 @@ class Sweeper:
             conn.pacer.take(mono)
             if not await store.reassign(self.pool, job.id, job.device_id, conn.device_id):
                 conn.pacer.give_back(mono)
+                self.presence.room_freed(conn, mono)
                 continue
             log.info("job reassigned", extra={"message_id": str(job.id),
                                               "from_device": str(job.device_id),
