@@ -98,10 +98,11 @@ def _unique_secrets(kind: str, n: int) -> list[tuple[str, str]]:
     return [(full, prefix) for prefix, full in out.items()]
 
 
-async def seed(dsn: str, secret: bytes, phones: int, per_account: int) -> Seeded:
+async def seed(dsn: str, secret: bytes, phones: int, per_account: int,
+               send_rate: int) -> Seeded:
     """A plan without limits, ceil(phones / per_account) accounts, one API key
-    on account 0, and `phones` devices with send_rate 0 (no pacing), written
-    in bulk (COPY) rather than one registration at a time."""
+    on account 0, and `phones` devices with `send_rate` (SMS a minute, 0: no
+    pacing), written in bulk (COPY) rather than one registration at a time."""
     db = await store.connect(dsn)
     try:
         await db.execute("INSERT INTO plans (name, monthly_messages, max_devices)"
@@ -119,7 +120,8 @@ async def seed(dsn: str, secret: bytes, phones: int, per_account: int) -> Seeded
             "devices",
             columns=["id", "account_id", "name", "token_prefix", "token_hash", "send_rate"],
             records=[(uuid.uuid4(), accounts[i // per_account], f"phone-{i}", prefix,
-                      keys.digest(secret, full), 0) for i, (full, prefix) in enumerate(secrets)])
+                      keys.digest(secret, full), send_rate)
+                     for i, (full, prefix) in enumerate(secrets)])
         return Seeded(key, [full for full, _ in secrets], per_account)
     finally:
         await db.close()
