@@ -22,6 +22,7 @@ from broker.dispatch import Dispatcher
 from broker.errors import BrokerError
 from broker.keys import KeyCache, RateWindow
 from broker.listener import Listener
+from broker.lookups import Coalescer
 from broker.openapi import openapi_endpoint
 from broker.presence import Presence
 from broker.settings import Settings
@@ -45,6 +46,8 @@ class Broker:
         self.draining = False  # set on SIGTERM: no new sends
         self.pool: Any = None
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
+        # Device sockets' token checks: one query for the phones of a storm.
+        self.devices_by_token: Coalescer[str, store.DeviceRow] = Coalescer(self._devices_by_token)
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
@@ -66,6 +69,9 @@ class Broker:
         self._listener.start()
         await asyncio.wait_for(self._listener.connected.wait(), 10)
 
+    async def _devices_by_token(self, prefixes: list[str]) -> dict[str, store.DeviceRow]:
+        return await store.devices_by_token_prefix(self.pool, prefixes)
+
     def keys_cached(self) -> bool:
         """The key cache is trusted only while change notices can reach us."""
         return self._listener is not None and self._listener.connected.is_set()
@@ -86,6 +92,7 @@ class Broker:
         if self._listener is not None:
             await self._listener.stop()
         await self.dispatcher.close()
+        await self.devices_by_token.close()
         for conn in self.presence.all_connections():
             await conn.socket.close(CLOSE_RESTART, "broker restarting")
         for task in (self._flusher, self._sweeper):

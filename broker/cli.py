@@ -397,7 +397,9 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
 
     WebSocket frames at most 64 KiB and uncompressed (contract section 4);
     the broker pings every `heartbeat_s` and ends a socket that does not
-    answer within as long (section 4 presence).
+    answer within as long (section 4 presence). The accept queue holds 4,096
+    connections (uvicorn's default, 2,048, overflowed when 10k phones came
+    back at once after a restart; the kernel caps it at net.core.somaxconn).
     """
     import uvicorn
 
@@ -405,7 +407,7 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
         app, host=host, port=port, ws="websockets-sansio", ws_max_size=65536,
         ws_per_message_deflate=False, ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=settings.heartbeat_s, loop="uvloop", http="httptools",
-        log_config=None, lifespan="on", timeout_graceful_shutdown=8,
+        log_config=None, lifespan="on", timeout_graceful_shutdown=8, backlog=4096,
     )
 
 

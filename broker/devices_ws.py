@@ -90,7 +90,7 @@ async def _authenticate(broker: Broker, ws: WebSocket) -> store.DeviceRow | None
     prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if token else None
     if token is None or prefix is None:
         return None
-    device = await store.device_by_token_prefix(broker.pool, prefix)
+    device = await broker.devices_by_token.get(prefix)
     if device is None or not keys.matches(broker.secret, token, device.token_hash):
         return None
     return device if device.active else None

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from broker import metrics, reports, store
+from broker.lookups import Coalescer
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
 from broker.presence import Connection, Presence
 from protocol import frames, lifecycle
@@ -29,6 +30,11 @@ log = logging.getLogger("smsdora.dispatch")
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
 _PICK_ATTEMPTS = 4
 _QUEUE_FULL_RETRY_S = 30
+# A drain that found an account's queue empty is trusted this long by the
+# phones connecting after it (a reconnect storm would otherwise run one drain
+# query per phone). Jobs queued here meanwhile end the trust at once; only
+# another broker process's could wait this long for a drain.
+QUEUE_EMPTY_TRUST_S = 5.0
 CLOSE_DEACTIVATED = 1008
 
 
@@ -73,7 +79,14 @@ class Dispatcher:
         self._usage: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
         self._drains: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self._empty_at: dict[uuid.UUID, float] = {}  # account -> when a drain found none
         self._closing = False
+        redelivered = sorted(lifecycle.REDELIVERED)
+
+        async def fetch_open_jobs(ids: list[uuid.UUID]) -> dict[uuid.UUID, store.OpenJobs]:
+            return await store.open_jobs(pool, ids, redelivered)
+
+        self.open_jobs: Coalescer[uuid.UUID, store.OpenJobs] = Coalescer(fetch_open_jobs)
 
     # --- the send path ------------------------------------------------------
 
@@ -153,7 +166,9 @@ class Dispatcher:
             status = lifecycle.DISPATCHING if has_room else lifecycle.QUEUED
             if has_room:
                 conn.pacer.take(mono)  # before the await: a concurrent send sees it
-            elif await store.queued_count(db, job.account_id) >= self.max_queued:
+            else:
+                self._empty_at.pop(job.account_id, None)  # a job is queued from now
+            if not has_room and await store.queued_count(db, job.account_id) >= self.max_queued:
                 # A bounded queue: past it the client is told to come back,
                 # rather than the backlog growing without end.
                 metrics.SENDS.labels("queue_full").inc()
@@ -265,6 +280,7 @@ class Dispatcher:
                 metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
                 await hand(self.presence, conn, job.id, send_frame(job))
             if len(jobs) < batch:
+                self._empty_at[account_id] = time.monotonic()
                 return  # the queue is empty
 
     # --- devices ------------------------------------------------------------
@@ -272,13 +288,14 @@ class Dispatcher:
     async def on_connect(self, conn: Connection, pending: list[str]) -> None:
         """Give a (re)connected phone every job of its own that is not final,
         cancel what it holds that is no longer its own, and drain the queue."""
-        if not await store.device_active(self.pool, conn.device_id):
+        found = await self.open_jobs.get(conn.device_id)
+        if found is None or not found.active:
             # Deactivated between the token check and the hello: the notice
             # found no connection to close, so close it here.
             self.presence.unregister(conn)
             await conn.socket.close(CLOSE_DEACTIVATED, "device deactivated")
             return
-        jobs = await store.open_jobs(self.pool, conn.device_id, sorted(lifecycle.REDELIVERED))
+        jobs = found.jobs
         own = {str(j.id) for j in jobs}
         for job in jobs:
             if job.id not in conn.inflight:  # a send may have handed it here already
@@ -289,7 +306,9 @@ class Dispatcher:
                 if reason is not None:
                     await conn.socket.send_frame(frames.encode(
                         frames.Cancel(id=held, reason=reason)))
-        self.kick(conn.account_id)
+        empty_at = self._empty_at.get(conn.account_id)
+        if empty_at is None or time.monotonic() - empty_at > QUEUE_EMPTY_TRUST_S:
+            self.kick(conn.account_id)
 
     async def _cancel_reasons(self, conn: Connection,
                               held: list[str]) -> dict[str, str | None]:
@@ -341,6 +360,7 @@ class Dispatcher:
     async def close(self) -> None:
         self._closing = True
         await self.reports.close()
+        await self.open_jobs.close()
         for handle in self._wakeups.values():
             handle.cancel()
         self._wakeups.clear()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -275,13 +275,20 @@ async def insert_device(db: Any, account_id: uuid.UUID, name: str, prefix: str,
     return DeviceRow(**dict(r))
 
 
-async def device_active(db: Any, device_id: uuid.UUID) -> bool:
-    return bool(await db.fetchval("SELECT active FROM devices WHERE id = $1", device_id))
-
-
 async def device_by_token_prefix(db: Any, prefix: str) -> DeviceRow | None:
-    r = await db.fetchrow(f"SELECT {_DEVICE_COLS} FROM devices WHERE token_prefix = $1", prefix)
-    return DeviceRow(**dict(r)) if r else None
+    return (await devices_by_token_prefix(db, [prefix])).get(prefix)
+
+
+async def devices_by_token_prefix(db: Any, prefixes: list[str]) -> dict[str, DeviceRow]:
+    """Devices by token prefix, many in one query (a reconnect storm)."""
+    rows = await db.fetch(f"SELECT token_prefix, {_DEVICE_COLS} FROM devices"
+                          " WHERE token_prefix = ANY($1::text[])", prefixes)
+    out = {}
+    for r in rows:
+        fields = dict(r)
+        prefix = fields.pop("token_prefix")
+        out[prefix] = DeviceRow(**fields)
+    return out
 
 
 async def list_devices(db: Any, account_id: uuid.UUID) -> list[DeviceRow]:
@@ -447,13 +454,32 @@ async def list_messages(db: Any, account_id: uuid.UUID, status: str | None, limi
     ))
 
 
-async def open_jobs(db: Any, device_id: uuid.UUID, statuses: list[str]) -> list[Job]:
-    """This device's jobs in the given statuses, oldest first (redelivery)."""
-    return _rows(Job, await db.fetch(
-        "SELECT id, recipient, body, status FROM messages"
-        " WHERE device_id = $1 AND status = ANY($2::text[]) ORDER BY seq",
-        device_id, statuses,
-    ))
+class OpenJobs(NamedTuple):
+    active: bool  # the device is still active (not deactivated meanwhile)
+    jobs: list[Job]  # oldest first
+
+
+async def open_jobs(db: Any, device_ids: list[uuid.UUID],
+                    statuses: list[str]) -> dict[uuid.UUID, OpenJobs]:
+    """For each device: whether it is active, and its jobs in the given
+    statuses, oldest first (redelivery on connect); many devices in one
+    query (a reconnect storm). A device that does not exist is left out."""
+    rows = await db.fetch(
+        "SELECT d.id AS device_id, d.active, m.id, m.recipient, m.body, m.status"
+        " FROM devices d LEFT JOIN messages m"
+        "   ON m.device_id = d.id AND m.status = ANY($2::text[])"
+        " WHERE d.id = ANY($1::uuid[]) ORDER BY d.id, m.seq",
+        device_ids, statuses,
+    )
+    out: dict[uuid.UUID, OpenJobs] = {}
+    for r in rows:
+        found = out.get(r["device_id"])
+        if found is None:
+            found = out[r["device_id"]] = OpenJobs(r["active"], [])
+        if r["id"] is not None:
+            found.jobs.append(Job(id=r["id"], recipient=r["recipient"], body=r["body"],
+                                  status=r["status"]))
+    return out
 
 
 async def claim_queued(db: Any, account_id: uuid.UUID, device_id: uuid.UUID,

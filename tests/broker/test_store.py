@@ -210,7 +210,12 @@ async def test_insert_device(conn: asyncpg.Connection) -> None:
     assert dev.last_seen_at is None and dev.health is None and dev.app_version is None
     assert await store.device_by_token_prefix(conn, prefix) == dev
     assert await store.device_by_token_prefix(conn, "00000000") is None
-    assert await store.list_devices(conn, acc.id) == [dev]
+    full2, prefix2 = keys.make_secret(keys.TOKEN_KIND)
+    dev2 = await store.insert_device(conn, acc.id, "second", prefix2, keys.digest(SECRET, full2),
+                                     30)
+    assert await store.devices_by_token_prefix(conn, [prefix, "00000000", prefix2]) == {
+        prefix: dev, prefix2: dev2}
+    assert await store.list_devices(conn, acc.id) == [dev, dev2]
     assert await store.list_devices(conn, (await account(conn)).id) == []
 
 
@@ -390,10 +395,19 @@ async def test_open_jobs(conn: asyncpg.Connection, db: asyncpg.Connection) -> No
     await message(conn, acc, other, "dispatching")
     await db.execute("UPDATE messages SET status = 'sending' WHERE id = $1", m2)
     await db.execute("UPDATE messages SET status = 'delivered' WHERE id = $1", m3)
-    jobs = await store.open_jobs(conn, dev.id, ["dispatching", "sending"])
-    assert [(j.id, j.body, j.status) for j in jobs] == [(m1, "one", "dispatching"),
-                                                         (m2, "two", "sending")]
-    assert [j.id for j in await store.open_jobs(conn, dev.id, ["sending"])] == [m2]
+    idle = await device(conn, acc)  # no open job
+    gone = await device(conn, acc)
+    await db.execute("UPDATE devices SET active = false WHERE id = $1", gone.id)
+    missing = uuid.uuid4()
+    found = await store.open_jobs(conn, [dev.id, idle.id, gone.id, missing],
+                                  ["dispatching", "sending"])
+    assert set(found) == {dev.id, idle.id, gone.id}  # a device that does not exist: left out
+    assert found[dev.id].active and found[idle.id].active and not found[gone.id].active
+    assert [(j.id, j.body, j.status) for j in found[dev.id].jobs] == [
+        (m1, "one", "dispatching"), (m2, "two", "sending")]
+    assert found[idle.id].jobs == [] and found[gone.id].jobs == []
+    only_sending = await store.open_jobs(conn, [dev.id], ["sending"])
+    assert [j.id for j in only_sending[dev.id].jobs] == [m2]
 
 
 async def test_claim_queued(conn: asyncpg.Connection, db: asyncpg.Connection) -> None:

@@ -1,0 +1,118 @@
+"""`python -m bench.profile`: where the broker's time goes, under load.
+
+Not part of `make bench`: a tool for the one optimising. It starts the same
+processes as the benchmark (embedded PostgreSQL, the broker, phones, the
+load generator), with fewer phones, and records the broker with `py-spy`
+(the `bench` extra installs it) during each load run; then prints the functions
+that own the most samples, by self time and by total time.
+
+    python -m bench.profile --phones 2000 --seconds 8 closed lifecycle
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.fleet import Fleet, slices
+from bench.procs import free_port, wait_port
+from bench.run import Bench, Sizes, say
+
+
+def _sizes(phones: int, seconds: float, send_rate: int) -> Sizes:
+    return Sizes(levels=(phones,), load_phones=phones, per_account=phones, send_rate=send_rate,
+                 lifted=False, baseline_s=seconds, closed_s=seconds, warmup_s=1, open_s=5,
+                 open_samples=0, open_max_s=5, fractions=(), closed_conns=64, open_conns=64,
+                 max_requests=10**9, idle_cpu_s=1, idle_cpu_from=10**9, settle_s=0.5,
+                 drain_s=20, drain_open_s=8, window=256, ramp_s=60, reconnect_s=45, png=False)
+
+
+def summarize(raw: Path, top: int) -> str:
+    """py-spy's collapsed stacks ("a;b;c N") as self and total shares."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(n)
+        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+                  for f in stack.split(";")]
+        samples += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            total[f] += count
+    out = [f"{samples} samples", "self:"]
+    out += [f"  {100 * c / samples:5.1f} %  {f}" for f, c in own.most_common(top)]
+    out.append("total:")
+    out += [f"  {100 * c / samples:5.1f} %  {f}" for f, c in total.most_common(top)]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="+", choices=("connect", "closed", "lifecycle"),
+                   help="connect: while the phones connect (first, whatever the order)")
+    p.add_argument("--phones", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--send-rate", type=int, default=30)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--out", type=Path, default=None, help="keep the raw stacks here")
+    args = p.parse_args()
+    spy_bin = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy_bin is None:
+        sys.exit("py-spy not found: pip install -e '.[bench]'")
+    workdir = Path(tempfile.mkdtemp(prefix="smsdora-profile-"))
+    bench = Bench(workdir, _sizes(args.phones, args.seconds, args.send_rate))
+    try:
+        bench.setup()
+        port = free_port()
+        proc, _ = bench.start_broker(port)
+        wait_port(port, proc, 60)
+        fleet = Fleet(bench.procs, f"ws://127.0.0.1:{port}/devices/ws", bench.tokens_file,
+                      "broker")
+        def spy(name: str) -> tuple[subprocess.Popen[bytes], Path]:
+            raw = (args.out or workdir) / f"{name}.txt"
+            return subprocess.Popen(
+                [spy_bin, "record", "--pid", str(proc.pid), "--rate", "200", "--format", "raw",
+                 "--duration", str(int(args.seconds)), "--output", str(raw), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw
+
+        if "connect" in args.runs:
+            recorder, raw = spy("connect")
+        for part in slices((args.phones,)):
+            fleet.start(part)
+        got, took = fleet.wait_connected(args.phones, 60)
+        say(f"{got} phones in {took:.1f} s")
+        if "connect" in args.runs:
+            recorder.wait(timeout=args.seconds + 30)
+            print(f"--- connect\n{summarize(raw, args.top)}", flush=True)
+        for name in args.runs:
+            if name == "connect":
+                continue
+            recorder, raw = spy(name)
+            if name == "closed":
+                result = bench.closed(fleet, port)
+                say(f"closed: {result['accept_per_s']:.0f}/s accepted (frame at phone)")
+            else:
+                result = bench.lifecycle(fleet, port)
+                say(f"lifecycle: {result['e2e_per_s']:.0f}/s delivered")
+            recorder.wait(timeout=args.seconds + 30)
+            time.sleep(0.5)
+            print(f"--- {name}\n{summarize(raw, args.top)}", flush=True)
+    finally:
+        bench.procs.close()
+        bench.pg.stop()
+        if args.out is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
