@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,35 @@ def _sizes(phones: int, seconds: float, send_rate: int) -> Sizes:
                  open_samples=0, open_max_s=5, fractions=(), closed_conns=64, open_conns=64,
                  max_requests=10**9, idle_cpu_s=1, idle_cpu_from=10**9, settle_s=0.5,
                  drain_s=20, drain_open_s=8, window=256, ramp_s=60, reconnect_s=45, png=False)
+
+
+def _role(pid: str) -> str | None:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    for role in ("serve_with_gc", "bench.phones", "bench.loadgen", "postgres"):
+        if role in cmd:
+            return role
+    return None
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) of every live process of the run, by role."""
+    out: dict[str, float] = collections.defaultdict(float)
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        role = _role(entry.name)
+        if role is None:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[role] += (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def summarize(raw: Path, top: int) -> str:
@@ -98,15 +128,20 @@ def main() -> None:
             if name == "connect":
                 continue
             recorder, raw = spy(name)
+            cpu0, t0 = cpu_by_role(), time.monotonic()
             if name == "closed":
                 result = bench.closed(fleet, port)
                 say(f"closed: {result['accept_per_s']:.0f}/s accepted (frame at phone)")
             else:
                 result = bench.lifecycle(fleet, port)
                 say(f"lifecycle: {result['e2e_per_s']:.0f}/s delivered")
+            cpu1, t1 = cpu_by_role(), time.monotonic()
             recorder.wait(timeout=args.seconds + 30)
             time.sleep(0.5)
-            print(f"--- {name}\n{summarize(raw, args.top)}", flush=True)
+            shares = ", ".join(f"{role} {(cpu1[role] - cpu0.get(role, 0.0)) / (t1 - t0):.2f}"
+                               for role in sorted(cpu1))
+            print(f"--- {name}\ncores busy by process: {shares}\n{summarize(raw, args.top)}",
+                  flush=True)
     finally:
         bench.procs.close()
         bench.pg.stop()

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -19,10 +20,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from broker import keys, metrics, store
 from broker.http_api import error_response
 from broker.presence import Connection
+from broker.reports import Result
 from protocol import frames
 
 if TYPE_CHECKING:
     from broker.app import Broker
+    from broker.dispatch import Dispatcher
 
 log = logging.getLogger("smsdora.devices")
 
@@ -31,8 +34,10 @@ CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 CLOSE_PROTOCOL = 1002
 CLOSE_TRY_AGAIN = 1013
+CLOSE_INTERNAL = 1011
 SEND_TIMEOUT_S = 2.0
 _closing: set[asyncio.Task[None]] = set()  # references to close tasks in flight
+_answering: set[asyncio.Task[None]] = set()  # phones' receipt writers (Answers)
 
 
 class WsSocket:
@@ -211,9 +216,66 @@ class FrameBucket:
         return -self.tokens / self.rate
 
 
+class Answers:
+    """A phone's reports between their group commit and their receipt.
+
+    The reader does not wait for a report's commit before it reads the next
+    frame: a phone with 30 jobs sends 90 reports, and one commit wait each,
+    in a row, made that phone's last report wait for all the others'.
+    Receipts still go out in the order the reports came (the report writer
+    commits in queue order), from one task per phone that lives only while
+    reports are in flight. At most MAX_IN_FLIGHT wait; past it the reader
+    waits too."""
+
+    MAX_IN_FLIGHT = 64
+
+    __slots__ = ("dispatcher", "conn", "queue", "task", "room")
+
+    def __init__(self, dispatcher: Dispatcher, conn: Connection) -> None:
+        self.dispatcher = dispatcher
+        self.conn = conn
+        self.queue: deque[tuple[frames.Ack | frames.Status, asyncio.Future[Result]]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.room = asyncio.Event()
+
+    async def add(self, frame: frames.Ack | frames.Status, result: asyncio.Future[Result]) -> None:
+        self.queue.append((frame, result))
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._answer_all())
+            _answering.add(self.task)
+            self.task.add_done_callback(_answering.discard)
+        while len(self.queue) >= self.MAX_IN_FLIGHT:
+            self.room.clear()
+            await self.room.wait()
+
+    async def _answer_all(self) -> None:
+        sock = self.conn.socket
+        while self.queue:
+            frame, result = self.queue[0]
+            try:
+                answer = self.dispatcher.answer(self.conn, frame, await result)
+            except store.DATABASE_DOWN:
+                # Not stored, so no receipt: the phone keeps the report in
+                # its outbox and sends it again.
+                answer = _error(frames.UNAVAILABLE, "database unavailable: retry later", frame.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("report failed: closing the socket",
+                              extra={"device_id": str(self.conn.device_id)})
+                self.queue.clear()
+                self.room.set()
+                await sock.close(CLOSE_INTERNAL, "internal error")
+                return
+            self.queue.popleft()
+            self.room.set()
+            await sock.send_frame(answer)
+
+
 async def _serve(broker: Broker, ws: WebSocket, conn: Connection) -> None:
     presence, dispatcher, sock = broker.presence, broker.dispatcher, conn.socket
     settings = broker.settings
+    answers = Answers(dispatcher, conn)
     bucket = FrameBucket(settings.frame_rate, settings.frame_burst, time.monotonic())
     while True:
         message = await _receive(ws)
@@ -245,14 +307,11 @@ async def _serve(broker: Broker, ws: WebSocket, conn: Connection) -> None:
         match frame:
             case frames.Ack() | frames.Status():
                 metrics.FRAMES.labels("ack" if isinstance(frame, frames.Ack) else "status").inc()
-                try:
-                    answer = await dispatcher.report(conn, frame)
-                except store.DATABASE_DOWN:
-                    # Not stored, so no receipt: the phone keeps the report in
-                    # its outbox and sends it again.
-                    answer = _error(frames.UNAVAILABLE, "database unavailable: retry later",
-                                    frame.id)
-                await sock.send_frame(answer)
+                queued = dispatcher.report(conn, frame)
+                if isinstance(queued, bytes):
+                    await sock.send_frame(queued)
+                else:
+                    await answers.add(frame, queued)
             case frames.Ping(health=health):
                 metrics.FRAMES.labels("ping").inc()
                 if health is not None:

@@ -332,22 +332,28 @@ class Dispatcher:
                 reasons[h] = "done"  # delivered: nothing left to do for it
         return reasons
 
-    async def report(self, conn: Connection, frame: frames.Ack | frames.Status) -> bytes:
-        """Store a phone's report; returns the frame to answer with. The
-        history row is committed before the receipt is returned."""
-        report = "ack" if isinstance(frame, frames.Ack) else frame.status
-        error = frame.error if isinstance(frame, frames.Status) else None
+    def report(self, conn: Connection,
+               frame: frames.Ack | frames.Status) -> asyncio.Future[reports.Result] | bytes:
+        """Queue a phone's report for the next group commit: its future, for
+        `answer`, or at once the frame that refuses it."""
         message_id = _parse_uuid(frame.id)
         if message_id is None:
             return _refuse(frame.id, frames.NOT_YOURS)
-        result = await self.reports.submit(
-            reports.Report(conn.device_id, message_id, report, error))
+        report = "ack" if isinstance(frame, frames.Ack) else frame.status
+        error = frame.error if isinstance(frame, frames.Status) else None
+        return self.reports.enqueue(reports.Report(conn.device_id, message_id, report, error))
+
+    def answer(self, conn: Connection, frame: frames.Ack | frames.Status,
+               result: reports.Result) -> bytes:
+        """After the report's commit: what to answer the phone with."""
         outcome = result.outcome
-        was_full = 0 < conn.window <= len(conn.inflight)
-        conn.inflight.discard(message_id)  # answered: no longer in flight
-        if was_full:
-            self.presence.room_freed(conn, time.monotonic())
-            self.kick(conn.account_id)  # room again: queued jobs may go now
+        message_id = _parse_uuid(frame.id)
+        if message_id is not None:
+            was_full = 0 < conn.window <= len(conn.inflight)
+            conn.inflight.discard(message_id)  # answered: no longer in flight
+            if was_full:
+                self.presence.room_freed(conn, time.monotonic())
+                self.kick(conn.account_id)  # room again: queued jobs may go now
         if outcome.kind is lifecycle.Kind.MOVE:
             metrics.TRANSITIONS.labels(outcome.new_status).inc()
         if outcome.kind is lifecycle.Kind.REFUSE:

@@ -15,6 +15,10 @@ DISPATCH_LATENCY = Histogram(
     "smsdora_dispatch_seconds", "From accepting a send to the job frame written to the phone",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+REPORT_BATCH = Histogram(
+    "smsdora_report_batch_size", "Phone reports (ack, status) written per group commit",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 FRAMES = Counter("smsdora_device_frames_total", "Frames received from phones", ["type"])
 
 

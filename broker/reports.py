@@ -15,7 +15,7 @@ import asyncio
 import uuid
 from typing import Any, NamedTuple
 
-from broker import store
+from broker import metrics, store
 from protocol import lifecycle
 
 MAX_BATCH = 1000
@@ -73,13 +73,20 @@ class ReportWriter:
         self._pending: list[tuple[Report, asyncio.Future[Result]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def submit(self, report: Report) -> Result:
-        """Store one report; returns once it is committed (or refused)."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    def enqueue(self, report: Report) -> asyncio.Future[Result]:
+        """Queue one report; the future is done once it is committed (or
+        refused). Reports are written in the order they are queued, so a
+        phone's reports apply in the order it sent them."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((report, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_all())
-        return await future
+            self._writer = loop.create_task(self._write_all())
+        return future
+
+    async def submit(self, report: Report) -> Result:
+        """Store one report; returns once it is committed (or refused)."""
+        return await self.enqueue(report)
 
     async def _write_all(self) -> None:
         while self._pending:
@@ -110,6 +117,7 @@ class ReportWriter:
                 future.set_result(result)
 
     async def _write(self, reports: list[Report]) -> list[Result]:
+        metrics.REPORT_BATCH.observe(len(reports))
         ids = sorted({r.message_id for r in reports})
         async with self.pool.acquire() as db, db.transaction():
             rows = {h.id: h for h in await store.lock_for_reports(db, ids)}

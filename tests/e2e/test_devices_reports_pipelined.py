@@ -1,0 +1,50 @@
+"""A phone's reports share commits (issue 5): the broker reads a phone's next
+frame without waiting for the last report's commit, and still answers each
+report with its receipt, in the order the reports came.
+
+Real uvicorn, real `websockets` client, PostgreSQL; the commits are counted
+by the `smsdora_report_batch_size` histogram on /metrics."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Account, PhoneFactory, send_sms
+from tests.e2e.test_api_ops import samples, value
+
+pytestmark = pytest.mark.timeout(30)
+
+JOBS = 30
+
+
+async def test_reports_sent_in_a_row_share_commits_and_keep_their_order(
+        http: httpx.AsyncClient, account: Account, phone: PhoneFactory) -> None:
+    p = await phone(await account.make_device(send_rate=0))
+    ids = []
+    for _ in range(JOBS):
+        r = await send_sms(http, account.key)
+        assert r.status_code == 201, r.text
+        ids.append((await p.expect("send"))["id"])
+    before = samples((await http.get("/metrics")).text)
+
+    for mid in ids:  # every ack at once, as a phone that works through its outbox
+        await p.send({"type": "ack", "id": mid})
+    answers = [await p.recv() for _ in ids]
+    assert answers == [{"type": "receipt", "id": mid, "status": "sending"} for mid in ids]
+
+    for mid in ids:
+        await p.send({"type": "status", "id": mid, "status": "sent"})
+        await p.send({"type": "status", "id": mid, "status": "delivered"})
+    answers = [await p.recv() for _ in range(2 * JOBS)]
+    assert answers == [{"type": "receipt", "id": mid, "status": status}
+                       for mid in ids for status in ("sent", "delivered")]
+
+    after = samples((await http.get("/metrics")).text)
+    reports = (value(after, "smsdora_report_batch_size_sum")
+               - value(before, "smsdora_report_batch_size_sum"))
+    commits = (value(after, "smsdora_report_batch_size_count")
+               - value(before, "smsdora_report_batch_size_count"))
+    assert reports == 3 * JOBS
+    # One commit per report if the reader waited for each; shared commits here.
+    assert commits < JOBS, commits
