@@ -1,7 +1,9 @@
 """`python -m broker serve`, with the garbage collector's pauses measured.
 
 The broker is not changed: this wrapper adds a `gc.callbacks` hook that
-times every collection (start to stop, perf_counter_ns) and then calls
+times every collection (start to stop: wall time with perf_counter_ns, and
+the collecting thread's CPU time with thread_time_ns, so that a pause
+stretched by the scheduler on a saturated machine shows as such) and calls
 `broker.cli.main(["serve", ...])` in the same process. Every 0.5 s (and on
 SIGUSR1) a thread writes to $BENCH_GC_FILE the count and total per
 generation and, for each wall-clock second, the longest pause in it, so the
@@ -29,19 +31,23 @@ from bench.procs import raise_nofile
 # thread while it reads them, and its callback must not resize what is read.
 SECONDS = 4 * 3600
 _base = int(time.time())
-_started = [0]
+_started = [0, 0]  # perf_counter_ns, thread_time_ns
 _count = array("q", [0, 0, 0])
 _total_ns = array("q", [0, 0, 0])
 _longest_ms = array("d", [0.0]) * SECONDS  # per second since _base
 _longest_gen = array("b", [0]) * SECONDS
+_longest_cpu_ms = array("d", [0.0]) * SECONDS  # the CPU time of that longest pause
+_longest_cpu_only_ms = array("d", [0.0]) * SECONDS  # the longest by CPU time
 _lock = threading.Lock()
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _started[0] = time.perf_counter_ns()
+        _started[1] = time.thread_time_ns()
         return
     took = time.perf_counter_ns() - _started[0]
+    cpu = time.thread_time_ns() - _started[1]
     gen = int(info.get("generation", 0))
     _count[gen] += 1
     _total_ns[gen] += took
@@ -49,13 +55,19 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if 0 <= second < SECONDS and took / 1e6 > _longest_ms[second]:
         _longest_ms[second] = took / 1e6
         _longest_gen[second] = gen
+        _longest_cpu_ms[second] = cpu / 1e6
+    if 0 <= second < SECONDS and cpu / 1e6 > _longest_cpu_only_ms[second]:
+        _longest_cpu_only_ms[second] = cpu / 1e6
 
 
 def _write(path: str) -> None:
     with _lock:
         longest, gens = _longest_ms.tolist(), _longest_gen.tolist()
+        cpu, cpu_only = _longest_cpu_ms.tolist(), _longest_cpu_only_ms.tolist()
         data = {"count": _count.tolist(), "total_ms": [t / 1e6 for t in _total_ns.tolist()],
-                "per_second": [[_base + i, ms, gens[i]] for i, ms in enumerate(longest) if ms],
+                # [second, longest wall ms, its generation, its CPU ms, longest CPU ms]
+                "per_second": [[_base + i, ms, gens[i], cpu[i], cpu_only[i]]
+                               for i, ms in enumerate(longest) if ms],
                 "thresholds": list(gc.get_threshold()), "frozen": gc.get_freeze_count()}
         tmp = f"{path}.tmp"
         with open(tmp, "wb") as f:
