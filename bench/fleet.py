@@ -63,6 +63,11 @@ class Fleet:
     def stats(self, since_ns: int = 0) -> list[dict[str, Any]]:
         return [c.call({"cmd": "stats", "since_ns": since_ns}) for _, c in self.running]
 
+    def hold(self, on: bool) -> None:
+        """While on, the phones time `send` frames but ack none of them."""
+        for _, c in self.running:
+            c.call({"cmd": "hold", "on": on})
+
     def connected(self) -> int:
         return sum(s["connected"] for s in self.stats())
 

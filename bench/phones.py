@@ -15,7 +15,8 @@ uniform(0.5, 1)), as a fleet of real phones would after a broker restart.
 
 Control: one JSON command a line on stdin, one JSON answer a line on stdout:
 `{"cmd": "stats", "since_ns": T}`, `{"cmd": "dump", "path": P}` (send-frame
-times to P, then forgotten), `{"cmd": "quit"}`.
+times to P, then forgotten), `{"cmd": "hold", "on": B}` (while on, `send`
+frames are timed but not acked), `{"cmd": "quit"}`.
 
     python -m bench.phones --url ws://127.0.0.1:PORT/devices/ws \
         --tokens tokens.json --first 0 --count 1000 --source-ip 127.0.0.11
@@ -116,7 +117,8 @@ class Conn(asyncio.Protocol):
         if kind == "send":
             pool.frames.setdefault(frame.id, now)
             self.phone.jobs += 1
-            self.ws.send_text(b'{"type":"ack","id":"%s"}' % frame.id.encode())
+            if not pool.holding:
+                self.ws.send_text(b'{"type":"ack","id":"%s"}' % frame.id.encode())
         elif kind == "receipt":
             if frame.status == "delivered":
                 pool.delivered()
@@ -164,6 +166,7 @@ class Pool:
         self.counts: Counter[str] = Counter()
         self.failure_log: list[tuple[int, str]] = []
         self.stopping = False
+        self.holding = False  # `send` frames timed but not acked
         self.tasks: set[asyncio.Task[None]] = set()
         self.timers: set[asyncio.TimerHandle] = set()
 
@@ -335,6 +338,11 @@ async def serve(args: argparse.Namespace) -> None:
                 Path(cmd["path"]).write_bytes(msgspec.json.encode(pool.frames))
                 answer = {"n": len(pool.frames)}
                 pool.frames = {}
+            elif cmd["cmd"] == "hold":
+                # Jobs arrive and are timed, but no phone acks them: the
+                # accept path measured without the reports' load.
+                pool.holding = bool(cmd["on"])
+                answer = {"holding": pool.holding}
             elif cmd["cmd"] == "quit":
                 pool.stop()
                 out.write(b'{"bye":true}\n')

@@ -15,12 +15,16 @@ import argparse
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import msgspec
+
+from bench import report
 from bench.fleet import Fleet, slices
 from bench.procs import free_port, wait_port
 from bench.run import Bench, Sizes, say
@@ -88,13 +92,15 @@ def summarize(raw: Path, top: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("runs", nargs="+", choices=("connect", "closed", "lifecycle"),
+    p.add_argument("runs", nargs="+", choices=("connect", "closed", "answering", "lifecycle", "churn",
+                                          "garbage"),
                    help="connect: while the phones connect (first, whatever the order)")
     p.add_argument("--phones", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--send-rate", type=int, default=30)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", type=Path, default=None, help="keep the raw stacks here")
+    p.add_argument("--native", action="store_true", help="py-spy --native: C frames too")
     args = p.parse_args()
     spy_bin = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy_bin is None:
@@ -104,7 +110,7 @@ def main() -> None:
     try:
         bench.setup()
         port = free_port()
-        proc, _ = bench.start_broker(port)
+        proc, gc_file = bench.start_broker(port)
         wait_port(port, proc, 60)
         fleet = Fleet(bench.procs, f"ws://127.0.0.1:{port}/devices/ws", bench.tokens_file,
                       "broker")
@@ -112,7 +118,8 @@ def main() -> None:
             raw = (args.out or workdir) / f"{name}.txt"
             return subprocess.Popen(
                 [spy_bin, "record", "--pid", str(proc.pid), "--rate", "200", "--format", "raw",
-                 "--duration", str(int(args.seconds)), "--output", str(raw), "--nonblocking"],
+                 "--duration", str(int(args.seconds)), "--output", str(raw), "--nonblocking",
+                 *(["--native"] if args.native else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw
 
         if "connect" in args.runs:
@@ -127,21 +134,44 @@ def main() -> None:
         for name in args.runs:
             if name == "connect":
                 continue
+            if name in ("churn", "garbage"):
+                # churn: half the phones leave first. Then one full collection,
+                # keeping what only the cyclic collector could free, by type.
+                if name == "churn":
+                    fleet.quit(keep=args.phones // 2)
+                    time.sleep(3)
+                garbage = Path(f"{gc_file}.garbage")
+                garbage.unlink(missing_ok=True)
+                os.kill(proc.pid, signal.SIGUSR2)
+                while not garbage.exists():
+                    time.sleep(0.2)
+                time.sleep(0.5)
+                counts = msgspec.json.decode(garbage.read_bytes())
+                print(f"--- {name}: {sum(counts.values())} objects in cycles")
+                for kind, n in list(counts.items())[:25]:
+                    print(f"  {n:8d}  {kind}")
+                continue
             recorder, raw = spy(name)
             cpu0, t0 = cpu_by_role(), time.monotonic()
-            if name == "closed":
-                result = bench.closed(fleet, port)
-                say(f"closed: {result['accept_per_s']:.0f}/s accepted (frame at phone)")
+            if name in ("closed", "answering"):
+                result = bench.closed(fleet, port, hold=name == "closed")
+                say(f"{name}: {result['accept_per_s']:.0f}/s accepted (frame at phone)")
             else:
                 result = bench.lifecycle(fleet, port)
                 say(f"lifecycle: {result['e2e_per_s']:.0f}/s delivered")
             cpu1, t1 = cpu_by_role(), time.monotonic()
+            os.kill(proc.pid, signal.SIGUSR1)  # the GC file, now
+            time.sleep(0.2)
+            gc_row = report.gc_window(gc_file, time.time() - (t1 - t0), time.time())
             recorder.wait(timeout=args.seconds + 30)
             time.sleep(0.5)
             shares = ", ".join(f"{role} {(cpu1[role] - cpu0.get(role, 0.0)) / (t1 - t0):.2f}"
                                for role in sorted(cpu1))
-            print(f"--- {name}\ncores busy by process: {shares}\n{summarize(raw, args.top)}",
-                  flush=True)
+            print(f"--- {name}\ncores busy by process: {shares}\n"
+                  f"longest GC pause: {gc_row['longest_ms']:.1f} ms wall, "
+                  f"{gc_row['longest_cpu_ms']:.1f} ms CPU, gen {gc_row['generation']}; "
+                  f"collections so far {gc_row['collections']}, ms {gc_row['total_ms']}\n"
+                  f"{summarize(raw, args.top)}", flush=True)
     finally:
         bench.procs.close()
         bench.pg.stop()

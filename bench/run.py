@@ -233,18 +233,26 @@ class Bench:
         life, drained = self.drain(run, self.sz.drain_s)
         lo = run["t0_ns"] + int(self.sz.warmup_s * 1e9)
         delivered = asyncio.run(database.delivered_between(self.dsn, lo, run["t1_ns"]))
-        return {"e2e_per_s": delivered / ((run["t1_ns"] - lo) / 1e9),
+        return {"e2e_per_s": delivered / ((run["t1_ns"] - lo) / 1e9), "gc": self.gc_during(run),
                 "window": self.sz.window, "answered_per_s": report.answered_rate(
                     run, self.sz.warmup_s), "statuses": run["statuses"],
                 "created": life.messages, "delivered": life.delivered, "drained": drained,
                 "frames": len(frames), "latency": report.latency(run, frames)}
 
-    def closed(self, fleet: Fleet, port: int) -> dict[str, Any]:
-        """The accept path's maximum: closed loop, phones answering as ever."""
-        run = self.loadgen("load-closed", port, "closed", self.sz.closed_conns,
-                           self.sz.closed_s, key=self.key)
-        frames = fleet.dump_frames(self.workdir, "closed")
+    def closed(self, fleet: Fleet, port: int, hold: bool) -> dict[str, Any]:
+        """The accept path's maximum: closed loop; `hold`: the phones take
+        their jobs but report nothing (the accept path alone), else they
+        answer as ever (the accept path while every report is written too)."""
+        tag = "closed-held" if hold else "closed"
+        fleet.hold(hold)
+        try:
+            run = self.loadgen(f"load-{tag}", port, "closed", self.sz.closed_conns,
+                               self.sz.closed_s, key=self.key)
+        finally:
+            fleet.hold(False)
+        frames = fleet.dump_frames(self.workdir, tag)
         return {"accept_per_s": report.answered_rate(run, self.sz.warmup_s, frames),
+                "gc": self.gc_during(run),
                 "answered_per_s": report.answered_rate(run, self.sz.warmup_s),
                 "statuses": run["statuses"], "frames": len(frames), "t0_ns": run["t0_ns"],
                 "t1_ns": run["t1_ns"], "latency": report.latency(run, frames)}
@@ -260,6 +268,7 @@ class Bench:
             frames = fleet.dump_frames(self.workdir, f"open{int(fraction * 100)}")
             _, drained = self.drain(run, self.sz.drain_open_s)
             row = {"fraction": fraction, "offered_per_s": rate, "seconds": seconds,
+                   "gc": self.gc_during(run),
                    "answered_per_s": len(run["ids"]) / max(run["duration_s"], 1e-9),
                    "statuses": run["statuses"], "lag_p99_ms": run["lag_p99_ms"],
                    "conns": run["conns"],
@@ -268,6 +277,12 @@ class Bench:
             say(f"open loop at {rate:.0f}/s: p50 {row['p50_ms']:.2f} ms, "
                 f"p99 {row['p99_ms']:.2f} ms, p99.9 {row['p999_ms']:.2f} ms")
         return rows
+
+    def gc_during(self, run: dict[str, Any]) -> dict[str, Any]:
+        """The broker's longest GC pause inside one load run."""
+        time.sleep(0.6)  # the GC file is written every 0.5 s
+        return report.gc_window(self.workdir / f"gc-{self.broker_starts}.json",
+                                run["t0_ns"] / 1e9, run["t1_ns"] / 1e9)
 
     def restart(self, fleet: Fleet, broker: Proc, port: int) -> tuple[dict[str, Any], Proc]:
         n = fleet.connected()
@@ -323,10 +338,14 @@ class Bench:
             # and nothing after this run may inherit that backlog.
             t_closed = time.time()
             dropped = report.fleet_summary(fleet.stats())["counts"].get("dropped", 0)
-            closed = self.closed(fleet, port)
+            closed = self.closed(fleet, port, hold=True)
+            say(f"closed loop, phones holding their reports: {closed['accept_per_s']:.0f}/s "
+                "accepted (frame at phone)")
+            answering = self.closed(fleet, port, hold=False)
+            closed["answering"] = answering
             closed["dropped"] = (report.fleet_summary(fleet.stats())["counts"].get("dropped", 0)
                                  - dropped)
-            say(f"closed loop: {closed['accept_per_s']:.0f}/s accepted (frame at phone)")
+            say(f"closed loop, phones answering: {answering['accept_per_s']:.0f}/s accepted")
             time.sleep(1.0)
             gc_windows.append(report.gc_window(self.workdir / f"gc-{self.broker_starts}.json",
                                                t_closed, time.time()))
