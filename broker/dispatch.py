@@ -46,6 +46,22 @@ def _month_start(now: dt.datetime) -> dt.datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+class _Month:
+    """The current month's start, recomputed only when the month turns (the
+    send path asks on every send)."""
+
+    __slots__ = ("start", "next")
+
+    def __init__(self) -> None:
+        self.start = self.next = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+    def of(self, now: dt.datetime) -> dt.datetime:
+        if not self.start <= now < self.next:
+            self.start = _month_start(now)
+            self.next = (self.start + dt.timedelta(days=32)).replace(day=1)
+        return self.start
+
+
 def send_frame(job: store.Job) -> bytes:
     return frames.encode(frames.Send(id=str(job.id), recipient=job.recipient, message=job.body))
 
@@ -77,6 +93,7 @@ class Dispatcher:
         self.max_queued = max_queued
         self.reports = reports.ReportWriter(pool)
         self._usage: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
+        self._month = _Month()
         self._drains: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.TimerHandle] = {}
         self._empty_at: dict[uuid.UUID, float] = {}  # account -> when a drain found none
@@ -93,7 +110,7 @@ class Dispatcher:
     async def _check_quota(self, account_id: uuid.UUID, monthly: int, now: dt.datetime) -> None:
         """Monthly plan volume, counted in memory after one count per month.
         Per process: several nodes may together overshoot by what is in flight."""
-        month = _month_start(now)
+        month = self._month.of(now)
         cached = self._usage.get(account_id)
         if cached is None or cached[0] != month:
             count = await store.messages_this_month(self.pool, account_id, month)
@@ -102,7 +119,7 @@ class Dispatcher:
             raise Forbidden("Monthly message quota exceeded")
 
     def _count(self, account_id: uuid.UUID) -> None:
-        month, n = self._usage.get(account_id, (_month_start(utcnow()), 0))
+        month, n = self._usage.get(account_id, (self._month.of(utcnow()), 0))
         self._usage[account_id] = (month, n + 1)
 
     async def send(self, account_id: uuid.UUID, monthly: int, recipient: str, body: str,

@@ -18,6 +18,7 @@ import msgspec
 import phonenumbers
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from broker import keys, metrics, store
 from broker.errors import (BadRequest, BrokerError, Forbidden, KeyChanged, MethodNotAllowed,
@@ -131,6 +132,11 @@ def _validation_text(raw: str) -> str:
 
 
 async def send_message(request: Request) -> Response:
+    return Response(await send_message_body(request), status_code=201, media_type=JSON)
+
+
+async def send_message_body(request: Request) -> bytes:
+    """The 201 body of an accepted send; a BrokerError for any other answer."""
     broker: Broker = request.app.state.broker
     if broker.draining:
         raise Unavailable("Broker is shutting down", headers={"Retry-After": "5"})
@@ -156,7 +162,24 @@ async def send_message(request: Request) -> Response:
         result = await broker.dispatcher.send(key.account_id, key.monthly_messages, recipient,
                                               req.message, req.ttl, idem, body, key.id,
                                               key.prefix)
-    return Response(result, status_code=201, media_type=JSON)
+    return result
+
+
+_CREATED_HEADERS = [(b"content-type", JSON.encode())]
+
+
+async def send_message_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    """`POST /messages/send` as a bare ASGI app: the same handler and the
+    same answers (app.py calls it without Starlette's router)."""
+    request = Request(scope, receive)
+    try:
+        body = await send_message_body(request)
+    except BrokerError as err:
+        await error_response(err.status, err.message, err.headers)(scope, receive, send)
+        return
+    await send({"type": "http.response.start", "status": 201,
+                "headers": [*_CREATED_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _message_id(request: Request) -> uuid.UUID:
