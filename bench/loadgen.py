@@ -210,6 +210,7 @@ class Run:
         args = self.args
         conns = [await self.connect() for _ in range(args.conns)]
         t0 = time.time_ns()
+        cpu0 = time.process_time()
         until = time.monotonic() + args.duration
         job = {"closed": self.closed_loop, "lifecycle": self.lifecycle_loop,
                "open": self.open_loop}[args.mode]
@@ -219,12 +220,15 @@ class Run:
         except TimeoutError:
             self.statuses["unanswered"] += self.sent - sum(self.statuses.values())
         t1 = time.time_ns()
+        cpu_s = time.process_time() - cpu0
         for conn in conns:
             if conn.transport is not None:
                 conn.transport.close()  # (the open loop's extra ones close at exit)
         lags = sorted(self.lags)
         return {"mode": args.mode, "conns": self.opened, "rate": args.rate,
                 "duration_s": (t1 - t0) / 1e9, "t0_ns": t0, "t1_ns": t1, "sent": self.sent,
+                # The generator's own CPU: it shares the machine with what it drives.
+                "cores": cpu_s / ((t1 - t0) / 1e9),
                 "statuses": dict(self.statuses),
                 "lag_p99_ms": lags[int(len(lags) * 0.99)] / 1e6 if lags else 0.0,
                 "ids": self.ids, "t_send": self.t_send, "t_answer": self.t_answer}

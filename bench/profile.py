@@ -67,6 +67,11 @@ def cpu_by_role() -> dict[str, float]:
     return out
 
 
+def machine_ticks() -> list[int]:
+    """/proc/stat's cpu line: user nice system idle iowait irq softirq steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
 def summarize(raw: Path, top: int) -> str:
     """py-spy's collapsed stacks ("a;b;c N") as self and total shares."""
     own: collections.Counter[str] = collections.Counter()
@@ -92,8 +97,8 @@ def summarize(raw: Path, top: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("runs", nargs="+", choices=("connect", "closed", "answering", "lifecycle", "churn",
-                                          "garbage"),
+    p.add_argument("runs", nargs="+", choices=("connect", "baseline", "closed", "answering",
+                                          "lifecycle", "churn", "garbage"),
                    help="connect: while the phones connect (first, whatever the order)")
     p.add_argument("--phones", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=8.0)
@@ -101,6 +106,10 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", type=Path, default=None, help="keep the raw stacks here")
     p.add_argument("--native", action="store_true", help="py-spy --native: C frames too")
+    p.add_argument("--pg", action="append", default=[], metavar="NAME=VALUE",
+                   help="ALTER DATABASE ... SET for the bench database (a diagnosis)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the broker (e.g. SMSDORA_POOL_MAX=40)")
     args = p.parse_args()
     spy_bin = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy_bin is None:
@@ -109,6 +118,21 @@ def main() -> None:
     bench = Bench(workdir, _sizes(args.phones, args.seconds, args.send_rate))
     try:
         bench.setup()
+        bench.env.update(item.split("=", 1) for item in args.env)
+        if args.pg:
+            import asyncio
+
+            import asyncpg
+
+            async def alter() -> None:
+                db = await asyncpg.connect(bench.dsn)
+                try:
+                    for item in args.pg:
+                        name, value = item.split("=", 1)
+                        await db.execute(f"ALTER DATABASE {db._params.database} SET {name} = '{value}'")
+                finally:
+                    await db.close()
+            asyncio.run(alter())
         port = free_port()
         proc, gc_file = bench.start_broker(port)
         wait_port(port, proc, 60)
@@ -152,14 +176,19 @@ def main() -> None:
                     print(f"  {n:8d}  {kind}")
                 continue
             recorder, raw = spy(name)
-            cpu0, t0 = cpu_by_role(), time.monotonic()
-            if name in ("closed", "answering"):
+            cpu0, t0, m0 = cpu_by_role(), time.monotonic(), machine_ticks()
+            if name == "baseline":
+                result = bench.baseline()
+                say(f"baseline: {result['per_s']:.0f}/s")
+            elif name in ("closed", "answering"):
                 result = bench.closed(fleet, port, hold=name == "closed")
                 say(f"{name}: {result['accept_per_s']:.0f}/s accepted (frame at phone)")
             else:
                 result = bench.lifecycle(fleet, port)
                 say(f"lifecycle: {result['e2e_per_s']:.0f}/s delivered")
-            cpu1, t1 = cpu_by_role(), time.monotonic()
+            cpu1, t1, m1 = cpu_by_role(), time.monotonic(), machine_ticks()
+            d = [b - a for a, b in zip(m0, m1)]
+            tick = os.sysconf("SC_CLK_TCK") * (t1 - t0)
             os.kill(proc.pid, signal.SIGUSR1)  # the GC file, now
             time.sleep(0.2)
             gc_row = report.gc_window(gc_file, time.time() - (t1 - t0), time.time())
@@ -167,6 +196,9 @@ def main() -> None:
             time.sleep(0.5)
             shares = ", ".join(f"{role} {(cpu1[role] - cpu0.get(role, 0.0)) / (t1 - t0):.2f}"
                                for role in sorted(cpu1))
+            shares += (f", bench.loadgen {result['loadgen_cores']:.2f}; machine: user "
+                       f"{(d[0] + d[1]) / tick:.2f}, system {d[2] / tick:.2f}, softirq "
+                       f"{d[6] / tick:.2f}, idle {d[3] / tick:.2f} cores")
             print(f"--- {name}\ncores busy by process: {shares}\n"
                   f"longest GC pause: {gc_row['longest_ms']:.1f} ms wall, "
                   f"{gc_row['longest_cpu_ms']:.1f} ms CPU, gen {gc_row['generation']}; "

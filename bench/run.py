@@ -185,6 +185,7 @@ class Bench:
         finally:
             proc.stop()
         return {"per_s": report.answered_rate(run, self.sz.warmup_s),
+                "loadgen_cores": run["cores"],
                 "statuses": run["statuses"], "sent": run["sent"]}
 
     def ramp(self, fleet: Fleet, pid: int) -> dict[str, Any]:
@@ -234,6 +235,7 @@ class Bench:
         lo = run["t0_ns"] + int(self.sz.warmup_s * 1e9)
         delivered = asyncio.run(database.delivered_between(self.dsn, lo, run["t1_ns"]))
         return {"e2e_per_s": delivered / ((run["t1_ns"] - lo) / 1e9), "gc": self.gc_during(run),
+                "loadgen_cores": run["cores"],
                 "window": self.sz.window, "answered_per_s": report.answered_rate(
                     run, self.sz.warmup_s), "statuses": run["statuses"],
                 "created": life.messages, "delivered": life.delivered, "drained": drained,
@@ -252,7 +254,7 @@ class Bench:
             fleet.hold(False)
         frames = fleet.dump_frames(self.workdir, tag)
         return {"accept_per_s": report.answered_rate(run, self.sz.warmup_s, frames),
-                "gc": self.gc_during(run),
+                "gc": self.gc_during(run), "loadgen_cores": run["cores"],
                 "answered_per_s": report.answered_rate(run, self.sz.warmup_s),
                 "statuses": run["statuses"], "frames": len(frames), "t0_ns": run["t0_ns"],
                 "t1_ns": run["t1_ns"], "latency": report.latency(run, frames)}
