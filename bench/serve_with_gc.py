@@ -41,13 +41,47 @@ _longest_cpu_only_ms = array("d", [0.0]) * SECONDS  # the longest by CPU time
 _lock = threading.Lock()
 
 
+_PROBE = os.environ.get("BENCH_GC_PROBE")  # a file: what the slow collections held
+_probe_last: list[Any] = [None]
+
+
+def _probe(phase: str, info: dict[str, Any], took_ns: int) -> None:
+    """BENCH_GC_PROBE (bench/profile.py): before each young collection, the
+    young objects by type and how many references they hold; kept for the
+    collections that took over 10 ms. Costly: a diagnosis, not the bench."""
+    gen = int(info.get("generation", 0))
+    if phase == "start":
+        if gen > 1:
+            _probe_last[0] = None
+            return
+        import collections
+
+        objs = gc.get_objects(gen)
+        kinds = collections.Counter(type(o).__qualname__ for o in objs)
+        refs = collections.Counter()
+        for o in objs:
+            refs[type(o).__qualname__] += len(gc.get_referents(o))
+        _probe_last[0] = {"generation": gen, "objects": len(objs),
+                          "by_type": kinds.most_common(15), "refs_by_type": refs.most_common(15)}
+        del objs
+        return
+    if _probe_last[0] is not None and took_ns > 10_000_000 and _PROBE:
+        entry = dict(_probe_last[0], ms=took_ns / 1e6, collected=info.get("collected"))
+        with open(_PROBE, "ab") as f:
+            f.write(msgspec.json.encode(entry) + b"\n")
+
+
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if _PROBE and phase == "start":
+        _probe(phase, info, 0)
     if phase == "start":
         _started[0] = time.perf_counter_ns()
         _started[1] = time.thread_time_ns()
         return
     took = time.perf_counter_ns() - _started[0]
     cpu = time.thread_time_ns() - _started[1]
+    if _PROBE:
+        _probe(phase, info, cpu)
     gen = int(info.get("generation", 0))
     _count[gen] += 1
     _total_ns[gen] += took

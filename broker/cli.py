@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import gc
 import os
 import signal
 import sys
@@ -32,6 +31,7 @@ import asyncpg
 import msgspec
 
 from broker import embedded_pg, keys, store
+from broker.collector import Collector
 from broker.settings import Settings
 
 if TYPE_CHECKING:
@@ -367,18 +367,25 @@ def _draining_server() -> type:
         uvicorn closes phone sockets with 1012 and the lifespan flushes
         last-seen (issue 4: graceful shutdown)."""
 
+        collector: Collector | None = None
+        collector_task: asyncio.Task[None] | None = None
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
-            # What start-up built (modules, the pool, caches) lives as long as
-            # the process: keep it out of every collection. With 10k sockets
-            # the default settings paused for 0.5-0.7 s (issue 5). Young
-            # collections every 10,000 allocations: at 50,000 each paused
-            # about 8 ms under load (4 a second at 1,000 sends/s), which is
-            # most of a 10 ms p99; and the middle generation every 10 of
-            # them, so it never holds more than about 100,000 survivors.
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(10_000, 10, 100)
+            # With 10k sockets the default settings paused for 0.5-0.7 s
+            # (issue 5): see broker/collector.py.
+            broker = self.config.app.state.broker  # type: ignore[union-attr]
+            self.collector = Collector(broker.settings.gc_freeze_s,
+                                       online=broker.presence.online_count)
+            self.collector.start()
+            self.collector_task = asyncio.get_running_loop().create_task(self.collector.run())
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            if self.collector_task is not None:
+                self.collector_task.cancel()
+            if self.collector is not None:
+                self.collector.stop()
+            await super().shutdown(sockets)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             self.config.app.state.broker.draining = True  # type: ignore[union-attr]
