@@ -98,7 +98,7 @@ def summarize(raw: Path, top: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", choices=("connect", "baseline", "closed", "answering",
-                                          "lifecycle", "churn", "garbage"),
+                                          "lifecycle", "churn", "garbage", "idle"),
                    help="connect: while the phones connect (first, whatever the order)")
     p.add_argument("--phones", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=8.0)
@@ -157,6 +157,15 @@ def main() -> None:
             print(f"--- connect\n{summarize(raw, args.top)}", flush=True)
         for name in args.runs:
             if name == "connect":
+                continue
+            if name == "idle":
+                recorder, raw = spy(name)
+                cpu0, t0 = cpu_by_role(), time.monotonic()
+                time.sleep(20)
+                cpu1, t1 = cpu_by_role(), time.monotonic()
+                recorder.wait(timeout=args.seconds + 30)
+                print(f"--- idle: broker {(cpu1['serve_with_gc'] - cpu0['serve_with_gc']) / (t1 - t0):.3f}"
+                      f" cores over 20 s\n{summarize(raw, args.top)}", flush=True)
                 continue
             if name in ("churn", "garbage"):
                 # churn: half the phones leave first. Then one full collection,

@@ -57,8 +57,7 @@ def gc_window(path: Path, t0: float, t1: float) -> dict[str, Any]:
                                                                  default=0.0),
             "longest_ms_whole_run": overall[1], "generation_whole_run": overall[2],
             "collections": data["count"],
-            "total_ms": data["total_ms"], "thresholds": data["thresholds"],
-            "frozen_objects": data["frozen"]}
+            "total_ms": data["total_ms"], "thresholds": data["thresholds"]}
 
 
 def fleet_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:

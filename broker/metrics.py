@@ -19,8 +19,9 @@ REPORT_BATCH = Histogram(
     "smsdora_report_batch_size", "Phone reports (ack, status) written per group commit",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
-GC_FROZEN = Gauge("smsdora_gc_frozen_objects",
-                  "Objects moved out of the garbage collector's sight (broker/collector.py)")
+GC_FREEZES = Counter("smsdora_gc_freezes_total",
+                     "Freezes of the garbage collector's survivors (broker/collector.py)",
+                     ["cause"])
 FRAMES = Counter("smsdora_device_frames_total", "Frames received from phones", ["type"])
 
 
