@@ -121,11 +121,13 @@ def _writer(path: str) -> None:
 
 
 def _dump_garbage(path: str) -> None:
-    """SIGUSR2 (bench/profile.py): collect everything, keeping the garbage,
-    and write how many unreachable objects of each type the cyclic collector
-    had to find: what refcounting alone could not free."""
+    """SIGUSR2 (bench/profile.py): collect everything, frozen objects too,
+    keeping the garbage, and write how many unreachable objects of each type
+    the cyclic collector had to find: what refcounting alone could not free
+    (and, of frozen objects, what a freeze kept from being collected)."""
     import collections
 
+    gc.unfreeze()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()

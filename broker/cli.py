@@ -402,6 +402,25 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped()
 
 
+def _http_protocol() -> type:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BrokerHttpProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol, letting go of its parser once a
+        phone's connection is upgraded to a WebSocket. The parser and the
+        protocol refer to each other; after the upgrade that cycle is garbage
+        only the cyclic collector can free, one per phone that connects, and
+        a freeze by broker/collector.py while a handshake is in flight would
+        keep it for good (measured: 573 of 2,000 handshakes, 20 objects
+        each). `connection_lost` already does the same for plain HTTP."""
+
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            self.parser = None  # type: ignore[assignment]
+
+    return BrokerHttpProtocol
+
+
 def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
     """The one uvicorn configuration of the broker (`serve` and the tests).
 
@@ -414,9 +433,10 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
     import uvicorn
 
     return uvicorn.Config(
-        app, host=host, port=port, ws="websockets-sansio", ws_max_size=65536,
+        app, host=host, port=port, http=_http_protocol(), ws="websockets-sansio",
+        ws_max_size=65536,
         ws_per_message_deflate=False, ws_ping_interval=settings.heartbeat_s,
-        ws_ping_timeout=settings.heartbeat_s, loop="uvloop", http="httptools",
+        ws_ping_timeout=settings.heartbeat_s, loop="uvloop",
         log_config=None, lifespan="on", timeout_graceful_shutdown=8, backlog=4096,
     )
 
