@@ -124,6 +124,8 @@ class Bench:
             # Every admission limit (in-flight window, frame rate and burst,
             # queue cap) at its default: the broker as it ships.
         })
+        if os.environ.get("BENCH_GC_PROBE"):  # a diagnosis (bench/serve_with_gc.py)
+            env["BENCH_GC_PROBE"] = os.environ["BENCH_GC_PROBE"]
         if self.sz.lifted:
             env.update({"SMSDORA_INFLIGHT_WINDOW": "0", "SMSDORA_FRAME_RATE": "1000000",
                         "SMSDORA_FRAME_BURST": "1000000"})

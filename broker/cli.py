@@ -375,8 +375,7 @@ def _draining_server() -> type:
             # With 10k sockets the default settings paused for 0.5-0.7 s
             # (issue 5): see broker/collector.py.
             broker = self.config.app.state.broker  # type: ignore[union-attr]
-            self.collector = Collector(broker.settings.gc_freeze_s,
-                                       online=broker.presence.online_count)
+            self.collector = Collector(broker.settings.gc_freeze_s)
             self.collector.start()
             self.collector_task = asyncio.get_running_loop().create_task(self.collector.run())
 

@@ -1,6 +1,6 @@
-"""broker/collector.py: freezing the survivors of full collections. Pure
-(the real `gc` module of this process, no I/O); each test puts the
-collector's thresholds and frozen objects back."""
+"""broker/collector.py: when the broker collects and freezes. Pure (the real
+`gc` module of this process, times passed in, no I/O); each test puts the
+thresholds back and unfreezes what it froze."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.collector import THRESHOLDS, Collector
+from broker.collector import IDLE_YOUNG_S, THRESHOLDS, Collector
 
 
 @pytest.fixture(autouse=True)
@@ -20,81 +20,64 @@ def restore_gc() -> Iterator[None]:
     gc.set_threshold(*thresholds)
 
 
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector(freeze_every_s=1.0)
+    c.start()
+    yield c
+    c.stop()
+
+
 def test_start_freezes_start_up_and_sets_thresholds() -> None:
-    collector = Collector(freeze_every_s=300)
     gc.unfreeze()
-    collector.start()
+    c = Collector(freeze_every_s=1.0)
+    c.start()
     try:
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold() == THRESHOLDS
-        assert collector._on_gc in gc.callbacks
+        assert c._on_gc in gc.callbacks
     finally:
-        collector.stop()
-    assert collector._on_gc not in gc.callbacks
+        c.stop()
+    assert c._on_gc not in gc.callbacks
 
 
-def test_survivors_of_a_full_collection_are_frozen_at_most_once_per_interval() -> None:
-    collector = Collector(freeze_every_s=300)
-    collector.start()
+def test_survivors_of_a_collection_are_frozen_at_most_once_per_interval(
+        collector: Collector) -> None:
+    t0 = collector._collected_at
+    assert collector.tick(t0) is None  # no collection since the start
+    kept = [[i] for i in range(10_000)]  # survivors, made after the start
+    before = gc.get_freeze_count()
+    gc.collect(0)
+    assert collector.tick(t0 + 0.1) == "freeze"
+    assert gc.get_freeze_count() >= before + len(kept)
+    gc.collect(0)
+    assert collector.tick(t0 + 0.5) is None  # 0.4 s after the last freeze
+    assert collector.tick(t0 + 1.2) == "freeze"
+    assert collector.tick(t0 + 1.3) is None  # nothing collected since
+
+
+def test_an_idle_broker_collects_its_young_generation_every_second(
+        collector: Collector) -> None:
+    t0 = collector._collected_at
+    assert collector.tick(t0 + 0.5) is None
+    # A second without any collection: one young collection, then its
+    # survivors are frozen (the last freeze is long past).
+    assert collector.tick(t0 + IDLE_YOUNG_S) == "young+freeze"
+    young = [[i] for i in range(1000)]
+    assert collector.tick(t0 + IDLE_YOUNG_S + 0.5) is None
+    assert collector.tick(t0 + 2 * IDLE_YOUNG_S) == "young+freeze"
+    # Collections of its own (a busy broker) put the idle one off.
+    gc.collect(0)
+    assert collector.tick(t0 + 2.5 * IDLE_YOUNG_S) is None  # frozen 0.5 s ago
+    assert collector.tick(t0 + 3.2 * IDLE_YOUNG_S) == "freeze"
+    assert len(young) == 1000
+
+
+def test_zero_turns_it_off() -> None:
+    c = Collector(freeze_every_s=0)
+    c.start()
     try:
-        t0 = 1000.0
-        # No full collection since the start: nothing to freeze.
-        assert collector.maybe_freeze(t0 - 500) is False
-        kept = [[i] for i in range(10_000)]  # survivors, made after the start
-        before = gc.get_freeze_count()
-        gc.collect(2)
-        assert collector.full_collections == 1
-        # The first full collection's survivors are frozen at once.
-        assert collector.maybe_freeze(t0) is True
-        assert gc.get_freeze_count() >= before + len(kept)
-        gc.collect(2)
-        assert collector.maybe_freeze(t0 + 10) is False  # too soon after the last freeze
-        assert collector.maybe_freeze(t0 + 300) is True
-        # Once per full collection: none since, so no second freeze.
-        assert collector.maybe_freeze(t0 + 2000) is False
-        gc.collect(2)
-        assert collector.maybe_freeze(t0 + 400) is False  # 100 s after the last freeze
-        assert collector.maybe_freeze(t0 + 600) is True
-        # A young collection does not count.
         gc.collect(0)
-        assert collector.maybe_freeze(t0 + 5000) is False
+        assert c.tick(c._collected_at + 100) is None
     finally:
-        collector.stop()
-
-
-def test_zero_turns_the_later_freezes_off() -> None:
-    collector = Collector(freeze_every_s=0)
-    collector.start()
-    try:
-        gc.collect(2)
-        assert collector.full_collections == 1
-        assert collector.maybe_freeze(collector._frozen_at + 10**6) is False
-    finally:
-        collector.stop()
-
-
-def test_survivors_are_frozen_after_collections_while_phones_connect() -> None:
-    online = [0]
-    collector = Collector(freeze_every_s=300, online=lambda: online[0])
-    collector.start()
-    try:
-        assert collector.maybe_freeze(0.0) is False
-        online[0] = 80  # some phones: no storm yet
-        gc.collect(0)
-        assert collector.maybe_freeze(1.0) is False
-        online[0] = 120  # 100 more than the fewest since the last freeze (0)
-        kept = [[i] for i in range(5_000)]
-        before = gc.get_freeze_count()
-        assert collector.maybe_freeze(2.0) is True  # the young collection above counts
-        assert gc.get_freeze_count() >= before + len(kept)
-        online[0] = 200  # 80 more since: not yet
-        gc.collect(0)
-        assert collector.maybe_freeze(3.0) is False
-        online[0] = 50  # phones leave, then come back: growth counts from the low
-        assert collector.maybe_freeze(4.0) is False
-        online[0] = 150
-        assert collector.maybe_freeze(5.0) is True
-        online[0] = 2000  # a storm, but no collection since the freeze
-        assert collector.maybe_freeze(6.0) is False
-    finally:
-        collector.stop()
+        c.stop()
