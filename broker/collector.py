@@ -17,11 +17,12 @@ So:
 - at start-up, what start-up built is collected once and frozen (moved out
   of the collector's sight for good), and the young generation is collected
   every 10,000 allocations, the middle one every 10 of those;
-- at most once a second (`freeze_every_s`), the survivors of the last
+- at most every `freeze_every_s` (0.25 s), the survivors of the last
   collection are frozen too: what survived a collection is what lives long
   (a phone's socket) or long enough to be examined again and again (its
   timers); frozen, it is freed by reference counting as ever, but never
-  examined again;
+  examined again (during a reconnect storm, a freeze a second still left a
+  second of phones, 2,800, to each middle collection: 49 ms);
 - a young collection runs when none has for a second, so the young
   generation never holds more than a second of objects.
 

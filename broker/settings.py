@@ -55,7 +55,7 @@ class Settings:
     last_seen_flush_s: float = 2.0
     pool_min: int = 2
     pool_max: int = 20
-    gc_freeze_s: float = 1.0
+    gc_freeze_s: float = 0.25
     log_level: str = "INFO"
 
     @classmethod
@@ -83,7 +83,7 @@ class Settings:
             last_seen_flush_s=_float(e, "SMSDORA_LAST_SEEN_FLUSH_SECONDS", 2.0),
             pool_min=_int(e, "SMSDORA_POOL_MIN", 2),
             pool_max=_int(e, "SMSDORA_POOL_MAX", 20),
-            gc_freeze_s=_float(e, "SMSDORA_GC_FREEZE", 1.0),
+            gc_freeze_s=_float(e, "SMSDORA_GC_FREEZE", 0.25),
             log_level=e.get("SMSDORA_LOG_LEVEL", "INFO"),
         )
 
