@@ -98,9 +98,11 @@ def summarize(raw: Path, top: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", choices=("connect", "baseline", "closed", "answering",
-                                          "lifecycle", "churn", "garbage", "idle"),
+                                          "lifecycle", "churn", "garbage", "idle", "open",
+                                          "open-held"),
                    help="connect: while the phones connect (first, whatever the order)")
     p.add_argument("--phones", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=500.0, help="open: requests a second")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--send-rate", type=int, default=30)
     p.add_argument("--top", type=int, default=25)
@@ -186,7 +188,19 @@ def main() -> None:
                 continue
             recorder, raw = spy(name)
             cpu0, t0, m0 = cpu_by_role(), time.monotonic(), machine_ticks()
-            if name == "baseline":
+            if name in ("open", "open-held"):
+                fleet.hold(name == "open-held")
+                try:
+                    run = bench.loadgen(f"load-{name}", port, "open", 64, args.seconds,
+                                        rate=args.rate, key=bench.key)
+                finally:
+                    fleet.hold(False)
+                lat = report.latency(run, fleet.dump_frames(workdir, name))
+                result = {"loadgen_cores": run["cores"]}
+                say(f"{name} at {args.rate:.0f}/s: to phone p50 {lat['p50_ms']:.2f} p99 "
+                    f"{lat['p99_ms']:.2f} p99.9 {lat['p999_ms']:.2f} ms; 201 p50 "
+                    f"{lat['http_p50_ms']:.2f} p99 {lat['http_p99_ms']:.2f} ms")
+            elif name == "baseline":
                 result = bench.baseline()
                 say(f"baseline: {result['per_s']:.0f}/s")
             elif name in ("closed", "answering"):
