@@ -202,7 +202,8 @@ def main() -> None:
                     f"{lat['http_p50_ms']:.2f} p99 {lat['http_p99_ms']:.2f} ms")
             elif name == "baseline":
                 result = bench.baseline()
-                say(f"baseline: {result['per_s']:.0f}/s")
+                say(f"baseline: {result['per_s']:.0f}/s, its server {result['server_cores']:.2f} "
+                    f"cores: {1e6 * result['server_cores'] / result['per_s']:.0f} µs a request")
             elif name in ("closed", "answering"):
                 result = bench.closed(fleet, port, hold=name == "closed")
                 say(f"{name}: {result['accept_per_s']:.0f}/s accepted (frame at phone)")

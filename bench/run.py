@@ -34,7 +34,8 @@ import msgspec
 
 from bench import database, machine, micro, report
 from bench.fleet import Fleet, slices
-from bench.procs import Proc, Procs, free_port, idle_cores, raise_nofile, rss_kib, wait_port
+from bench.procs import (Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib,
+                         wait_port)
 
 HERE = Path(__file__).resolve().parent
 _T0 = time.monotonic()
@@ -182,11 +183,15 @@ class Bench:
                                 env=self.env)
         wait_port(port, proc, 30)
         try:
+            c0, t0 = cpu_s(proc.pid), time.monotonic()
             run = self.loadgen("load-baseline", port, "closed", self.sz.closed_conns,
                                self.sz.baseline_s)
+            # Its server's CPU, beside the rate: what one request costs it.
+            server_cores = (cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
         finally:
             proc.stop()
         return {"per_s": report.answered_rate(run, self.sz.warmup_s),
+                "server_cores": server_cores,
                 "loadgen_cores": run["cores"],
                 "statuses": run["statuses"], "sent": run["sent"]}
 
