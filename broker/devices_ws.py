@@ -269,13 +269,23 @@ class Answers:
             except Exception:
                 log.exception("report failed: closing the socket",
                               extra={"device_id": str(self.conn.device_id)})
-                self.queue.clear()
-                self._made_room()
                 await sock.close(CLOSE_INTERNAL, "internal error")
+                # Nothing more is answered on this socket (the phone sends
+                # its reports again on its next one); what is still queued,
+                # and whatever the reader adds meanwhile, is let go.
+                while self.queue:
+                    _, pending = self.queue.pop()
+                    pending.add_done_callback(_ignore_result)
+                self._made_room()
                 return
             del self.queue[0]
             self._made_room()
             await sock.send_frame(answer)
+
+
+def _ignore_result(future: asyncio.Future[Result]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved"
 
 
 async def _serve(broker: Broker, ws: WebSocket, conn: Connection) -> None:
@@ -313,13 +323,9 @@ async def _serve(broker: Broker, ws: WebSocket, conn: Connection) -> None:
         match frame:
             case frames.Ack() | frames.Status():
                 metrics.FRAMES.labels("ack" if isinstance(frame, frames.Ack) else "status").inc()
-                queued = dispatcher.report(conn, frame)
-                if isinstance(queued, bytes):
-                    await sock.send_frame(queued)
-                else:
-                    if answers is None:
-                        answers = Answers(dispatcher, conn)
-                    await answers.add(frame, queued)
+                if answers is None:
+                    answers = Answers(dispatcher, conn)
+                await answers.add(frame, dispatcher.report(conn, frame))
             case frames.Ping(health=health):
                 metrics.FRAMES.labels("ping").inc()
                 if health is not None:

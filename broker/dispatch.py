@@ -97,6 +97,7 @@ class Dispatcher:
         self._drains: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.TimerHandle] = {}
         self._empty_at: dict[uuid.UUID, float] = {}  # account -> when a drain found none
+        self._again: set[uuid.UUID] = set()  # accounts kicked while their drain ran
         self._closing = False
         redelivered = sorted(lifecycle.REDELIVERED)
 
@@ -229,6 +230,9 @@ class Dispatcher:
             metrics.DISPATCH_LATENCY.observe(time.monotonic() - accepted.mono)
             metrics.SENDS.labels("dispatching").inc()
         else:
+            # Again after the commit: a drain that ran while this row was
+            # uncommitted found the queue empty and may have said so since.
+            self._empty_at.pop(job.account_id, None)
             metrics.SENDS.labels("queued").inc()
             self.wake_at(job.account_id, self.presence.next_room_at(job.account_id,
                                                                     accepted.mono))
@@ -264,6 +268,9 @@ class Dispatcher:
             return
         running = self._drains.get(account_id)
         if running is not None and not running.done():
+            # It may have read the queue before what prompted this kick
+            # (a job committed, a phone with room): once more when it ends.
+            self._again.add(account_id)
             return
         task = asyncio.get_running_loop().create_task(self._drain(account_id))
         self._drains[account_id] = task
@@ -272,6 +279,9 @@ class Dispatcher:
     def _drain_done(self, account_id: uuid.UUID, task: asyncio.Task[None]) -> None:
         if self._drains.get(account_id) is task:
             del self._drains[account_id]
+        if account_id in self._again and not task.cancelled():
+            self._again.discard(account_id)
+            self.kick(account_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("queue drain failed: retrying in 1 s", exc_info=task.exception(),
                       extra={"account_id": str(account_id)})
@@ -350,12 +360,18 @@ class Dispatcher:
         return reasons
 
     def report(self, conn: Connection,
-               frame: frames.Ack | frames.Status) -> asyncio.Future[reports.Result] | bytes:
-        """Queue a phone's report for the next group commit: its future, for
-        `answer`, or at once the frame that refuses it."""
+               frame: frames.Ack | frames.Status) -> asyncio.Future[reports.Result]:
+        """Queue a phone's report for the next group commit; the future is
+        done once it is committed (or refused): then `answer` says what to
+        send back."""
         message_id = _parse_uuid(frame.id)
         if message_id is None:
-            return _refuse(frame.id, frames.NOT_YOURS)
+            # Refused without the database, but answered in its turn, after
+            # the phone's earlier reports.
+            refused: asyncio.Future[reports.Result] = \
+                asyncio.get_running_loop().create_future()
+            refused.set_result(reports.Result(_NOT_A_JOB, None))
+            return refused
         report = "ack" if isinstance(frame, frames.Ack) else frame.status
         error = frame.error if isinstance(frame, frames.Status) else None
         return self.reports.enqueue(reports.Report(conn.device_id, message_id, report, error))
@@ -414,6 +430,8 @@ class _Accepted(NamedTuple):
 class _LostRace(Exception):
     """A concurrent request with the same Idempotency-Key committed first."""
 
+
+_NOT_A_JOB = lifecycle.Outcome(lifecycle.Kind.REFUSE, code=frames.NOT_YOURS)
 
 _REFUSAL_DETAIL = {
     frames.NOT_YOURS: "no such job for this device",

@@ -48,6 +48,10 @@ class Coalescer(Generic[K, V]):
                         f.cancel()
                 raise
             except Exception as err:  # noqa: BLE001 - handed to every reader of the batch
+                # Without its traceback: that holds this frame, whose locals
+                # hold the futures that hold the error, a reference cycle
+                # (broker/collector.py freezes what the collector has not freed).
+                err.__traceback__ = None
                 for futures in waiting.values():
                     for f in futures:
                         if not f.done():

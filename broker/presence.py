@@ -38,7 +38,10 @@ class Pacer:
         self._sent: deque[float] = deque()
 
     def _trim(self, now: float) -> None:
-        while self._sent and now - self._sent[0] >= PACING_WINDOW_S:
+        # The same expression as next_room_at's: with `now - s >= 60` a float
+        # rounding could leave a send in the window at the very moment
+        # next_room_at named, and a pick waiting for that moment spun forever.
+        while self._sent and self._sent[0] + PACING_WINDOW_S <= now:
             self._sent.popleft()
 
     def room(self, now: float) -> int:

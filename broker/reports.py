@@ -108,6 +108,9 @@ class ReportWriter:
                 for item in batch:
                     await self._settle([item])
                 return
+            # Without its traceback, which holds this frame and so the
+            # futures that hold the error: a reference cycle otherwise.
+            err.__traceback__ = None
             for _, future in batch:
                 if not future.done():
                     future.set_exception(err)

@@ -76,6 +76,26 @@ def test_pacer_next_room_at() -> None:
     assert p.next_room_at(66.0) == 7.0 + PACING_WINDOW_S
 
 
+def test_pacer_has_room_at_the_moment_next_room_at_names() -> None:
+    # Found by a randomized model test: 2106.8899999999994 - 2046.8899999999996
+    # is just under 60, yet 2046.8899999999996 + 60 == 2106.8899999999994.
+    sent, now = 2046.8899999999996, 2106.8899999999994
+    assert sent + PACING_WINDOW_S == now and now - sent < PACING_WINDOW_S
+    p = Pacer(1)
+    p.take(sent)
+    assert p.next_room_at(now - 1) == now
+    assert p.room(now) == 1
+
+
+def test_pick_returns_when_the_parked_moment_comes_at_a_rounding_edge() -> None:
+    presence = Presence()
+    a = connect(presence, rate=1)
+    sent, now = 2046.8899999999996, 2106.8899999999994
+    a.pacer.take(sent)
+    assert presence.pick(ACCOUNT, sent + 1) == (a, False)  # parked until sent + 60
+    assert presence.pick(ACCOUNT, now) == (a, True)  # spun forever before the fix
+
+
 def test_pacer_rate_zero_is_unlimited() -> None:
     p = Pacer(0)
     for i in range(10_000):

@@ -48,3 +48,19 @@ async def test_reports_sent_in_a_row_share_commits_and_keep_their_order(
     assert reports == 3 * JOBS
     # One commit per report if the reader waited for each; shared commits here.
     assert commits < JOBS, commits
+
+
+async def test_a_report_refused_at_once_is_answered_after_the_earlier_ones(
+        http: httpx.AsyncClient, account: Account, phone: PhoneFactory) -> None:
+    p = await phone(await account.make_device(send_rate=0))
+    ids = []
+    for _ in range(5):
+        assert (await send_sms(http, account.key)).status_code == 201
+        ids.append((await p.expect("send"))["id"])
+    for mid in ids:
+        await p.send({"type": "ack", "id": mid})
+    await p.send({"type": "ack", "id": "not-a-uuid"})  # refused without the database
+    answers = [await p.recv() for _ in range(len(ids) + 1)]
+    assert answers[:-1] == [{"type": "receipt", "id": mid, "status": "sending"} for mid in ids]
+    assert answers[-1]["type"] == "error" and answers[-1]["code"] == "not_yours"
+    assert answers[-1]["id"] == "not-a-uuid"
