@@ -81,21 +81,3 @@ def test_zero_turns_it_off() -> None:
         assert c.tick(c._collected_at + 100) is None
     finally:
         c.stop()
-
-
-class _Node:
-    me: object = None
-
-
-def test_garbage_is_collected_before_a_freeze_not_frozen(collector: Collector) -> None:
-    import weakref
-
-    t0 = collector._collected_at
-    gc.collect(0)  # a collection since the last freeze
-    node = _Node()
-    node.me = node  # a reference cycle...
-    ref = weakref.ref(node)
-    del node  # ...that is garbage now, and no collection has seen it yet
-    assert ref() is not None
-    assert collector.tick(t0 + 0.1) == "freeze"
-    assert ref() is None  # freed, not frozen for good
