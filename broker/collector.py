@@ -32,7 +32,7 @@ at a freeze but not yet collected (gc.freeze() takes every tracked object:
 cycles made in the tenth of a second since the last collection, or that
 died after surviving one). The broker makes few (measured in
 bench/profile.py `garbage`: none per message, per HTTP request or per phone
-connect, since cli.py lets go of uvicorn's parser after the WebSocket
+connect, since server.py lets go of uvicorn's parser after the WebSocket
 upgrade; about 0.3 objects per phone that disconnects). Error paths make
 them (an exception's traceback holds its frame, whose locals hold what
 holds the exception): the two that hand one error to many waiters, the

@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 from argon2 import PasswordHasher
 
-from broker import cli, device_sim, keys
+from broker import cli, device_sim, keys, server
 from broker.app import create_app
 from broker.settings import Settings
 
@@ -280,7 +280,7 @@ class ThreadedBroker:
     CLI under test runs `asyncio.run` on the main thread)."""
 
     def __init__(self, settings: Settings, database_url: str) -> None:
-        config = cli.uvicorn_config(create_app(settings, database_url), settings, "127.0.0.1", 0)
+        config = server.uvicorn_config(create_app(settings, database_url), settings, "127.0.0.1", 0)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()))
 

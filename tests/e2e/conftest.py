@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from broker import keys, store
 from broker.app import Broker, create_app
-from broker.cli import uvicorn_config
+from broker.server import uvicorn_config
 from broker.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
