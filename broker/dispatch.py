@@ -186,12 +186,12 @@ class Dispatcher:
                 conn.pacer.take(mono)  # before the await: a concurrent send sees it
             else:
                 self._empty_at.pop(job.account_id, None)  # a job is queued from now
-            if not has_room and await store.queued_count(db, job.account_id) >= self.max_queued:
-                # A bounded queue: past it the client is told to come back,
-                # rather than the backlog growing without end.
-                metrics.SENDS.labels("queue_full").inc()
-                raise Unavailable("Too many queued messages",
-                                  headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
+                if await store.queued_count(db, job.account_id) >= self.max_queued:
+                    # A bounded queue: past it the client is told to come back,
+                    # rather than the backlog growing without end.
+                    metrics.SENDS.labels("queue_full").inc()
+                    raise Unavailable("Too many queued messages",
+                                      headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
             try:
                 written = await store.insert_message(
                     db, job.id, job.account_id, conn.device_id, job.recipient, job.body, status,

@@ -242,7 +242,8 @@ class Presence:
         account.ready[conn.fresh] = conn
 
     def _park(self, account: _Account, conn: Connection, now: float) -> None:
-        del account.ready[conn.fresh]
+        """Into the heap, by when its room comes back (a new entry: any
+        older one of it is stale from now)."""
         conn.park_seq = next(self._stamps)
         heapq.heappush(account.parked, (conn.next_room_at(now), conn.park_seq, conn))
 
@@ -260,13 +261,13 @@ class Presence:
             if conn.room(now) > 0:
                 self._unpark(account, conn)
             else:
-                conn.park_seq = next(self._stamps)
-                heapq.heappush(parked, (conn.next_room_at(now), conn.park_seq, conn))
+                self._park(account, conn, now)
         ready = account.ready
         while ready:
             conn = ready.peekitem(-1)[1]
             if conn.room(now) > 0:
                 return conn, True
+            del ready[conn.fresh]
             self._park(account, conn, now)
         while parked[0][2].park_seq != parked[0][1]:
             heapq.heappop(parked)  # stale entries on top: the soonest is below

@@ -84,10 +84,6 @@ class ReportWriter:
             self._writer = loop.create_task(self._write_all())
         return future
 
-    async def submit(self, report: Report) -> Result:
-        """Store one report; returns once it is committed (or refused)."""
-        return await self.enqueue(report)
-
     async def _write_all(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]

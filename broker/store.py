@@ -275,10 +275,6 @@ async def insert_device(db: Any, account_id: uuid.UUID, name: str, prefix: str,
     return DeviceRow(**dict(r))
 
 
-async def device_by_token_prefix(db: Any, prefix: str) -> DeviceRow | None:
-    return (await devices_by_token_prefix(db, [prefix])).get(prefix)
-
-
 async def devices_by_token_prefix(db: Any, prefixes: list[str]) -> dict[str, DeviceRow]:
     """Devices by token prefix, many in one query (a reconnect storm)."""
     rows = await db.fetch(f"SELECT token_prefix, {_DEVICE_COLS} FROM devices"

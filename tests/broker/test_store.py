@@ -208,8 +208,8 @@ async def test_insert_device(conn: asyncpg.Connection) -> None:
     assert (dev.account_id, dev.name, dev.send_rate, dev.active) == (
         acc.id, "My Samsung S24", 12, True)
     assert dev.last_seen_at is None and dev.health is None and dev.app_version is None
-    assert await store.device_by_token_prefix(conn, prefix) == dev
-    assert await store.device_by_token_prefix(conn, "00000000") is None
+    assert (await store.devices_by_token_prefix(conn, [prefix])).get(prefix) == dev
+    assert (await store.devices_by_token_prefix(conn, ["00000000"])).get("00000000") is None
     full2, prefix2 = keys.make_secret(keys.TOKEN_KIND)
     dev2 = await store.insert_device(conn, acc.id, "second", prefix2, keys.digest(SECRET, full2),
                                      30)
