@@ -26,7 +26,7 @@ import msgspec
 
 from bench import report
 from bench.fleet import Fleet, slices
-from bench.procs import free_port, wait_port
+from bench.procs import cpu_s, free_port, wait_port
 from bench.run import Bench, Sizes, say
 
 
@@ -52,7 +52,6 @@ def _role(pid: str) -> str | None:
 def cpu_by_role() -> dict[str, float]:
     """CPU seconds (user + system) of every live process of the run, by role."""
     out: dict[str, float] = collections.defaultdict(float)
-    tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -60,10 +59,9 @@ def cpu_by_role() -> dict[str, float]:
         if role is None:
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            out[role] += cpu_s(int(entry.name))
         except OSError:
-            continue
-        out[role] += (int(fields[11]) + int(fields[12])) / tick
+            continue  # ended meanwhile
     return out
 
 
