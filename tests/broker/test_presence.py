@@ -239,16 +239,22 @@ class CountingPacer(Pacer):
         return super().room(now)
 
 
-def test_pick_does_not_scan_every_connection() -> None:
-    """Style: "picks the device (no scan of all connections per send)"."""
-    presence = Presence()
+def counted_fleet(presence: Presence, n: int, rate: int) -> list[Connection]:
+    """`n` phones of one account, registered in order, whose pacers count
+    how often a pick asks them for room."""
     conns = []
-    for i in range(10_000):
-        device = uuid.uuid4()
-        conn = Connection(device, ACCOUNT, f"p{i}", RecordingSocket(), CountingPacer(30),
+    for i in range(n):
+        conn = Connection(uuid.uuid4(), ACCOUNT, f"p{i}", RecordingSocket(), CountingPacer(rate),
                           time.time())
         presence.register(conn)
         conns.append(conn)
+    return conns
+
+
+def test_pick_does_not_scan_every_connection() -> None:
+    """Style: "picks the device (no scan of all connections per send)"."""
+    presence = Presence()
+    conns = counted_fleet(presence, 10_000, rate=30)
     middle = conns[4321]
     presence.touch(middle)
     for _ in range(100):
@@ -271,13 +277,7 @@ def test_pick_stays_cheap_while_every_phone_fills_up() -> None:
     pick meets a full phone on top: a device is set aside once, not walked
     past on every later pick (the O(n) walk was 6.6 ms at 10k phones)."""
     presence = Presence()
-    conns = []
-    for i in range(2_000):
-        device = uuid.uuid4()
-        conn = Connection(device, ACCOUNT, f"p{i}", RecordingSocket(), CountingPacer(1),
-                          time.time())
-        presence.register(conn)
-        conns.append(conn)
+    conns = counted_fleet(presence, 2_000, rate=1)
     picked_order = []
     for _ in range(2_000):
         picked = presence.pick(ACCOUNT, 0.0)

@@ -5,10 +5,12 @@ httpx client for the API, and the real PostgreSQL from tests/conftest.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,3 +230,17 @@ async def send_sms(http: httpx.AsyncClient, key: str, recipient: str = "+1650253
     headers = {"x-api-key": key, **extra.pop("headers", {})}
     return await http.post("/messages/send", json={"recipient": recipient, "message": message,
                                                    **extra}, headers=headers)
+
+
+@contextlib.contextmanager
+def logging_to(handler: logging.Handler, logger: logging.Logger) -> Iterator[None]:
+    """`handler` gets `logger`'s records from DEBUG up while inside; the
+    logger's level and handlers are as they were afterwards."""
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

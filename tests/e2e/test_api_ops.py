@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import logs
-from tests.e2e.conftest import Account, PhoneFactory, Server, send_sms, wait_for
+from tests.e2e.conftest import (Account, PhoneFactory, Server, logging_to, send_sms,
+                                wait_for)
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -179,15 +180,8 @@ class _RequestIds(logging.Handler):
 @pytest.fixture
 def request_ids() -> Iterator[_RequestIds]:
     handler = _RequestIds()
-    logger = logging.getLogger("smsdora")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with logging_to(handler, logging.getLogger("smsdora")):
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 async def corrupt_device_health(db: asyncpg.Connection, account: Account) -> None:

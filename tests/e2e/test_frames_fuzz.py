@@ -240,15 +240,22 @@ def hello_frames(real_ids: list[str]) -> st.SearchStrategy[Frame]:
 # --- what the broker must answer ---------------------------------------------------
 
 
-def expected(data: str | bytes) -> set[str] | str:
-    """The answer a frame deserves: an error code, or the frame types that may answer."""
+def _decoded(data: str | bytes) -> frames.DeviceFrame | str:
+    """The frame as the broker reads it, or the error code it must answer."""
     if isinstance(data, bytes):
         return frames.BINARY_FRAME
     try:
-        frame = frames.decode_device(data)
+        return frames.decode_device(data)
     except frames.FrameError as err:
         return err.code
+
+
+def expected(data: str | bytes) -> set[str] | str:
+    """The answer a frame deserves: an error code, or the frame types that may answer."""
+    frame = _decoded(data)
     match frame:
+        case str():
+            return frame
         case frames.Ping():
             return {"pong"}
         case frames.Hello():
@@ -259,12 +266,9 @@ def expected(data: str | bytes) -> set[str] | str:
 
 def expected_first(data: str | bytes) -> set[str] | str:
     """The answer to the first frame of a connection (before `welcome`)."""
-    if isinstance(data, bytes):
-        return frames.BINARY_FRAME
-    try:
-        frame = frames.decode_device(data)
-    except frames.FrameError as err:
-        return err.code
+    frame = _decoded(data)
+    if isinstance(frame, str):
+        return frame
     if not isinstance(frame, frames.Hello):
         return frames.HELLO_FIRST
     if frame.protocol != frames.PROTOCOL_VERSION:

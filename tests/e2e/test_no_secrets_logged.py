@@ -14,7 +14,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from broker import keys, logs
-from tests.e2e.conftest import Account, PhoneFactory, Server, send_sms
+from tests.e2e.conftest import Account, PhoneFactory, Server, logging_to, send_sms
 
 
 CLIENT_LOGGERS = ("websockets.client", "httpx", "httpcore")
@@ -28,15 +28,8 @@ def log_text() -> Iterator[io.StringIO]:
     # The test's own clients (httpx, the websockets client) log what they
     # send at DEBUG; they are not the broker, whose lines are what we check.
     handler.addFilter(lambda r: not r.name.startswith(CLIENT_LOGGERS))
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with logging_to(handler, logging.getLogger()):
         yield out
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 async def test_a_full_flow_logs_no_secret(log_text: io.StringIO, server: Server,
