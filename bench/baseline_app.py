@@ -1,7 +1,7 @@
 """The baseline of the throughput row: a bare Starlette endpoint that parses
 the same body with msgspec, does one INSERT into the same PostgreSQL and
 answers 201, served by uvicorn with the broker's own configuration
-(`broker.server.uvicorn_config`: uvloop, httptools) and the broker's pool
+(`broker.ops.server.uvicorn_config`: uvloop, httptools) and the broker's pool
 settings (`broker.store.create_pool`, SMSDORA_POOL_MIN/MAX).
 
     DATABASE_URL=... python -m bench.baseline_app --port P
@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from bench.procs import raise_nofile
 from broker import store
-from broker.server import uvicorn_config
+from broker.ops.server import uvicorn_config
 from broker.settings import Settings
 from protocol.api import send_request_decoder
 

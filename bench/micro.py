@@ -5,7 +5,7 @@ take the secret from the header, parse its prefix, HMAC it with the server
 secret and compare in constant time (keys.digest + hmac.compare_digest),
 check the scope.
 
-Device pick: a `broker.presence.Presence` holding n connections of one
+Device pick: a `broker.delivery.presence.Presence` holding n connections of one
 account (sockets are dummies: a pick writes nothing), timed on
 `Presence.pick`, in two states:
 - `fresh`: every phone has room (send_rate 0, no window): the common case;
@@ -26,7 +26,7 @@ import uuid
 from typing import Any
 
 from broker import keys
-from broker.presence import Connection, Presence
+from broker.delivery.presence import Connection, Presence
 
 
 def _best_us(fn: Any, number: int, repeat: int = 3) -> float:

@@ -19,17 +19,20 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker import http_api, logs, metrics, store
-from broker.devices_ws import CLOSE_POLICY, CLOSE_RESTART, device_socket
-from broker.dispatch import Dispatcher
+from broker import store
+from broker.http import api as http_api
+from broker.ops import logs
+from broker.ops import metrics
+from broker.transports.ws.endpoint import CLOSE_POLICY, CLOSE_RESTART, device_socket
+from broker.delivery.dispatch import Dispatcher
 from broker.errors import BrokerError
 from broker.keys import KeyCache, RateWindow
-from broker.listener import Listener
+from broker.store.listener import Listener
 from broker.lookups import Coalescer
-from broker.openapi import openapi_endpoint
-from broker.presence import Presence
+from broker.http.openapi import openapi_endpoint
+from broker.delivery.presence import Presence
 from broker.settings import Settings
-from broker.sweeper import Sweeper
+from broker.delivery.sweeper import Sweeper
 
 log = logging.getLogger("smsdora.app")
 

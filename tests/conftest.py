@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from broker import embedded_pg
+from broker.ops import embedded_pg
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = (REPO / "schema.sql").read_text()

@@ -28,7 +28,8 @@ import pytest
 import uvicorn
 from argon2 import PasswordHasher
 
-from broker import cli, device_sim, keys, server
+from broker import cli, device_sim, keys
+from broker.ops import server
 from broker.app import create_app
 from broker.settings import Settings
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.collector import IDLE_YOUNG_S, THRESHOLDS, Collector
+from broker.ops.collector import IDLE_YOUNG_S, THRESHOLDS, Collector
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ import uvicorn
 
 from broker import keys, store
 from broker.app import create_app
-from broker.server import uvicorn_config
+from broker.ops.server import uvicorn_config
 from broker.device_sim import (ACKED, CANCELLED, DELIVERED, DROPPED, FAILED, SENDING,
                                DeviceRejected, DeviceSim, Phone, ws_url)
 from broker.settings import Settings

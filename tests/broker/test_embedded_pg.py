@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from broker import embedded_pg
+from broker.ops import embedded_pg
 from broker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def test_embedded_server_starts_and_attaches(tmp_path: Path) -> None:
     # Another process (as `smsdora keys create` while `serve` runs) attaches to
     # the same server and, on exit, leaves it running for us.
     code = (
-        "from pathlib import Path; from broker import embedded_pg;"
+        "from pathlib import Path; from broker.ops import embedded_pg;"
         "from broker.settings import Settings;"
         f"print(embedded_pg.database_url(Settings(home=Path({str(settings.home)!r}))))"
     )

@@ -11,7 +11,7 @@ import phonenumbers
 import pytest
 from starlette.requests import Request
 
-from broker import http_api
+from broker.http import api as http_api
 from broker.errors import BadRequest, PayloadTooLarge
 from protocol.api import MAX_BODY_BYTES, send_request_decoder
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker import logs
+from broker.ops import logs
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_setup_installs_one_json_handler_on_root() -> None:
 
 def test_formatter_redacts_credentials_that_other_libraries_log() -> None:
     """uvicorn's websockets implementation logs handshake headers at DEBUG."""
-    from broker.logs import JsonFormatter
+    from broker.ops.logs import JsonFormatter
 
     token = "smsdev_92ce8d81_C7naL-ItnqsvDFHYQJNKbfCjVfVYB5_v0ZQnIv2y8wY"
     key = "smsgw_0123abcd_" + "A" * 43

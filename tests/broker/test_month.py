@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from broker.dispatch import _Month
+from broker.delivery.dispatch import _Month
 
 UTC = dt.timezone.utc
 

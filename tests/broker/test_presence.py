@@ -12,7 +12,7 @@ import datetime as dt
 import time
 import uuid
 
-from broker.presence import PACING_WINDOW_S, Connection, Pacer, Presence
+from broker.delivery.presence import PACING_WINDOW_S, Connection, Pacer, Presence
 from protocol.frames import Health
 
 ACCOUNT = uuid.uuid4()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from broker import store
-from broker.reports import Report, decide
+from broker.delivery.reports import Report, decide
 from protocol.lifecycle import Kind
 
 PHONE, OTHER = uuid.uuid4(), uuid.uuid4()

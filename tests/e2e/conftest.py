@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from broker import keys, store
 from broker.app import Broker, create_app
-from broker.server import uvicorn_config
+from broker.ops.server import uvicorn_config
 from broker.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import websockets
 
-from broker.devices_ws import FrameBucket
+from broker.transports.ws.endpoint import FrameBucket
 from broker.settings import Settings
 from tests.e2e.conftest import SECRET, Account, PhoneFactory, send_sms
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import logs
+from broker.ops import logs
 from tests.e2e.conftest import (Account, PhoneFactory, Server, logging_to, send_sms,
                                 wait_for)
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 import websockets
 
-from broker import embedded_pg, store
+from broker import store
+from broker.ops import embedded_pg
 from broker.settings import Settings
 from tests.e2e.conftest import (SECRET, Account, Server, send_sms, start_server, stop_server,
                                 wait_for)

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-import broker.presence
+import broker.delivery.presence
 from tests.e2e.conftest import Account, Phone, PhoneFactory, Server, send_sms, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -106,7 +106,7 @@ async def test_a_device_at_its_rate_is_passed_over_for_one_with_room(
 async def test_past_the_send_rate_a_job_waits_queued_then_goes_when_room_frees(
         http: httpx.AsyncClient, account: Account, db: asyncpg.Connection,
         phone: PhoneFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker.presence, "PACING_WINDOW_S", 1.5)
+    monkeypatch.setattr(broker.delivery.presence, "PACING_WINDOW_S", 1.5)
     device = await account.make_device("Paced", send_rate=2)
     p = await phone(device)
     for n in range(2):

@@ -13,7 +13,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from broker import keys, logs
+from broker import keys
+from broker.ops import logs
 from tests.e2e.conftest import Account, PhoneFactory, Server, logging_to, send_sms
 
 

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from broker import embedded_pg, keys, store
+from broker import keys, store
+from broker.ops import embedded_pg
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "soak-server-secret-0123456789abcdef"

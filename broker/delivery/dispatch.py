@@ -19,10 +19,12 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from broker import metrics, reports, store
+from broker import store
+from broker.ops import metrics
+from broker.delivery import reports
 from broker.lookups import Coalescer
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
-from broker.presence import Connection, Presence
+from broker.delivery.presence import Connection, Presence
 from protocol import frames, lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse, encoder as api_encoder
 

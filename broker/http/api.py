@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from broker import keys, metrics, store
+from broker import keys, store
+from broker.ops import metrics
 from broker.errors import (BadRequest, BrokerError, Forbidden, KeyChanged, MethodNotAllowed,
                            NotFound,
                            PayloadTooLarge, RateLimited, Unauthorized, Unavailable)

@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from broker import keys, metrics, store
-from broker.http_api import error_response
-from broker.presence import Connection
-from broker.reports import Result
+from broker import keys, store
+from broker.ops import metrics
+from broker.http.api import error_response
+from broker.delivery.presence import Connection
+from broker.delivery.reports import Result
 from protocol import frames
 
 if TYPE_CHECKING:
     from broker.app import Broker
-    from broker.dispatch import Dispatcher
+    from broker.delivery.dispatch import Dispatcher
 
 log = logging.getLogger("smsdora.devices")
 

@@ -29,7 +29,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from broker import embedded_pg, keys, store
+from broker import keys, store
+from broker.ops import embedded_pg
 from broker.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -328,7 +329,8 @@ def device_sim(args: argparse.Namespace, settings: Settings) -> Output:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> Output:
-    from broker import logs, server
+    from broker.ops import logs
+    from broker.ops import server
     from broker.app import create_app
 
     dsn = embedded_pg.database_url(settings)

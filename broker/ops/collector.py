@@ -49,7 +49,7 @@ import logging
 import time
 from typing import Any
 
-from broker import metrics
+from broker.ops import metrics
 
 log = logging.getLogger("smsdora.collector")
 

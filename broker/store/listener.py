@@ -67,7 +67,7 @@ class Listener:
                     conn.terminate()
 
 
-def _call(handler: Handler) -> Callable[[Any, int, str, str], None]:
-    def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        handler(payload)
+def _call(handler: Handler) -> Callable[[object, int, str, object], None]:
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+        handler(str(payload))
     return on_notify

@@ -15,7 +15,8 @@ import asyncio
 import uuid
 from typing import Any, NamedTuple
 
-from broker import metrics, store
+from broker import store
+from broker.ops import metrics
 from protocol import lifecycle
 
 MAX_BATCH = 1000

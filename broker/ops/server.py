@@ -8,7 +8,7 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING, Any
 
-from broker.collector import Collector
+from broker.ops.collector import Collector
 from broker.settings import Settings
 
 if TYPE_CHECKING:

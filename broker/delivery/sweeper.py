@@ -21,9 +21,10 @@ import logging
 import time
 from typing import Any
 
-from broker import metrics, store
-from broker.dispatch import hand, send_frame, utcnow
-from broker.presence import Presence
+from broker import store
+from broker.ops import metrics
+from broker.delivery.dispatch import hand, send_frame, utcnow
+from broker.delivery.presence import Presence
 from broker.settings import Settings
 from protocol import frames, lifecycle
 

@@ -1,0 +1,37 @@
+"""PostgreSQL: asyncpg only; every function returns Structs, never records.
+
+One module per table family; this package's namespace is the door the rest
+of the broker uses (`store.insert_message(...)`). Every query that touches
+account data filters on the caller's account (or on a device id that was
+itself resolved from a token of that account).
+"""
+
+from broker.store.accounts import Account, DuplicateEmail, account_by_email, account_by_id, \
+    create_account, messages_this_month
+from broker.store.devices import DEVICE_DEACTIVATED, DeviceLimitReached, DeviceRow, \
+    deactivate_device, devices_by_token_prefix, flush_last_seen, forget_node, insert_device, \
+    list_devices
+from broker.store.jobs import Held, Job, OpenJobs, Stopped, Unacked, claim_queued, fail_due, \
+    held_jobs, lock_for_reports, open_jobs, queued_count, reassign, unacked_jobs, write_history, \
+    write_moves
+from broker.store.keys import KEY_CHANGED, KeyRow, insert_key, key_by_prefix, list_keys, \
+    revoke_key, rotate_key
+from broker.store.messages import DEVICE_GONE, KEY_GONE, WRITTEN, HistoryRow, Idempotent, \
+    MessageRow, claim_idempotency, get_message, idempotent_response, insert_message, \
+    list_messages, set_idempotent_response
+from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, apply_schema, connect, create_pool, \
+    ping
+
+__all__ = [
+    "Account", "DuplicateEmail", "account_by_email", "account_by_id", "create_account",
+    "messages_this_month", "DEVICE_DEACTIVATED", "DeviceLimitReached", "DeviceRow",
+    "deactivate_device", "devices_by_token_prefix", "flush_last_seen", "forget_node",
+    "insert_device", "list_devices", "Held", "Job", "OpenJobs", "Stopped", "Unacked",
+    "claim_queued", "fail_due", "held_jobs", "lock_for_reports", "open_jobs", "queued_count",
+    "reassign", "unacked_jobs", "write_history", "write_moves", "KEY_CHANGED", "KeyRow",
+    "insert_key", "key_by_prefix", "list_keys", "revoke_key", "rotate_key", "DEVICE_GONE",
+    "KEY_GONE", "WRITTEN", "HistoryRow", "Idempotent", "MessageRow", "claim_idempotency",
+    "get_message", "idempotent_response", "insert_message", "list_messages",
+    "set_idempotent_response", "DATABASE_DOWN", "SCHEMA_PATH", "Conn", "Db", "apply_schema", "connect",
+    "create_pool", "ping",
+]

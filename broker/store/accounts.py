@@ -1,0 +1,64 @@
+"""Accounts and their plans."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+from broker.store.pool import Db, rows_of
+
+
+class Account(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    email: str
+    plan: str
+    monthly_messages: int
+    max_devices: int
+
+
+
+class DuplicateEmail(Exception):
+    pass
+
+
+
+_ACCOUNT = """
+SELECT a.id, a.email, a.plan, p.monthly_messages, p.max_devices
+FROM accounts a JOIN plans p ON p.name = a.plan
+"""
+
+
+async def create_account(db: Db, email: str, plan: str, password_hash: str | None) -> Account:
+    try:
+        await db.execute(
+            "INSERT INTO accounts (id, email, plan, password_hash) VALUES ($1, $2, $3, $4)",
+            uuid.uuid4(), email, plan, password_hash,
+        )
+    except asyncpg.UniqueViolationError:
+        raise DuplicateEmail(email) from None
+    except asyncpg.ForeignKeyViolationError:
+        raise LookupError(f"no plan named {plan!r}") from None
+    acc = await account_by_email(db, email)
+    assert acc is not None
+    return acc
+
+
+async def account_by_email(db: Db, email: str) -> Account | None:
+    r = await db.fetchrow(_ACCOUNT + " WHERE a.email = $1", email)
+    return Account(**dict(r)) if r else None
+
+
+async def account_by_id(db: Db, account_id: uuid.UUID) -> Account | None:
+    r = await db.fetchrow(_ACCOUNT + " WHERE a.id = $1", account_id)
+    return Account(**dict(r)) if r else None
+
+
+async def messages_this_month(db: Db, account_id: uuid.UUID, month_start: dt.datetime) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND created_at >= $2",
+        account_id, month_start,
+    ))

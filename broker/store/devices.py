@@ -1,0 +1,115 @@
+"""Devices: registration, tokens, last-seen."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+from broker.store.pool import Conn, Db, rows_of
+
+
+class DeviceRow(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    token_hash: bytes
+    send_rate: int
+    active: bool
+    last_seen_at: dt.datetime | None
+    health: dict[str, Any] | None
+    app_version: str | None
+    online_node: str | None = None
+
+
+
+_DEVICE_COLS = ("id, account_id, name, token_hash, send_rate, active, last_seen_at, health,"
+                " app_version, online_node")
+
+
+class DeviceLimitReached(Exception):
+    pass
+
+
+async def insert_device(db: Conn, account_id: uuid.UUID, name: str, prefix: str,
+                        token_hash: bytes, send_rate: int) -> DeviceRow:
+    """Register a phone, within the plan's device limit (checked under a lock
+    on the account row so that two registrations cannot both squeeze in)."""
+    async with db.transaction():
+        limit = await db.fetchval(
+            "SELECT p.max_devices FROM accounts a JOIN plans p ON p.name = a.plan"
+            " WHERE a.id = $1 FOR UPDATE OF a", account_id,
+        )
+        count = await db.fetchval(
+            "SELECT count(*) FROM devices WHERE account_id = $1 AND active", account_id)
+        if limit is not None and count >= limit:
+            raise DeviceLimitReached()
+        r = await db.fetchrow(
+            "INSERT INTO devices (id, account_id, name, token_prefix, token_hash, send_rate)"
+            f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_DEVICE_COLS}",
+            uuid.uuid4(), account_id, name, prefix, token_hash, send_rate,
+        )
+    assert r is not None  # INSERT ... RETURNING
+    return DeviceRow(**dict(r))
+
+
+async def devices_by_token_prefix(db: Db, prefixes: list[str]) -> dict[str, DeviceRow]:
+    """Devices by token prefix, many in one query (a reconnect storm)."""
+    rows = await db.fetch(f"SELECT token_prefix, {_DEVICE_COLS} FROM devices"
+                          " WHERE token_prefix = ANY($1::text[])", prefixes)
+    out = {}
+    for r in rows:
+        fields = dict(r)
+        prefix = fields.pop("token_prefix")
+        out[prefix] = DeviceRow(**fields)
+    return out
+
+
+async def list_devices(db: Db, account_id: uuid.UUID) -> list[DeviceRow]:
+    return rows_of(DeviceRow, await db.fetch(
+        f"SELECT {_DEVICE_COLS} FROM devices WHERE account_id = $1 ORDER BY created_at, id",
+        account_id,
+    ))
+
+
+# Brokers LISTEN here: a phone deactivated from the CLI (another process) is
+# disconnected at once rather than at its next reconnect.
+DEVICE_DEACTIVATED = "smsdora_device_deactivated"
+
+
+async def deactivate_device(db: Db, device_id: uuid.UUID,
+                            account_id: uuid.UUID | None = None) -> bool:
+    found = await db.fetchval(
+        "WITH u AS (UPDATE devices SET active = false WHERE id = $1"
+        " AND ($2::uuid IS NULL OR account_id = $2) RETURNING id)"
+        f" SELECT count(pg_notify('{DEVICE_DEACTIVATED}', id::text)) FROM u",
+        device_id, account_id,
+    )
+    return bool(found)
+
+
+async def flush_last_seen(db: Db, ids: list[uuid.UUID], seen: list[dt.datetime],
+                          health: list[str | None], versions: list[str | None],
+                          online: list[bool] | list[None] | None = None,
+                          node: str | None = None) -> None:
+    """Last-seen of many devices in one statement (presence batches them).
+    With `online` and `node`: which node holds each socket now, so that the
+    CLI (another process) can tell who is online."""
+    await db.execute(
+        "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, v.seen),"
+        " health = COALESCE(v.health::jsonb, d.health), app_version = COALESCE(v.ver, d.app_version),"
+        " online_node = CASE WHEN v.online IS NULL THEN d.online_node WHEN v.online THEN $6"
+        "   WHEN d.online_node = $6 THEN NULL ELSE d.online_node END"
+        " FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bool[])"
+        "   AS v(id, seen, health, ver, online)"
+        " WHERE d.id = v.id",
+        ids, seen, health, versions, online if online is not None else [None] * len(ids), node,
+    )
+
+
+async def forget_node(db: Db, node: str) -> None:
+    """At start-up: sockets this node held before it stopped are gone."""
+    await db.execute("UPDATE devices SET online_node = NULL WHERE online_node = $1", node)

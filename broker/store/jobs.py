@@ -1,0 +1,194 @@
+"""Jobs as the delivery engine moves them: redelivery, the queue, reports,
+the lifecycle's clocks (broker/delivery/sweeper.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+from broker.store.pool import Db, rows_of
+
+
+class Job(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    recipient: str
+    body: str
+    status: str
+
+
+
+class OpenJobs(NamedTuple):
+    active: bool  # the device is still active (not deactivated meanwhile)
+    jobs: list[Job]  # oldest first
+
+
+async def open_jobs(db: Db, device_ids: list[uuid.UUID],
+                    statuses: list[str]) -> dict[uuid.UUID, OpenJobs]:
+    """For each device: whether it is active, and its jobs in the given
+    statuses, oldest first (redelivery on connect); many devices in one
+    query (a reconnect storm). A device that does not exist is left out."""
+    rows = await db.fetch(
+        "SELECT d.id AS device_id, d.active, m.id, m.recipient, m.body, m.status"
+        " FROM devices d LEFT JOIN messages m"
+        "   ON m.device_id = d.id AND m.status = ANY($2::text[])"
+        " WHERE d.id = ANY($1::uuid[]) ORDER BY d.id, m.seq",
+        device_ids, statuses,
+    )
+    out: dict[uuid.UUID, OpenJobs] = {}
+    for r in rows:
+        found = out.get(r["device_id"])
+        if found is None:
+            found = out[r["device_id"]] = OpenJobs(r["active"], [])
+        if r["id"] is not None:
+            found.jobs.append(Job(id=r["id"], recipient=r["recipient"], body=r["body"],
+                                  status=r["status"]))
+    return out
+
+
+async def claim_queued(db: Db, account_id: uuid.UUID, device_id: uuid.UUID,
+                       limit: int) -> list[Job]:
+    """Move up to `limit` of the account's oldest queued messages to
+    `dispatching` on this device, with their history rows, in one statement."""
+    return rows_of(Job, await db.fetch(
+        """
+        WITH c AS (
+            SELECT id FROM messages WHERE account_id = $1 AND status = 'queued'
+            ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED
+        ), u AS (
+            UPDATE messages m SET status = 'dispatching', device_id = $2, updated_at = now()
+            FROM c WHERE m.id = c.id
+            RETURNING m.id, m.recipient, m.body, m.status, m.seq
+        ), h AS (
+            INSERT INTO message_history (message_id, status, device_id)
+            SELECT id, 'dispatching', $2 FROM u ON CONFLICT DO NOTHING
+        )
+        SELECT id, recipient, body, status FROM u ORDER BY seq
+        """,
+        account_id, device_id, limit,
+    ))
+
+
+async def queued_count(db: Db, account_id: uuid.UUID) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND status = 'queued'", account_id))
+
+
+class Held(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    device_id: uuid.UUID | None
+    status: str
+    error: str | None
+
+
+async def held_jobs(db: Db, account_id: uuid.UUID, ids: list[uuid.UUID]) -> list[Held]:
+    """Owner and status of the jobs a phone says it holds, in one query."""
+    return rows_of(Held, await db.fetch(
+        "SELECT id, device_id, status, error FROM messages"
+        " WHERE account_id = $1 AND id = ANY($2::uuid[])", account_id, ids,
+    ))
+
+
+async def lock_for_reports(db: Db, ids: list[uuid.UUID]) -> list[Held]:
+    """Lock the messages a batch of reports names, in id order (two batches
+    can never wait on each other in a cycle)."""
+    return rows_of(Held, await db.fetch(
+        "SELECT id, device_id, status, error FROM messages WHERE id = ANY($1::uuid[])"
+        " ORDER BY id FOR UPDATE", ids,
+    ))
+
+
+async def write_moves(db: Db, moved: list[Held]) -> None:
+    await db.execute(
+        "UPDATE messages m SET status = v.status, error = v.error, updated_at = now()"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, status, error)"
+        " WHERE m.id = v.id",
+        [h.id for h in moved], [h.status for h in moved], [h.error for h in moved],
+    )
+
+
+async def write_history(db: Db,
+                        rows: list[tuple[uuid.UUID, str, uuid.UUID, str | None]]) -> None:
+    await db.execute(
+        "INSERT INTO message_history (message_id, status, device_id, error)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])"
+        " ON CONFLICT DO NOTHING",
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+    )
+
+
+# --- the lifecycle's clocks (broker/sweeper.py) -----------------------------
+
+
+class Stopped(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    device_id: uuid.UUID | None
+    was: str
+
+
+async def fail_due(db: Db, statuses: list[str], column: str, before: dt.datetime, error: str,
+                   limit: int = 1000) -> list[Stopped]:
+    """Fail (with `error`) up to `limit` messages in `statuses` whose `column`
+    (expires_at or updated_at) is before `before`, with their history rows.
+    SKIP LOCKED: a row a phone's report holds is left to that report; if the
+    report moved it on, it no longer matches next time."""
+    assert column in ("expires_at", "updated_at")
+    return rows_of(Stopped, await db.fetch(
+        f"""
+        WITH due AS (
+            SELECT id, status AS was FROM messages
+            WHERE status = ANY($1::text[]) AND {column} < $2
+            ORDER BY {column} LIMIT $4 FOR UPDATE SKIP LOCKED
+        ), u AS (
+            UPDATE messages m SET status = 'failed', error = $3, updated_at = now()
+            FROM due WHERE m.id = due.id
+            RETURNING m.id, m.device_id, due.was
+        ), h AS (
+            INSERT INTO message_history (message_id, status, device_id, error)
+            SELECT id, 'failed', device_id, $3 FROM u ON CONFLICT DO NOTHING
+        )
+        SELECT id, device_id, was FROM u
+        """,
+        statuses, before, error, limit,
+    ))
+
+
+class Unacked(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    account_id: uuid.UUID
+    device_id: uuid.UUID
+    recipient: str
+    body: str
+    status: str
+    last_seen_at: dt.datetime | None
+    active: bool
+
+
+async def unacked_jobs(db: Db, before: dt.datetime, accounts: list[uuid.UUID],
+                       limit: int = 500) -> list[Unacked]:
+    """`dispatching` jobs handed out before `before` whose device has not been
+    seen since then (or is deactivated): candidates for another device."""
+    return rows_of(Unacked, await db.fetch(
+        "SELECT m.id, m.account_id, m.device_id, m.recipient, m.body, m.status, d.last_seen_at,"
+        " d.active FROM messages m JOIN devices d ON d.id = m.device_id"
+        " WHERE m.status = 'dispatching' AND m.updated_at < $1"
+        " AND (d.last_seen_at IS NULL OR d.last_seen_at < $1 OR NOT d.active)"
+        " AND m.account_id = ANY($3::uuid[])"
+        " ORDER BY m.seq LIMIT $2",
+        before, limit, accounts,
+    ))
+
+
+async def reassign(db: Db, message_id: uuid.UUID, old_device: uuid.UUID,
+                   new_device: uuid.UUID) -> bool:
+    """Move a job that was never acked to another device. Conditional on the
+    old owner and status: an ack stored meanwhile wins, and the job stays."""
+    status = await db.execute(
+        "UPDATE messages SET device_id = $3, updated_at = now()"
+        " WHERE id = $1 AND device_id = $2 AND status = 'dispatching'",
+        message_id, old_device, new_device,
+    )
+    return bool(status == "UPDATE 1")

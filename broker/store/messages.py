@@ -1,0 +1,147 @@
+"""Messages as the client API sees them: the send's INSERT, idempotency, reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+from broker.store.pool import Db, rows_of
+
+
+class MessageRow(msgspec.Struct, frozen=True):
+    seq: int
+    id: uuid.UUID
+    recipient: str
+    body: str
+    status: str
+    error: str | None
+    created_at: dt.datetime
+    device_id: uuid.UUID | None
+    device_name: str | None
+
+
+class HistoryRow(msgspec.Struct, frozen=True):
+    status: str
+    at: dt.datetime
+
+
+class Idempotent(msgspec.Struct, frozen=True):
+    request_hash: bytes
+    response: bytes
+
+
+
+# One statement, one round trip: the message and its first history rows.
+# `queued` is always the first row ("the history of every message begins with
+# queued, the moment it was accepted").
+_INSERT_MESSAGE = """
+WITH ok AS (
+    SELECT ($9::uuid IS NULL OR EXISTS (
+               SELECT 1 FROM api_keys WHERE id = $9 AND prefix = $10 AND NOT revoked
+               AND (expires_at IS NULL OR expires_at > $8))) AS key_ok,
+           EXISTS (SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active)
+               AS device_ok
+), m AS (
+    INSERT INTO messages (id, account_id, device_id, recipient, body, status, expires_at, created_at,
+                          updated_at)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8 FROM ok WHERE ok.key_ok AND ok.device_ok
+    RETURNING id, created_at
+), h AS (
+    INSERT INTO message_history (message_id, status, at, device_id)
+    SELECT m.id, s.status, m.created_at, $3 FROM m,
+           unnest(CASE WHEN $6 = 'queued' THEN ARRAY['queued'] ELSE ARRAY['queued', $6] END)
+           AS s(status)
+)
+SELECT key_ok, device_ok FROM ok
+"""
+
+WRITTEN, KEY_GONE, DEVICE_GONE = "written", "key", "device"
+
+
+async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
+                         device_id: uuid.UUID, recipient: str, body: str, status: str,
+                         expires_at: dt.datetime | None, created_at: dt.datetime,
+                         key_id: uuid.UUID | None = None, key_prefix: str | None = None) -> str:
+    """The message and its first history rows, in one statement, checked in
+    the same statement against what presence and the key cache may not have
+    heard of yet: the API key (revoked, rotated, expired: KEY_GONE) and the
+    device (deactivated: DEVICE_GONE). Nothing is written unless WRITTEN."""
+    r = await db.fetchrow(_INSERT_MESSAGE, message_id, account_id, device_id, recipient, body,
+                          status, expires_at, created_at, key_id, key_prefix)
+    assert r is not None  # the statement always answers one row
+    if not r["key_ok"]:
+        return KEY_GONE
+    return WRITTEN if r["device_ok"] else DEVICE_GONE
+
+
+async def idempotent_response(db: Db, account_id: uuid.UUID, key: str,
+                              since: dt.datetime) -> Idempotent | None:
+    r = await db.fetchrow(
+        "SELECT request_hash, response FROM idempotency_keys"
+        " WHERE account_id = $1 AND key = $2 AND created_at >= $3",
+        account_id, key, since,
+    )
+    return Idempotent(**dict(r)) if r else None
+
+
+async def claim_idempotency(db: Db, account_id: uuid.UUID, key: str, request_hash: bytes,
+                            message_id: uuid.UUID, response: bytes, since: dt.datetime) -> bool:
+    """Take the key for this request. Inside the send transaction: a concurrent
+    twin blocks on the primary key until we commit, then finds our row. A row
+    older than 24 h is taken over."""
+    r = await db.fetchval(
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, message_id, response)"
+        " VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (account_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
+        "   message_id = EXCLUDED.message_id, response = EXCLUDED.response, created_at = now()"
+        " WHERE idempotency_keys.created_at < $6"
+        " RETURNING true",
+        account_id, key, request_hash, message_id, response, since,
+    )
+    return bool(r)
+
+
+async def set_idempotent_response(db: Db, account_id: uuid.UUID, key: str,
+                                  response: bytes) -> None:
+    """The response to replay, written in the transaction that claimed the key."""
+    await db.execute(
+        "UPDATE idempotency_keys SET response = $3 WHERE account_id = $1 AND key = $2",
+        account_id, key, response,
+    )
+
+
+_MESSAGE_COLS = """
+m.seq, m.id, m.recipient, m.body, m.status, m.error, m.created_at, m.device_id,
+d.name AS device_name
+"""
+
+
+async def get_message(db: Db, account_id: uuid.UUID,
+                      message_id: uuid.UUID) -> tuple[MessageRow, list[HistoryRow]] | None:
+    r = await db.fetchrow(
+        f"SELECT {_MESSAGE_COLS} FROM messages m LEFT JOIN devices d ON d.id = m.device_id"
+        " WHERE m.id = $1 AND m.account_id = $2", message_id, account_id,
+    )
+    if r is None:
+        return None
+    hist = await db.fetch(
+        "SELECT status, at FROM message_history WHERE message_id = $1 ORDER BY at, "
+        " array_position(ARRAY['queued','dispatching','sending','sent','delivered','failed'], status)",
+        message_id,
+    )
+    return MessageRow(**dict(r)), rows_of(HistoryRow, hist)
+
+
+async def list_messages(db: Db, account_id: uuid.UUID, status: str | None, limit: int,
+                        before_seq: int | None) -> list[MessageRow]:
+    return rows_of(MessageRow, await db.fetch(
+        f"SELECT {_MESSAGE_COLS} FROM messages m LEFT JOIN devices d ON d.id = m.device_id"
+        " WHERE m.account_id = $1 AND ($2::text IS NULL OR m.status = $2)"
+        " AND ($3::bigint IS NULL OR m.seq < $3)"
+        " ORDER BY m.seq DESC LIMIT $4",
+        account_id, status, before_seq, limit,
+    ))

@@ -1,0 +1,86 @@
+"""The asyncpg pool, connections, and what the rest of store/ shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import asyncpg
+import asyncpg.pool
+import msgspec
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+# A short lock id so that two processes applying the schema at once wait for
+# each other instead of racing on CREATE ... IF NOT EXISTS.
+_MIGRATE_LOCK = 0x5D5D0001
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
+
+# What every query function takes: the pool (one statement, its own
+# transaction) or a connection (inside the caller's transaction); `Conn`
+# where the function opens a transaction of its own.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+Db: TypeAlias = "asyncpg.Pool[asyncpg.Record] | Conn"
+
+
+# What "the database cannot be reached" looks like from asyncpg: the edge
+# answers these with 503 in the error shape, never a bare 500.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError, ConnectionError, OSError, TimeoutError,
+    # A session ended by the server mid-query (fast shutdown) can leave the
+    # protocol in an impossible state ("cannot switch to state ..."); the
+    # pool discards such a connection when it is released.
+    asyncpg.InternalClientError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="text",
+        encoder=lambda v: _json_encoder.encode(v).decode(), decoder=_json_decoder.decode,
+    )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections keep no session state (no SET, LISTEN, session locks
+    or cursors: LISTEN has its own connection), so the default reset query
+    (`RESET ALL; UNLISTEN *; ...`, a second round trip on every release,
+    about 7 % of a send's CPU in `make bench`) is skipped. asyncpg still rolls
+    back a transaction left open."""
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session,
+        # Fail fast when the database is away: callers answer 503 in seconds
+        # rather than hang (connect timeout; per-statement timeout).
+        timeout=3, command_timeout=4, max_inactive_connection_lifetime=300,
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    await _init_connection(conn)
+    return conn
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    sql = SCHEMA_PATH.read_text()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
+        await conn.execute(sql)
+
+
+
+def rows_of(cls: type[Any], records: list[asyncpg.Record]) -> list[Any]:
+    return [cls(**dict(r)) for r in records]
+
+
+
+async def ping(db: Db) -> None:
+    await db.fetchval("SELECT 1")
