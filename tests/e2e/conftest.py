@@ -244,3 +244,78 @@ def logging_to(handler: logging.Handler, logger: logging.Logger) -> Iterator[Non
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+# --- the delivery contract, once per phone transport -------------------------------------
+# tests/e2e/test_contract.py drives phones through tests/e2e/drivers.py only;
+# imported here, at the end, because the drivers are built on the helpers above.
+
+from tests.e2e.drivers import PhoneDriver, WsDriver  # noqa: E402
+
+TRANSPORTS = ["ws"]
+HISTORY_ORDER = ["queued", "dispatching", "sending", "sent", "delivered", "failed"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """The phone transport a test runs over: every test that takes `driver`
+    runs once per transport (uvicorn's `ws_protocol_cls`)."""
+    return str(request.param)
+
+
+DriverFactory = Callable[..., Awaitable[PhoneDriver]]
+
+
+@pytest.fixture
+async def driver(transport: str, http: httpx.AsyncClient,
+                 phone: PhoneFactory) -> AsyncIterator[DriverFactory]:
+    """`await driver(account, "Name", send_rate=30)`: a phone of `account`,
+    registered as its transport registers one and connected."""
+    made: list[PhoneDriver] = []
+
+    async def make(account: Account, name: str = "Phone", *, send_rate: int = 30) -> PhoneDriver:
+        d: PhoneDriver
+        if transport == "ws":
+            d = WsDriver(await account.make_device(name, send_rate), account, http, phone)
+        else:
+            raise AssertionError(f"no phone driver for transport {transport!r}")
+        made.append(d)
+        await d.connect()
+        return d
+
+    yield make
+    for d in made:
+        await d.close()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message's row in PostgreSQL."""
+
+    status: str
+    error: str | None
+    device_id: str | None
+
+
+async def stored(db: asyncpg.Connection, mid: str) -> Stored:
+    r = await db.fetchrow("SELECT status, error, device_id FROM messages WHERE id = $1",
+                          uuid.UUID(mid))
+    assert r is not None, f"message {mid} not in PostgreSQL"
+    return Stored(r["status"], r["error"],
+                  None if r["device_id"] is None else str(r["device_id"]))
+
+
+async def stored_history(db: asyncpg.Connection, mid: str) -> list[str]:
+    """The message's history rows, oldest first (ties in lifecycle order)."""
+    rows = await db.fetch(
+        "SELECT status FROM message_history WHERE message_id = $1"
+        " ORDER BY at, array_position($2::text[], status)", uuid.UUID(mid), HISTORY_ORDER)
+    return [r["status"] for r in rows]
+
+
+async def get_message(http: httpx.AsyncClient, account: Account, mid: str) -> dict[str, Any]:
+    """`GET /messages/{id}`'s `data`, asserting the 200."""
+    r = await http.get(f"/messages/{mid}", headers=account.headers)
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()["data"]
+    return data

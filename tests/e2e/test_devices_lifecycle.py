@@ -1,7 +1,11 @@
-"""The message lifecycle driven by a phone's reports (contract section 5),
-end to end: forward only, repeats answered with the same receipt, late
-reports, failures with their error, refusals that change nothing, and every
-transition's history row committed before its receipt.
+"""The message lifecycle driven by a WebSocket phone's reports (contract
+sections 4 and 5), end to end: what the wire answers — the receipt an ack
+gets once the job has moved on, `cancel` for an ack on a failed message,
+and the `error` codes of refusals (`refused`, `not_acked`, `not_yours`).
+
+The lifecycle itself, on every transport (the forward path, failures,
+repeats, late reports, refusals that change nothing), is
+tests/e2e/test_contract.py.
 
 Real uvicorn, real `websockets` clients, PostgreSQL read directly."""
 
@@ -58,116 +62,27 @@ def report(mid: str, status: str, **extra: Any) -> dict[str, Any]:
     return {"type": "status", "id": mid, "status": status, **extra}
 
 
-async def get_message(http: httpx.AsyncClient, account: Account, mid: str) -> dict[str, Any]:
-    r = await http.get(f"/messages/{mid}", headers=account.headers)
-    assert r.status_code == 200, r.text
-    data: dict[str, Any] = r.json()["data"]
-    return data
+# --- repeats ---------------------------------------------------------------------------
 
 
-# --- the forward path ---------------------------------------------------------------
-
-
-async def test_every_transition_is_committed_before_its_receipt(
+async def test_an_ack_after_sent_or_delivered_gets_the_stored_status_as_its_receipt(
         http: httpx.AsyncClient, account: Account, db: asyncpg.Connection,
         phone: PhoneFactory) -> None:
-    p = await phone(await account.make_device())
-    mid = await dispatch(http, account, p)
-    # The send response came after the commit: queued and dispatching are there.
-    assert await state(db, mid) == ("dispatching", None, p.device.id)
-    assert await history(db, mid) == ["queued", "dispatching"]
-    steps = [(ack(mid), "sending"), (report(mid, "sent", at="2024-05-01T12:00:03.120Z"), "sent"),
-             (report(mid, "delivered"), "delivered")]
-    expected = ["queued", "dispatching"]
-    for frame, status in steps:
-        assert await p.ask(frame) == receipt(mid, status)
-        expected.append(status)
-        # Read right after the receipt: the row is already committed.
-        assert await state(db, mid) == (status, None, p.device.id)
-        assert await history(db, mid) == expected
-    got = await get_message(http, account, mid)
-    assert got["status"] == "delivered" and got["error"] is None
-    assert [h["status"] for h in got["history"]] == ["queued", "dispatching", "sending", "sent",
-                                                     "delivered"]
-    ats = [h["at"] for h in got["history"]]
-    assert ats == sorted(ats)
-
-
-async def test_repeated_reports_get_the_same_receipt_and_change_nothing(
-        http: httpx.AsyncClient, account: Account, db: asyncpg.Connection,
-        phone: PhoneFactory) -> None:
-    p = await phone(await account.make_device())
-    mid = await dispatch(http, account, p)
-    count = "SELECT count(*) FROM message_history WHERE message_id = $1"
-    script = [
-        (ack(mid), "sending"), (ack(mid), "sending"),
-        (report(mid, "sent"), "sent"), (report(mid, "sent"), "sent"),
-        (ack(mid), "sent"),  # an ack after sent: "already sent, do not send again"
-        (report(mid, "delivered"), "delivered"), (report(mid, "delivered"), "delivered"),
-        (ack(mid), "delivered"),
-    ]
-    rows_before = await db.fetchval(count, uuid.UUID(mid))
-    stored = "dispatching"
-    for frame, answer in script:
-        moves = answer != stored
-        assert await p.ask(frame) == receipt(mid, answer), frame
-        rows = await db.fetchval(count, uuid.UUID(mid))
-        assert rows == rows_before + (1 if moves else 0), frame
-        rows_before, stored = rows, answer
-        assert (await state(db, mid))[0] == stored
-    assert await history(db, mid) == ["queued", "dispatching", "sending", "sent", "delivered"]
-
-
-async def test_late_sent_after_delivered_is_recorded_but_status_stays_delivered(
-        http: httpx.AsyncClient, account: Account, db: asyncpg.Connection,
-        phone: PhoneFactory) -> None:
+    """A phone that lost track acks again: the receipt says "already sent,
+    do not send again", and nothing moves."""
     p = await phone(await account.make_device())
     mid = await dispatch(http, account, p)
     assert await p.ask(ack(mid)) == receipt(mid, "sending")
-    # The delivery report overtook the sent report.
-    assert await p.ask(report(mid, "delivered")) == receipt(mid, "delivered")
-    assert await p.ask(report(mid, "sent")) == receipt(mid, "sent")
-    assert (await state(db, mid))[0] == "delivered"
-    assert await history(db, mid) == ["queued", "dispatching", "sending", "delivered", "sent"]
-    got = await get_message(http, account, mid)
-    assert got["status"] == "delivered"
-    assert [h["status"] for h in got["history"]][-2:] == ["delivered", "sent"]
-    # Repeating the late report adds nothing more.
-    assert await p.ask(report(mid, "sent")) == receipt(mid, "sent")
-    assert len(await history(db, mid)) == 5
+    for status in ("sent", "delivered"):
+        assert await p.ask(report(mid, status)) == receipt(mid, status)
+        before = await history(db, mid)
+        assert await p.ask(ack(mid)) == receipt(mid, status)
+        assert await history(db, mid) == before
+        assert (await state(db, mid))[0] == status
+    assert await history(db, mid) == ["queued", "dispatching", "sending", "sent", "delivered"]
 
 
 # --- failures ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("before", [[], ["ack"], ["ack", "sent"]],
-                         ids=["from-dispatching", "from-sending", "from-sent"])
-async def test_failed_stores_the_phones_error(
-        http: httpx.AsyncClient, account: Account, db: asyncpg.Connection,
-        phone: PhoneFactory, before: list[str]) -> None:
-    p = await phone(await account.make_device())
-    mid = await dispatch(http, account, p)
-    for step in before:
-        answer = "sending" if step == "ack" else step
-        assert await p.ask(ack(mid) if step == "ack" else report(mid, step)) == \
-            receipt(mid, answer)
-    prior = await history(db, mid)
-    assert prior[-1] == {0: "dispatching", 1: "sending", 2: "sent"}[len(before)]
-    reason = "RESULT_ERROR_NO_SERVICE"
-    assert await p.ask(report(mid, "failed", error=reason)) == receipt(mid, "failed")
-    assert await state(db, mid) == ("failed", reason, p.device.id)
-    assert await history(db, mid) == prior + ["failed"]
-    row_error = await db.fetchval(
-        "SELECT error FROM message_history WHERE message_id = $1 AND status = 'failed'",
-        uuid.UUID(mid))
-    assert row_error == reason
-    got = await get_message(http, account, mid)
-    assert got["status"] == "failed" and got["error"] == reason
-    assert [h["status"] for h in got["history"]] == prior + ["failed"]
-    # A repeat is answered the same and changes nothing, error included.
-    assert await p.ask(report(mid, "failed", error="other")) == receipt(mid, "failed")
-    assert await state(db, mid) == ("failed", reason, p.device.id)
-    assert await history(db, mid) == prior + ["failed"]
 
 
 async def test_failed_after_delivered_is_refused(
