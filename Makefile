@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test typecheck soak
+.PHONY: install run test typecheck soak schema
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test: typecheck
 # STYLE.md: strict typing. asyncpg ships no type information.
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict --ignore-missing-imports broker protocol
+
+# schema.sql: the full current schema, dumped from a freshly migrated scratch
+# database (broker/store/dump_schema.py); tests/broker/test_migrate.py fails
+# when it is stale. Run it after adding a migration.
+schema: $(STAMP)
+	$(BIN)/python -m broker.store.dump_schema
 
 # Issue 4's soak, full form (tests/fault/soak.py); a short form runs in `make test`.
 soak: $(STAMP)

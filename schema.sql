@@ -1,118 +1,352 @@
--- smsdora schema. Idempotent: `smsdora migrate` applies it on every start.
--- Every table that holds account data carries account_id, and every query
--- the broker makes filters on it.
+-- smsdora's full current schema, GENERATED: `make schema` (python -m
+-- broker.store.dump_schema) writes it from a database freshly migrated with
+-- broker/store/migrations/NNNN_*.sql. Do not edit it; add a migration. The
+-- comments that explain the tables are in the migrations. Data is not
+-- dumped: 0001 also inserts the `default` plan.
 
-CREATE TABLE IF NOT EXISTS plans (
-    name             text PRIMARY KEY,
-    monthly_messages integer NOT NULL,
-    max_devices      integer NOT NULL
-);
--- A default plan with generous limits so a fresh install works unconfigured.
-INSERT INTO plans (name, monthly_messages, max_devices)
-VALUES ('default', 1000000, 1000)
-ON CONFLICT (name) DO NOTHING;
+--
+-- Name: smsdora_key_changed(); Type: FUNCTION; Schema: public; Owner: -
+--
 
-CREATE TABLE IF NOT EXISTS accounts (
-    id            uuid PRIMARY KEY,
-    email         text NOT NULL UNIQUE,
-    password_hash text,                      -- argon2id, human passwords only
-    plan          text NOT NULL DEFAULT 'default' REFERENCES plans (name),
-    created_at    timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE TABLE IF NOT EXISTS api_keys (
-    id           uuid PRIMARY KEY,
-    account_id   uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
-    name         text NOT NULL DEFAULT '',
-    prefix       text NOT NULL UNIQUE,       -- the public 8 hex of smsgw_<prefix>_<secret>
-    secret_hash  bytea NOT NULL,             -- HMAC-SHA256(server secret, full key)
-    scopes       text[] NOT NULL,
-    rate_limit   integer,                    -- per rolling minute; NULL = unlimited
-    expires_at   timestamptz,
-    revoked      boolean NOT NULL DEFAULT false,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys (account_id);
-
-CREATE TABLE IF NOT EXISTS devices (
-    id           uuid PRIMARY KEY,
-    account_id   uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
-    name         text NOT NULL,
-    token_prefix text NOT NULL UNIQUE,
-    token_hash   bytea NOT NULL,             -- HMAC-SHA256(server secret, full token)
-    send_rate    integer NOT NULL DEFAULT 30, -- SMS a minute; 0 = no limit
-    active       boolean NOT NULL DEFAULT true,
-    last_seen_at timestamptz,
-    health       jsonb,
-    app_version  text,
-    online_node  text,                       -- the broker node holding its socket (batched)
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
--- Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves an
--- existing table as it was, so each later column is also added here.
-ALTER TABLE devices ADD COLUMN IF NOT EXISTS online_node text;
-CREATE INDEX IF NOT EXISTS devices_account ON devices (account_id);
-
-CREATE TABLE IF NOT EXISTS messages (
-    seq        bigserial UNIQUE,             -- keyset pagination order
-    id         uuid PRIMARY KEY,
-    account_id uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
-    device_id  uuid REFERENCES devices (id), -- the one owner device at a time
-    recipient  text NOT NULL,
-    body       text NOT NULL,
-    status     text NOT NULL CHECK (status IN
-                   ('queued', 'dispatching', 'sending', 'sent', 'delivered', 'failed')),
-    error      text,
-    expires_at timestamptz,                  -- from the request's ttl
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS messages_account_seq ON messages (account_id, seq DESC);
-CREATE INDEX IF NOT EXISTS messages_account_status_seq ON messages (account_id, status, seq DESC);
-CREATE INDEX IF NOT EXISTS messages_account_created ON messages (account_id, created_at);
--- Non-final jobs by owner: redelivery on connect, queue drains, timers.
-CREATE INDEX IF NOT EXISTS messages_open_by_device ON messages (device_id, seq)
-    WHERE status IN ('queued', 'dispatching', 'sending', 'sent');
--- The lifecycle's clocks (broker/sweeper.py): ttl expiry, reassignment of
--- jobs never acked, and the 24 h no-report limit.
-CREATE INDEX IF NOT EXISTS messages_expiring ON messages (expires_at)
-    WHERE status IN ('queued', 'dispatching') AND expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_unacked ON messages (updated_at) WHERE status = 'dispatching';
-CREATE INDEX IF NOT EXISTS messages_unreported ON messages (updated_at) WHERE status = 'sending';
-CREATE INDEX IF NOT EXISTS messages_queued_by_account ON messages (account_id, seq)
-    WHERE status = 'queued';
-
--- Every transition, committed before its receipt. A status appears at most
--- once per message, so a repeated report cannot add a row.
-CREATE TABLE IF NOT EXISTS message_history (
-    message_id uuid NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
-    status     text NOT NULL,
-    at         timestamptz NOT NULL DEFAULT now(),
-    device_id  uuid,
-    error      text,
-    PRIMARY KEY (message_id, status)
-);
-
--- Idempotency-Key: the first response, replayed for 24 hours.
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    account_id   uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
-    key          text NOT NULL,
-    request_hash bytea NOT NULL,
-    message_id   uuid NOT NULL,
-    response     bytea NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (account_id, key)
-);
-
--- Brokers cache API keys by prefix; any change to a key (revoke, rotate,
--- delete, or an operator's hand-written UPDATE) tells them to drop it, so a
--- revoked or rotated key stops working at once on every node.
-CREATE OR REPLACE FUNCTION smsdora_key_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.smsdora_key_changed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
 BEGIN
     PERFORM pg_notify('smsdora_key_changed', OLD.id::text);
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER api_keys_changed AFTER UPDATE OR DELETE ON api_keys
-    FOR EACH ROW EXECUTE FUNCTION smsdora_key_changed();
+
+--
+-- Name: accounts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.accounts (
+    id uuid NOT NULL,
+    email text NOT NULL,
+    password_hash text,
+    plan text DEFAULT 'default'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: api_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.api_keys (
+    id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    name text DEFAULT ''::text NOT NULL,
+    prefix text NOT NULL,
+    secret_hash bytea NOT NULL,
+    scopes text[] NOT NULL,
+    rate_limit integer,
+    expires_at timestamp with time zone,
+    revoked boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: devices; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.devices (
+    id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    name text NOT NULL,
+    token_prefix text NOT NULL,
+    token_hash bytea NOT NULL,
+    send_rate integer DEFAULT 30 NOT NULL,
+    active boolean DEFAULT true NOT NULL,
+    last_seen_at timestamp with time zone,
+    health jsonb,
+    app_version text,
+    online_node text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.idempotency_keys (
+    account_id uuid NOT NULL,
+    key text NOT NULL,
+    request_hash bytea NOT NULL,
+    message_id uuid NOT NULL,
+    response bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: message_history; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.message_history (
+    message_id uuid NOT NULL,
+    status text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    device_id uuid,
+    error text
+);
+
+--
+-- Name: messages; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.messages (
+    seq bigint NOT NULL,
+    id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    device_id uuid,
+    recipient text NOT NULL,
+    body text NOT NULL,
+    status text NOT NULL,
+    error text,
+    expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT messages_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'dispatching'::text, 'sending'::text, 'sent'::text, 'delivered'::text, 'failed'::text])))
+);
+
+--
+-- Name: messages_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+CREATE SEQUENCE public.messages_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
+-- Name: messages_seq_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+--
+
+ALTER SEQUENCE public.messages_seq_seq OWNED BY public.messages.seq;
+
+--
+-- Name: plans; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.plans (
+    name text NOT NULL,
+    monthly_messages integer NOT NULL,
+    max_devices integer NOT NULL
+);
+
+--
+-- Name: schema_migrations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.schema_migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: messages seq; Type: DEFAULT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.messages ALTER COLUMN seq SET DEFAULT nextval('public.messages_seq_seq'::regclass);
+
+--
+-- Name: accounts accounts_email_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_email_key UNIQUE (email);
+
+--
+-- Name: accounts accounts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_pkey PRIMARY KEY (id);
+
+--
+-- Name: api_keys api_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
+
+--
+-- Name: api_keys api_keys_prefix_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_prefix_key UNIQUE (prefix);
+
+--
+-- Name: devices devices_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.devices
+    ADD CONSTRAINT devices_pkey PRIMARY KEY (id);
+
+--
+-- Name: devices devices_token_prefix_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.devices
+    ADD CONSTRAINT devices_token_prefix_key UNIQUE (token_prefix);
+
+--
+-- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (account_id, key);
+
+--
+-- Name: message_history message_history_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.message_history
+    ADD CONSTRAINT message_history_pkey PRIMARY KEY (message_id, status);
+
+--
+-- Name: messages messages_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_pkey PRIMARY KEY (id);
+
+--
+-- Name: messages messages_seq_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_seq_key UNIQUE (seq);
+
+--
+-- Name: plans plans_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.plans
+    ADD CONSTRAINT plans_pkey PRIMARY KEY (name);
+
+--
+-- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+--
+-- Name: api_keys_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX api_keys_account ON public.api_keys USING btree (account_id);
+
+--
+-- Name: devices_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX devices_account ON public.devices USING btree (account_id);
+
+--
+-- Name: messages_account_created; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_account_created ON public.messages USING btree (account_id, created_at);
+
+--
+-- Name: messages_account_seq; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_account_seq ON public.messages USING btree (account_id, seq DESC);
+
+--
+-- Name: messages_account_status_seq; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_account_status_seq ON public.messages USING btree (account_id, status, seq DESC);
+
+--
+-- Name: messages_expiring; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_expiring ON public.messages USING btree (expires_at) WHERE ((status = ANY (ARRAY['queued'::text, 'dispatching'::text])) AND (expires_at IS NOT NULL));
+
+--
+-- Name: messages_open_by_device; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_open_by_device ON public.messages USING btree (device_id, seq) WHERE (status = ANY (ARRAY['queued'::text, 'dispatching'::text, 'sending'::text, 'sent'::text]));
+
+--
+-- Name: messages_queued_by_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_queued_by_account ON public.messages USING btree (account_id, seq) WHERE (status = 'queued'::text);
+
+--
+-- Name: messages_unacked; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_unacked ON public.messages USING btree (updated_at) WHERE (status = 'dispatching'::text);
+
+--
+-- Name: messages_unreported; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_unreported ON public.messages USING btree (updated_at) WHERE (status = 'sending'::text);
+
+--
+-- Name: api_keys api_keys_changed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER api_keys_changed AFTER DELETE OR UPDATE ON public.api_keys FOR EACH ROW EXECUTE FUNCTION public.smsdora_key_changed();
+
+--
+-- Name: accounts accounts_plan_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_plan_fkey FOREIGN KEY (plan) REFERENCES public.plans(name);
+
+--
+-- Name: api_keys api_keys_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
+
+--
+-- Name: devices devices_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.devices
+    ADD CONSTRAINT devices_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
+
+--
+-- Name: idempotency_keys idempotency_keys_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
+
+--
+-- Name: message_history message_history_message_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.message_history
+    ADD CONSTRAINT message_history_message_id_fkey FOREIGN KEY (message_id) REFERENCES public.messages(id) ON DELETE CASCADE;
+
+--
+-- Name: messages messages_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
+
+--
+-- Name: messages messages_device_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_device_id_fkey FOREIGN KEY (device_id) REFERENCES public.devices(id);

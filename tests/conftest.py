@@ -1,10 +1,10 @@
 """Shared fixtures: one real PostgreSQL database per test session.
 
-`database_url` (session): the DSN of a fresh `smsdora_test` database with
-schema.sql applied. The server is `DATABASE_URL` if set, else the embedded
-PostgreSQL under `.smsdora/test-pg` (kept apart from the dev data in
-`.smsdora/pg`). No server is a failure, never a skip: a suite that quietly
-skips its database tests proves nothing.
+`database_url` (session): the DSN of a fresh `smsdora_test` database built
+by the migrations (broker/store/migrations/). The server is `DATABASE_URL`
+if set, else the embedded PostgreSQL under `.smsdora/test-pg` (kept apart
+from the dev data in `.smsdora/pg`). No server is a failure, never a skip:
+a suite that quietly skips its database tests proves nothing.
 
 `db` (function): an asyncpg connection to that database, emptied first.
 
@@ -25,16 +25,19 @@ import asyncpg
 import pytest
 
 from broker.ops import embedded_pg
+from broker.store import migrate
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA_SQL = (REPO / "schema.sql").read_text()
 # One database per pytest process, so that two runs on one server (two
 # developers, or a run beside CI) never drop each other's tables.
 TEST_DATABASE = f"smsdora_test_{os.getpid()}"
 TEST_PGDATA = REPO / ".smsdora" / "test-pg"
 
-# Every table schema.sql creates except `plans`, which `db` resets instead.
+# Every table the migrations create except `plans`, which `db` resets
+# instead, and `schema_migrations`, which says what the schema is.
 TABLES = "accounts, api_keys, devices, messages, message_history, idempotency_keys"
+# `plans` as the migrations left it (the `default` plan), for `db` to restore.
+_FRESH_PLANS: list[asyncpg.Record] = []
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -57,7 +60,8 @@ async def _recreate(admin_dsn: str) -> None:
         await conn.close()
     conn = await asyncpg.connect(with_database(admin_dsn, TEST_DATABASE), timeout=10)
     try:
-        await conn.execute(SCHEMA_SQL)
+        await migrate.migrate(conn)
+        _FRESH_PLANS[:] = await conn.fetch("SELECT * FROM plans")
     finally:
         await conn.close()
 
@@ -74,10 +78,11 @@ async def _drop(admin_dsn: str) -> None:
     conn = await asyncpg.connect(admin_dsn, timeout=10)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
-        # Databases of earlier runs that died before their own clean-up.
-        for (name,) in await conn.fetch(
-                "SELECT datname FROM pg_database WHERE datname ~ '^smsdora_test_[0-9]+$'"):
-            if not _alive(int(name.rsplit("_", 1)[1])):
+        # Databases of earlier runs that died before their own clean-up: the
+        # test database and scratch ones (`smsdora_test_<pid>_<what>`).
+        for (name,) in await conn.fetch("SELECT datname FROM pg_database"
+                                        " WHERE datname ~ '^smsdora_test_[0-9]+(_[a-z0-9_]+)?$'"):
+            if not _alive(int(name.split("_")[2])):
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
@@ -114,7 +119,7 @@ def database_url() -> Iterator[str]:
             asyncio.run(_recreate(admin))
         except Exception as err:  # noqa: BLE001 - reported below, loudly
             failure = (
-                f"could not (re)create database {TEST_DATABASE!r} and apply schema.sql"
+                f"could not (re)create database {TEST_DATABASE!r} and migrate it"
                 f" on {tried} (connecting to {admin!r}): {err!r}"
             )
     if failure is not None:
@@ -133,10 +138,11 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
         await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-        # Plans survive TRUNCATE above; drop them all and re-apply schema.sql
-        # (idempotent) so `default` comes back with exactly its values there.
+        # Plans survive TRUNCATE above; drop them all and put back those the
+        # migrations made, so `default` comes back with exactly its values.
         await conn.execute("DELETE FROM plans")
-        await conn.execute(SCHEMA_SQL)
+        await conn.copy_records_to_table(
+            "plans", records=[tuple(r) for r in _FRESH_PLANS], columns=list(_FRESH_PLANS[0].keys()))
         yield conn
     finally:
         await conn.close()

@@ -250,8 +250,17 @@ async def devices_deactivate(db: asyncpg.Connection, args: argparse.Namespace,
 
 
 async def migrate(db: asyncpg.Connection, args: argparse.Namespace, settings: Settings) -> Output:
-    await store.apply_schema(db)
-    return Output({"migrated": True}, f"Schema applied ({store.SCHEMA_PATH.name})")
+    # `serve` runs this first, so a database newer than this code stops it
+    # here, before it listens (exit 2).
+    try:
+        applied = await store.migrate.migrate(db)
+        version = await store.migrate.check(db)
+    except store.SchemaTooNew as err:
+        raise CliError(str(err)) from None
+    names = {m.version: m.path.stem for m in store.migrate.discover()}
+    done = f"applied {', '.join(names[v] for v in applied)}" if applied else "nothing to apply"
+    return Output({"migrated": True, "applied": applied, "version": version},
+                  f"Schema at version {version}: {done}")
 
 
 def _run_db(handler: Handler, args: argparse.Namespace, settings: Settings) -> Output:
@@ -367,7 +376,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = leaf(commands, "serve", "run the broker", serve, db=False)
     p.add_argument("--host", default=settings.host)
     p.add_argument("--port", type=int, default=settings.port)
-    leaf(commands, "migrate", "apply schema.sql (idempotent)", migrate)
+    leaf(commands, "migrate", "apply the missing migrations", migrate)
 
     accounts = branch("accounts", "manage accounts")
     p = leaf(accounts, "create", "create an account", accounts_create)

@@ -19,8 +19,14 @@ from broker.store.keys import KEY_CHANGED, KeyRow, insert_key, key_by_prefix, li
 from broker.store.messages import DEVICE_GONE, KEY_GONE, WRITTEN, HistoryRow, Idempotent, \
     MessageRow, claim_idempotency, get_message, idempotent_response, insert_message, \
     list_messages, set_idempotent_response
-from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, apply_schema, connect, create_pool, \
-    ping
+from broker.store import migrate
+from broker.store.migrate import SchemaTooNew
+from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, connect, create_pool, ping
+
+# `store.migrate.migrate(conn)` applies the missing migrations. apply_schema,
+# its name when one idempotent schema.sql was applied, stays for the callers
+# that still use it (tests/fault, tests/e2e, bench) until they move.
+apply_schema = migrate.migrate
 
 __all__ = [
     "Account", "DuplicateEmail", "account_by_email", "account_by_id", "create_account",
@@ -32,6 +38,6 @@ __all__ = [
     "insert_key", "key_by_prefix", "list_keys", "revoke_key", "rotate_key", "DEVICE_GONE",
     "KEY_GONE", "WRITTEN", "HistoryRow", "Idempotent", "MessageRow", "claim_idempotency",
     "get_message", "idempotent_response", "insert_message", "list_messages",
-    "set_idempotent_response", "DATABASE_DOWN", "SCHEMA_PATH", "Conn", "Db", "apply_schema", "connect",
-    "create_pool", "ping",
+    "set_idempotent_response", "migrate", "SchemaTooNew", "DATABASE_DOWN", "SCHEMA_PATH", "Conn",
+    "Db", "apply_schema", "connect", "create_pool", "ping",
 ]

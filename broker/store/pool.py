@@ -9,10 +9,10 @@ import asyncpg
 import asyncpg.pool
 import msgspec
 
+# The full current schema for readers, dumped from a freshly migrated
+# database (`make schema`, broker/store/dump_schema.py); the database itself
+# is built by broker/store/migrate.py.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
-# A short lock id so that two processes applying the schema at once wait for
-# each other instead of racing on CREATE ... IF NOT EXISTS.
-_MIGRATE_LOCK = 0x5D5D0001
 
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
@@ -67,14 +67,6 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, timeout=5)
     await _init_connection(conn)
     return conn
-
-
-async def apply_schema(conn: asyncpg.Connection) -> None:
-    sql = SCHEMA_PATH.read_text()
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
-        await conn.execute(sql)
-
 
 
 def rows_of(cls: type[Any], records: list[asyncpg.Record]) -> list[Any]:
