@@ -109,7 +109,7 @@ async def seed(dsn: str, secret: bytes, phones: int, per_account: int,
         await db.execute("INSERT INTO plans (name, monthly_messages, max_devices)"
                          f" VALUES ('{PLAN}', 2000000000, 1000000) ON CONFLICT DO NOTHING")
         accounts = [uuid.uuid4() for _ in range((phones + per_account - 1) // per_account)]
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         await db.copy_records_to_table(
             "accounts", columns=["id", "email", "plan", "created_at"],
             records=[(a, f"bench-{i}@example.com", PLAN, now) for i, a in enumerate(accounts)])
@@ -140,8 +140,8 @@ class Lifecycle:
 async def lifecycle(dsn: str, since_ns: int, until_ns: int) -> Lifecycle:
     """Where the messages created in [since, until] are now: for the
     end-to-end rate, delivered rows over first-created to last-delivered."""
-    since = dt.datetime.fromtimestamp(since_ns / 1e9, dt.timezone.utc)
-    until = dt.datetime.fromtimestamp(until_ns / 1e9, dt.timezone.utc)
+    since = dt.datetime.fromtimestamp(since_ns / 1e9, dt.UTC)
+    until = dt.datetime.fromtimestamp(until_ns / 1e9, dt.UTC)
     db = await asyncpg.connect(dsn, timeout=10)
     try:
         row = await db.fetchrow(
@@ -167,7 +167,7 @@ async def delivered_between(dsn: str, since_ns: int, until_ns: int) -> int:
     try:
         return int(await db.fetchval(
             "SELECT count(*) FROM message_history WHERE status = 'delivered' AND at BETWEEN $1 AND $2",
-            dt.datetime.fromtimestamp(since_ns / 1e9, dt.timezone.utc),
-            dt.datetime.fromtimestamp(until_ns / 1e9, dt.timezone.utc)))
+            dt.datetime.fromtimestamp(since_ns / 1e9, dt.UTC),
+            dt.datetime.fromtimestamp(until_ns / 1e9, dt.UTC)))
     finally:
         await db.close()

@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import mmap
-import struct
 import random
 import socket
+import struct
 import sys
 import time
 from collections import Counter

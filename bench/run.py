@@ -34,8 +34,7 @@ import msgspec
 
 from bench import database, machine, micro, report
 from bench.fleet import Fleet, slices
-from bench.procs import (Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib,
-                         wait_port)
+from bench.procs import Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib, wait_port
 
 HERE = Path(__file__).resolve().parent
 _T0 = time.monotonic()
@@ -406,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     results = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": args.quick, "elapsed_s": time.monotonic() - started,
         "load_before": load_before, "load_after": os.getloadavg(),
         "machine": machine.describe(pg_version, fd_limit), "sizes": asdict(sz),

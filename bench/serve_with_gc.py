@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import gc
 import os
-from array import array
 import signal
 import sys
 import threading
 import time
+from array import array
 from typing import Any
 
 import msgspec

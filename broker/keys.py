@@ -1,4 +1,4 @@
-"""API keys and device tokens: make, hash, check, scopes, rate limits.
+"""API keys and device tokens: make, hash, check, scopes, the key cache.
 
 Keys are high-entropy, so the stored hash is HMAC-SHA256 with a server
 secret and a check costs microseconds (contract section 3); argon2id is only
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
-from collections import deque
+from collections.abc import Mapping
 from typing import Final, Generic, TypeVar
 
 from protocol.api import SCOPES
@@ -21,7 +20,6 @@ KEY_KIND: Final = "smsgw"
 TOKEN_KIND: Final = "smsdev"
 ALL_SCOPES: Final = frozenset(SCOPES)
 DEFAULT_SCOPES: Final = ("messages:send",)
-WINDOW_S: Final = 60.0
 T = TypeVar("T")
 
 
@@ -63,9 +61,9 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
-def bearer(headers: dict[str, str] | object, *, api: bool) -> str | None:
+def bearer(headers: Mapping[str, str], *, api: bool) -> str | None:
     """The secret from `x-api-key` (API only) or `Authorization: Bearer`."""
-    get = getattr(headers, "get")
+    get = headers.get
     if api:
         value = get("x-api-key")
         if value:
@@ -76,30 +74,6 @@ def bearer(headers: dict[str, str] | object, *, api: bool) -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return None
-
-
-class RateWindow:
-    """Per-key rolling 60-second window (contract: "per-minute rate limit").
-
-    Holds at most `limit` timestamps per key, so memory is bounded by the
-    limits themselves. Per process: with several nodes each enforces it alone
-    (written down in docs/OPERATIONS.md).
-    """
-
-    def __init__(self) -> None:
-        self._hits: dict[str, deque[float]] = {}
-
-    def hit(self, key_id: str, limit: int, now: float) -> int | None:
-        """Count one request; None if allowed, else seconds until one is."""
-        hits = self._hits.get(key_id)
-        if hits is None:
-            hits = self._hits[key_id] = deque()
-        while hits and now - hits[0] >= WINDOW_S:
-            hits.popleft()
-        if len(hits) >= limit:
-            return max(1, math.ceil(WINDOW_S - (now - hits[0])))
-        hits.append(now)
-        return None
 
 
 class KeyCache(Generic[T]):

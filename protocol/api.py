@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -86,6 +86,16 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
     statusCode: int
     data: Any
     nextCursor: str | None = None
+
+
+class HealthBody(msgspec.Struct, frozen=True):
+    """`GET /health` (contract section 3, Operations); 503 when degraded."""
+
+    status: Literal["ok", "degraded"]
+    database: Literal["ok", "unreachable"]
+    node: str
+    devicesOnline: int
+    uptimeSeconds: int
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

@@ -7,7 +7,7 @@ keep working; unknown fields are ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar, Union
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -81,7 +81,7 @@ class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type", omit_defau
     health: Health | None = None
 
 
-DeviceFrame = Union[Hello, Ack, Status, Ping]
+DeviceFrame = Hello | Ack | Status | Ping
 
 
 # --- broker -> device -------------------------------------------------------
@@ -119,7 +119,7 @@ class Pong(msgspec.Struct, frozen=True, tag="pong", tag_field="type"):
     pass
 
 
-BrokerFrame = Union[Welcome, Send, Receipt, Cancel, Error, Pong]
+BrokerFrame = Welcome | Send | Receipt | Cancel | Error | Pong
 
 _DEVICE_TAGS = frozenset({"hello", "ack", "status", "ping"})
 _BROKER_TAGS = frozenset({"welcome", "send", "receipt", "cancel", "error", "pong"})

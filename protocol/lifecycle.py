@@ -77,16 +77,21 @@ def _late(status: str) -> Outcome:
     return Outcome(Kind.LATE, new_status=status, receipt=status)
 
 
-_NOT_ACKED = Outcome(Kind.REFUSE, code="not_acked")
-_NOT_SENT_HERE = Outcome(Kind.REFUSE, code="not_yours")
-_FINAL = Outcome(Kind.REFUSE, code="refused")
+# Why a report is refused (on the WebSocket, the `error` frame's code).
+REFUSED_NOT_YOURS: Final = "not_yours"  # not this device's job, or never handed to a phone
+REFUSED_NOT_ACKED: Final = "not_acked"  # a status before the ack's receipt
+REFUSED_FINAL: Final = "refused"  # not allowed in the job's current status
+
+NOT_YOURS: Final = Outcome(Kind.REFUSE, code=REFUSED_NOT_YOURS)
+_NOT_ACKED = Outcome(Kind.REFUSE, code=REFUSED_NOT_ACKED)
+_FINAL = Outcome(Kind.REFUSE, code=REFUSED_FINAL)
 _CANCEL = Outcome(Kind.CANCEL)
 
 # (current status, phone report) -> outcome. Every pair is listed; a missing
 # pair is a bug caught by the tests, not a silent default.
 TABLE: Final[dict[tuple[str, str], Outcome]] = {
     # ack: "the phone took the job"; its receipt is the go-ahead to send.
-    (QUEUED, "ack"): _NOT_SENT_HERE,  # never handed to a phone
+    (QUEUED, "ack"): NOT_YOURS,  # never handed to a phone
     (DISPATCHING, "ack"): _move(SENDING),
     (SENDING, "ack"): _repeat(SENDING),
     # Already sent: the receipt says so, which tells the phone not to send again.
@@ -108,7 +113,7 @@ TABLE: Final[dict[tuple[str, str], Outcome]] = {
     (DELIVERED, DELIVERED): _repeat(DELIVERED),
     (FAILED, DELIVERED): _late(DELIVERED),
     # failed: "from any state before delivered"
-    (QUEUED, FAILED): _NOT_SENT_HERE,
+    (QUEUED, FAILED): NOT_YOURS,
     (DISPATCHING, FAILED): _move(FAILED),  # the phone could not take it (no SIM, ...)
     (SENDING, FAILED): _move(FAILED),
     (SENT, FAILED): _move(FAILED),

@@ -7,85 +7,42 @@ batches. A pick is O(log n) in the account's connected devices: see `_Account`.
 from __future__ import annotations
 
 import datetime as dt
-import time
-import uuid
 import heapq
 import itertools
-from collections import deque
-from typing import Protocol
+import time
+import uuid
 
 import msgspec
 from sortedcontainers import SortedDict
 
+from broker.delivery.channel import DeviceChannel
+from broker.limits import Window
 from protocol.frames import Health
 
 PACING_WINDOW_S = 60.0
 _health_encoder = msgspec.json.Encoder()
 
 
-class Socket(Protocol):
-    async def send_frame(self, data: bytes) -> bool: ...
-    async def close(self, code: int, reason: str = "") -> None: ...
-
-
-class Pacer:
-    """A device's send rate: at most `rate` jobs in any 60 s (0 = no limit)."""
-
-    __slots__ = ("rate", "_sent")
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._sent: deque[float] = deque()
-
-    def _trim(self, now: float) -> None:
-        # The same expression as next_room_at's: with `now - s >= 60` a float
-        # rounding could leave a send in the window at the very moment
-        # next_room_at named, and a pick waiting for that moment spun forever.
-        while self._sent and self._sent[0] + PACING_WINDOW_S <= now:
-            self._sent.popleft()
-
-    def room(self, now: float) -> int:
-        if self.rate <= 0:
-            return 1 << 30
-        self._trim(now)
-        return self.rate - len(self._sent)
-
-    def take(self, now: float) -> None:
-        if self.rate > 0:
-            self._sent.append(now)
-
-    def give_back(self, at: float) -> None:
-        """Undo a `take(at)` whose job never went out."""
-        try:
-            self._sent.remove(at)
-        except ValueError:
-            pass  # already out of the window
-
-    def next_room_at(self, now: float) -> float:
-        if self.room(now) > 0:
-            return now
-        return self._sent[0] + PACING_WINDOW_S
-
-
 class Connection:
-    """One phone's live socket and what the broker knows of it."""
+    """One phone's live connection (any transport) and what the broker knows
+    of it. `pacer` is the device's send rate: at most `rate` jobs in any 60 s."""
 
-    __slots__ = ("device_id", "account_id", "name", "socket", "pacer", "last_seen_at",
+    __slots__ = ("device_id", "account_id", "name", "channel", "pacer", "last_seen_at",
                  "health", "app_version", "connected_at", "window", "inflight", "fresh",
                  "park_seq")
 
-    def __init__(self, device_id: uuid.UUID, account_id: uuid.UUID, name: str, socket: Socket,
-                 pacer: Pacer, now_wall: float, window: int = 0) -> None:
+    def __init__(self, device_id: uuid.UUID, account_id: uuid.UUID, name: str,
+                 channel: DeviceChannel, pacer: Window, now_wall: float, window: int = 0) -> None:
         self.device_id = device_id
         self.account_id = account_id
         self.name = name
-        self.socket = socket
+        self.channel = channel
         self.pacer = pacer
         self.last_seen_at = now_wall
         self.health: Health | None = None
         self.app_version: str | None = None
         self.connected_at = now_wall
-        # In-flight window: jobs handed to this socket that the phone has not
+        # In-flight window: jobs handed to this phone that it has not
         # answered yet (0 = no limit). A silent phone stops getting new jobs.
         self.window = window
         self.inflight: set[uuid.UUID] = set()
@@ -133,18 +90,19 @@ class Presence:
     def __init__(self) -> None:
         self._by_device: dict[uuid.UUID, Connection] = {}
         self._by_account: dict[uuid.UUID, _Account] = {}
-        self._pacers: dict[uuid.UUID, Pacer] = {}  # outlive a reconnect
+        self._pacers: dict[uuid.UUID, Window] = {}  # outlive a reconnect
         self._dirty: dict[uuid.UUID, Connection] = {}
         self._gone_at: dict[uuid.UUID, float] = {}  # wall time of the last disconnect
         self._stamps = itertools.count(1)  # freshness and park stamps, never reused
 
     # --- membership ---------------------------------------------------------
 
-    def pacer(self, device_id: uuid.UUID, rate: int) -> Pacer:
+    def pacer(self, device_id: uuid.UUID, rate: int) -> Window:
+        """The device's send rate (0: no limit); it outlives a reconnect."""
         p = self._pacers.get(device_id)
         if p is None:
-            p = self._pacers[device_id] = Pacer(rate)
-        p.rate = rate
+            p = self._pacers[device_id] = Window(rate, PACING_WINDOW_S)
+        p.limit = rate
         return p
 
     def register(self, conn: Connection) -> Connection | None:
@@ -290,7 +248,7 @@ class Presence:
         ids, seen, health, versions = [], [], [], []
         for device_id, conn in dirty.items():
             ids.append(device_id)
-            seen.append(dt.datetime.fromtimestamp(conn.last_seen_at, dt.timezone.utc))
+            seen.append(dt.datetime.fromtimestamp(conn.last_seen_at, dt.UTC))
             health.append(_health_encoder.encode(conn.health).decode() if conn.health else None)
             versions.append(conn.app_version)
         return ids, seen, health, versions

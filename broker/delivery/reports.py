@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from broker import store
 from broker.ops import metrics
@@ -34,9 +34,6 @@ class Result(NamedTuple):
     error: str | None  # the message's stored error (the reason of a cancel)
 
 
-_NOT_YOURS = lifecycle.Outcome(lifecycle.Kind.REFUSE, code="not_yours")
-
-
 def decide(reports: list[Report],
            rows: dict[uuid.UUID, store.Held]) -> tuple[list[Result], list[store.Held],
                                                         list[tuple[uuid.UUID, str, uuid.UUID,
@@ -50,7 +47,7 @@ def decide(reports: list[Report],
     for r in reports:
         row = state.get(r.message_id)
         if row is None or row.device_id != r.device_id:
-            results.append(Result(_NOT_YOURS, None))
+            results.append(Result(lifecycle.NOT_YOURS, None))
             continue
         outcome = lifecycle.apply(row.status, r.report)
         if outcome.kind is lifecycle.Kind.MOVE:
@@ -69,7 +66,7 @@ def decide(reports: list[Report],
 
 
 class ReportWriter:
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: store.Pool) -> None:
         self.pool = pool
         self._pending: list[tuple[Report, asyncio.Future[Result]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -112,7 +109,7 @@ class ReportWriter:
                 if not future.done():
                     future.set_exception(err)
             return
-        for (_, future), result in zip(batch, results):
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 

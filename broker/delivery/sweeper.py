@@ -19,20 +19,21 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Any
 
 from broker import store
-from broker.ops import metrics
-from broker.delivery.dispatch import hand, send_frame, utcnow
+from broker.clock import utcnow
+from broker.delivery.channel import Job
+from broker.delivery.handoff import hand
 from broker.delivery.presence import Presence
+from broker.ops import metrics
 from broker.settings import Settings
-from protocol import frames, lifecycle
+from protocol import lifecycle
 
 log = logging.getLogger("smsdora.sweeper")
 
 
 class Sweeper:
-    def __init__(self, pool: Any, presence: Presence, settings: Settings) -> None:
+    def __init__(self, pool: store.Pool, presence: Presence, settings: Settings) -> None:
         self.pool = pool
         self.presence = presence
         self.settings = settings
@@ -46,7 +47,7 @@ class Sweeper:
             except store.DATABASE_DOWN as err:
                 log.warning("sweep skipped: database unavailable",
                             extra={"error": type(err).__name__})
-            except Exception:  # noqa: BLE001 - logged loudly; the clocks must keep running
+            except Exception:
                 log.exception("sweep failed")
 
     async def sweep(self) -> None:
@@ -70,8 +71,7 @@ class Sweeper:
             if conn is not None:
                 conn.inflight.discard(stopped.id)
                 self.presence.room_freed(conn, time.monotonic())
-                await conn.socket.send_frame(frames.encode(
-                    frames.Cancel(id=str(stopped.id), reason="expired")))
+                await conn.channel.cancel(str(stopped.id), "expired")
 
     async def _reassign(self, now: dt.datetime) -> None:
         delay_s = self.settings.reassign_after_s
@@ -100,8 +100,8 @@ class Sweeper:
             log.info("job reassigned", extra={"message_id": str(job.id),
                                               "from_device": str(job.device_id),
                                               "to_device": str(conn.device_id)})
-            await hand(self.presence, conn, job.id, send_frame(store.Job(
-                id=job.id, recipient=job.recipient, body=job.body, status=job.status)))
+            await hand(self.presence, conn, job.id,
+                       Job(id=str(job.id), recipient=job.recipient, message=job.body))
 
     def _away_since(self, job: store.Unacked) -> float:
         """Since when the device has been away, as far as anyone can tell: its

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
-import asyncpg
 import msgspec
 
 from broker.store.pool import Conn, Db, rows_of

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import asyncpg
 import msgspec
 
 from broker.store.pool import Db, rows_of

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from broker import store
 
@@ -47,7 +46,7 @@ class Listener:
                 continue
             lost = asyncio.Event()
             try:
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 for channel, handler in self.channels.items():
                     await conn.add_listener(channel, _call(handler))
                 backoff = 0.2
@@ -58,7 +57,7 @@ class Listener:
                 log.warning("listen: connection lost, reconnecting")
             except store.DATABASE_DOWN as err:
                 log.warning("listen: failed", extra={"error": type(err).__name__})
-            except Exception:  # noqa: BLE001 - logged loudly; reconnect rather than go deaf
+            except Exception:
                 log.exception("listen: unexpected failure, reconnecting")
                 await asyncio.sleep(backoff)
             finally:

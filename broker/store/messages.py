@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, NamedTuple
 
-import asyncpg
 import msgspec
 
 from broker.store.pool import Db, rows_of

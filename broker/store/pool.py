@@ -21,7 +21,8 @@ _json_decoder = msgspec.json.Decoder()
 # transaction) or a connection (inside the caller's transaction); `Conn`
 # where the function opens a transaction of its own.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-Db: TypeAlias = "asyncpg.Pool[asyncpg.Record] | Conn"
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+Db: TypeAlias = "Pool | Conn"
 
 
 # What "the database cannot be reached" looks like from asyncpg: the edge
@@ -52,7 +53,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     back a transaction left open."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> Pool:
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session,
         # Fail fast when the database is away: callers answer 503 in seconds

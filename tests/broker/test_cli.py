@@ -29,8 +29,8 @@ import uvicorn
 from argon2 import PasswordHasher
 
 from broker import cli, device_sim, keys
-from broker.ops import server
 from broker.app import create_app
+from broker.ops import server
 from broker.settings import Settings
 from broker.store import migrate
 

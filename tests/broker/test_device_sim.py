@@ -18,9 +18,19 @@ import uvicorn
 
 from broker import keys, store
 from broker.app import create_app
+from broker.device_sim import (
+    ACKED,
+    CANCELLED,
+    DELIVERED,
+    DROPPED,
+    FAILED,
+    SENDING,
+    DeviceRejected,
+    DeviceSim,
+    Phone,
+    ws_url,
+)
 from broker.ops.server import uvicorn_config
-from broker.device_sim import (ACKED, CANCELLED, DELIVERED, DROPPED, FAILED, SENDING,
-                               DeviceRejected, DeviceSim, Phone, ws_url)
 from broker.settings import Settings
 from protocol import frames
 
@@ -319,7 +329,7 @@ async def test_held_job_that_is_not_ours_is_cancelled(broker: Broker) -> None:
 async def test_unreceipted_report_is_replayed_after_reconnect(broker: Broker) -> None:
     # A report the phone wrote but whose receipt it never saw (it crashed):
     # the outbox carries it to the broker on the next connection.
-    async with Running(DeviceSim(broker.url, broker.token, delay_ms=0)) as sim:
+    async with Running(DeviceSim(broker.url, broker.token, delay_ms=0)):
         sent = await broker.send()
         await broker.wait_status(sent["id"], "delivered")
     replay = DeviceSim(broker.url, broker.token)

@@ -12,31 +12,39 @@ import datetime as dt
 import time
 import uuid
 
-from broker.delivery.presence import PACING_WINDOW_S, Connection, Pacer, Presence
+from broker.delivery.channel import Answer, CloseReason, Job
+from broker.delivery.presence import PACING_WINDOW_S, Connection, Presence
+from broker.limits import Window
 from protocol.frames import Health
 
 ACCOUNT = uuid.uuid4()
 
 
-class RecordingSocket:
-    """A stand-in phone socket: it records what it was asked to do."""
+class RecordingChannel:
+    """A stand-in DeviceChannel: it records what it was asked to do."""
 
     def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.closed: list[tuple[int, str]] = []
+        self.offered: list[Job] = []
+        self.closed: list[CloseReason] = []
 
-    async def send_frame(self, data: bytes) -> bool:
-        self.sent.append(data)
+    async def offer(self, job: Job) -> bool:
+        self.offered.append(job)
         return True
 
-    async def close(self, code: int, reason: str = "") -> None:
-        self.closed.append((code, reason))
+    async def cancel(self, message_id: str, reason: str) -> bool:
+        return True
+
+    async def answer(self, message_id: str, answer: Answer) -> bool:
+        return True
+
+    async def close(self, reason: CloseReason) -> None:
+        self.closed.append(reason)
 
 
 def connect(presence: Presence, *, device_id: uuid.UUID | None = None, rate: int = 30,
             account_id: uuid.UUID = ACCOUNT, name: str = "phone") -> Connection:
     device_id = device_id or uuid.uuid4()
-    conn = Connection(device_id, account_id, name, RecordingSocket(),
+    conn = Connection(device_id, account_id, name, RecordingChannel(),
                       presence.pacer(device_id, rate), time.time())
     presence.register(conn)
     return conn
@@ -45,46 +53,6 @@ def connect(presence: Presence, *, device_id: uuid.UUID | None = None, rate: int
 def fill(conn: Connection, now: float) -> None:
     while conn.pacer.room(now) > 0:
         conn.pacer.take(now)
-
-
-# --- Pacer ------------------------------------------------------------------
-
-
-def test_pacer_room_and_take() -> None:
-    p = Pacer(3)
-    assert p.room(0.0) == 3
-    p.take(0.0)
-    p.take(10.0)
-    assert p.room(10.0) == 1
-    p.take(20.0)
-    assert p.room(20.0) == 0
-    assert p.room(59.9) == 0
-    assert p.room(60.0) == 1  # the take at 0 has left the 60 s window
-    assert p.room(70.0) == 2
-    assert p.room(80.0) == 3
-
-
-def test_pacer_next_room_at() -> None:
-    p = Pacer(2)
-    assert p.next_room_at(5.0) == 5.0  # room now
-    p.take(5.0)
-    assert p.next_room_at(6.0) == 6.0
-    p.take(7.0)
-    assert p.next_room_at(8.0) == 5.0 + PACING_WINDOW_S
-    assert p.next_room_at(65.0) == 65.0  # 5.0 left the window
-    p.take(65.0)
-    assert p.next_room_at(66.0) == 7.0 + PACING_WINDOW_S
-
-
-def test_pacer_has_room_at_the_moment_next_room_at_names() -> None:
-    # Found by a randomized model test: 2106.8899999999994 - 2046.8899999999996
-    # is just under 60, yet 2046.8899999999996 + 60 == 2106.8899999999994.
-    sent, now = 2046.8899999999996, 2106.8899999999994
-    assert sent + PACING_WINDOW_S == now and now - sent < PACING_WINDOW_S
-    p = Pacer(1)
-    p.take(sent)
-    assert p.next_room_at(now - 1) == now
-    assert p.room(now) == 1
 
 
 def test_pick_returns_when_the_parked_moment_comes_at_a_rounding_edge() -> None:
@@ -96,14 +64,6 @@ def test_pick_returns_when_the_parked_moment_comes_at_a_rounding_edge() -> None:
     assert presence.pick(ACCOUNT, now) == (a, True)  # spun forever before the fix
 
 
-def test_pacer_rate_zero_is_unlimited() -> None:
-    p = Pacer(0)
-    for i in range(10_000):
-        p.take(float(i) / 1000)
-    assert p.room(10.0) > 0
-    assert p.next_room_at(10.0) == 10.0
-
-
 # --- register / unregister --------------------------------------------------
 
 
@@ -112,7 +72,7 @@ def test_register_returns_the_replaced_connection() -> None:
     device = uuid.uuid4()
     first = connect(presence, device_id=device)
     assert presence.get(device) is first
-    second = Connection(device, ACCOUNT, "phone", RecordingSocket(), presence.pacer(device, 30),
+    second = Connection(device, ACCOUNT, "phone", RecordingChannel(), presence.pacer(device, 30),
                         time.time())
     assert presence.register(second) is first
     assert presence.get(device) is second
@@ -123,7 +83,7 @@ def test_register_returns_the_replaced_connection() -> None:
 
 def test_register_first_connection_replaces_nothing() -> None:
     presence = Presence()
-    conn = Connection(uuid.uuid4(), ACCOUNT, "phone", RecordingSocket(), Pacer(30), time.time())
+    conn = Connection(uuid.uuid4(), ACCOUNT, "phone", RecordingChannel(), Window(30, PACING_WINDOW_S), time.time())
     assert presence.register(conn) is None
 
 
@@ -225,13 +185,13 @@ def test_pick_unlimited_device_always_has_room() -> None:
     assert presence.pick(ACCOUNT, 1.0) == (a, True)
 
 
-class CountingPacer(Pacer):
-    """A real Pacer that also counts how often pick asks it for room."""
+class CountingPacer(Window):
+    """A real pacing window that also counts how often pick asks it for room."""
 
     __slots__ = ("asked",)
 
     def __init__(self, rate: int) -> None:
-        super().__init__(rate)
+        super().__init__(rate, PACING_WINDOW_S)
         self.asked = 0
 
     def room(self, now: float) -> int:
@@ -244,7 +204,7 @@ def counted_fleet(presence: Presence, n: int, rate: int) -> list[Connection]:
     how often a pick asks them for room."""
     conns = []
     for i in range(n):
-        conn = Connection(uuid.uuid4(), ACCOUNT, f"p{i}", RecordingSocket(), CountingPacer(rate),
+        conn = Connection(uuid.uuid4(), ACCOUNT, f"p{i}", RecordingChannel(), CountingPacer(rate),
                           time.time())
         presence.register(conn)
         conns.append(conn)
@@ -425,7 +385,7 @@ def test_take_dirty_returns_changes_once() -> None:
     assert health[0] is not None
     assert '"battery":80' in health[0] and '"signal":3' in health[0]
     assert seen[0].tzinfo is not None
-    assert seen[0] >= dt.datetime.fromtimestamp(before, dt.timezone.utc)
+    assert seen[0] >= dt.datetime.fromtimestamp(before, dt.UTC)
     assert presence.take_dirty() == ([], [], [], [])
 
 

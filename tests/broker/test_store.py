@@ -20,7 +20,7 @@ from broker import keys, store
 pytestmark = pytest.mark.timeout(30)
 
 SECRET = b"store-test-secret"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture

@@ -186,7 +186,7 @@ class Phone:
         """Assert no frame arrives within `within` seconds."""
         try:
             frame = await asyncio.wait_for(self.ws.recv(), within)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"unexpected frame {frame!r}")
 

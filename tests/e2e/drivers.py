@@ -151,7 +151,7 @@ class WsDriver:
             left = deadline - loop.time()
             try:
                 frame = await phone.recv(max(left, 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"{self.device.name}: no {what} within {timeout} s;"
                                      f" got {self.inbox}") from None
             if wanted(frame):

@@ -16,7 +16,6 @@ import httpx
 import pytest
 import websockets
 
-from broker.transports.ws.endpoint import FrameBucket
 from broker.settings import Settings
 from tests.e2e.conftest import SECRET, Account, PhoneFactory, send_sms
 
@@ -26,17 +25,6 @@ def broker_settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home", secret=SECRET, hello_timeout_s=2,
                     last_seen_flush_s=0.2, pool_min=1, pool_max=10, max_queued_per_account=2,
                     inflight_window=2, frame_rate=20.0, frame_burst=10)
-
-
-def test_frame_bucket_throttles_then_calls_a_flood() -> None:
-    bucket = FrameBucket(rate=10.0, burst=3, now=0.0)
-    assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert bucket.take(0.0) == pytest.approx(0.1)  # wait for the next token
-    assert bucket.take(0.1) == pytest.approx(0.1)
-    assert bucket.take(0.2) == pytest.approx(0.1)
-    assert bucket.take(0.3) is None  # over the rate for `burst` frames in a row: a flood
-    calm = FrameBucket(rate=10.0, burst=3, now=0.0)
-    assert all(calm.take(t / 10) == 0.0 for t in range(100))  # at the rate: never waits
 
 
 async def test_the_queue_is_bounded_per_account(http: httpx.AsyncClient, account: Account,

@@ -36,7 +36,7 @@ async def key_row(db: asyncpg.Connection, key: str) -> store.KeyRow:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # --- 401 -----------------------------------------------------------------------

@@ -52,7 +52,7 @@ async def test_get_message_answers_the_envelope_with_history_oldest_first(
         http: httpx.AsyncClient, account: Account, phone: PhoneFactory) -> None:
     device = await account.make_device("Pixel")
     p = await phone(device)
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     mid = (await send_sms(http, account.key, recipient="+1 650-253-0000",
                           message="hello")).json()["data"]["id"]
     await p.expect("send")
@@ -65,7 +65,7 @@ async def test_get_message_answers_the_envelope_with_history_oldest_first(
         "device": {"id": device.id, "deviceName": "Pixel"}, "error": None,
         "createdAt": data["createdAt"], "history": data["history"]}}
     created = parse_at(data["createdAt"])
-    assert before - dt.timedelta(seconds=1) <= created <= dt.datetime.now(dt.timezone.utc)
+    assert before - dt.timedelta(seconds=1) <= created <= dt.datetime.now(dt.UTC)
     assert [h["status"] for h in data["history"]] == ["queued", "dispatching"]
     assert all(set(h) == {"status", "at"} for h in data["history"])
     assert parse_at(data["history"][0]["at"]) == created
@@ -215,7 +215,7 @@ async def test_devices_show_presence_last_seen_and_health(
                     "lastSeen": info["lastSeen"], "active": True, "sendRate": 12,
                     "health": health, "appVersion": "test/1"}
     seen = parse_at(info["lastSeen"])
-    assert abs(dt.datetime.now(dt.timezone.utc) - seen) < dt.timedelta(seconds=5)
+    assert abs(dt.datetime.now(dt.UTC) - seen) < dt.timedelta(seconds=5)
     assert (await devices(http, account))[idle.id]["online"] is False
 
     await p.close()

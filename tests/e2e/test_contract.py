@@ -25,8 +25,17 @@ import pytest
 
 import broker.delivery.presence
 from broker.settings import Settings
-from tests.e2e.conftest import (SECRET, Account, DriverFactory, Stored, get_message, send_sms,
-                                stored, stored_history, wait_for)
+from tests.e2e.conftest import (
+    SECRET,
+    Account,
+    DriverFactory,
+    Stored,
+    get_message,
+    send_sms,
+    stored,
+    stored_history,
+    wait_for,
+)
 from tests.e2e.drivers import CarrierReport, Job, PhoneDriver
 
 pytestmark = pytest.mark.timeout(30)
@@ -113,18 +122,18 @@ async def test_failed_stores_the_phones_error(
     reason = "RESULT_ERROR_NO_SERVICE"
     await p.report(mid, "failed", error=reason)
     assert await stored(db, mid) == Stored("failed", reason, p.device.id)
-    assert await stored_history(db, mid) == prior + ["failed"]
+    assert await stored_history(db, mid) == [*prior, "failed"]
     row_error = await db.fetchval(
         "SELECT error FROM message_history WHERE message_id = $1 AND status = 'failed'",
         uuid.UUID(mid))
     assert row_error == reason
     got = await get_message(http, account, mid)
     assert got["status"] == "failed" and got["error"] == reason
-    assert [h["status"] for h in got["history"]] == prior + ["failed"]
+    assert [h["status"] for h in got["history"]] == [*prior, "failed"]
     # A repeat is taken and changes nothing, error included.
     await p.report(mid, "failed", error="other")
     assert await stored(db, mid) == Stored("failed", reason, p.device.id)
-    assert await stored_history(db, mid) == prior + ["failed"]
+    assert await stored_history(db, mid) == [*prior, "failed"]
 
 
 async def test_repeated_reports_are_taken_and_change_nothing(

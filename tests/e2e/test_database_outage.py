@@ -23,8 +23,15 @@ import websockets
 from broker import store
 from broker.ops import embedded_pg
 from broker.settings import Settings
-from tests.e2e.conftest import (SECRET, Account, Server, send_sms, start_server, stop_server,
-                                wait_for)
+from tests.e2e.conftest import (
+    SECRET,
+    Account,
+    Server,
+    send_sms,
+    start_server,
+    stop_server,
+    wait_for,
+)
 from tests.e2e.test_restart import connect_phone
 
 pytestmark = pytest.mark.timeout(60)

@@ -145,9 +145,9 @@ async def _online(server: Server, device: Device) -> bool:
 async def test_welcome_carries_device_id_heartbeat_and_utc_server_time(
         server: Server, account: Account, phone: PhoneFactory) -> None:
     device = await account.make_device()
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     p = await phone(device)
-    after = dt.datetime.now(dt.timezone.utc)
+    after = dt.datetime.now(dt.UTC)
     w = p.welcome
     assert set(w) == {"type", "deviceId", "heartbeatSeconds", "serverTime"}
     assert w["deviceId"] == device.id

@@ -47,7 +47,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import websockets
-from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
 from broker.settings import Settings
 from protocol import frames, lifecycle
@@ -295,7 +296,7 @@ async def send_and_check(target: Phone, frame: Frame, answers: Answers) -> None:
     except websockets.ConnectionClosed as closed:
         answers.dropped_by = f"{show(frame)} ({closed.rcvd}){answers.context()}"
         raise AssertionError(f"socket closed ({closed.rcvd}) at {answers.dropped_by}") from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"no answer within {ANSWER_S} s to {show(frame)}") from None
     answer = json.loads(raw)
     answers.recent.append(f"  {show(frame)} -> {raw!r}")
@@ -347,7 +348,7 @@ async def first_frame_and_check(ws_url: str, token: str, frame: Frame, answers: 
     except websockets.ConnectionClosed as closed:
         raise AssertionError(f"the newcomer's socket closed ({closed.rcvd}) waiting for {step}"
                              f" to its first {show(frame)}") from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"no {step} within {ANSWER_S} s to the first {show(frame)}") from None
     finally:
         await ws.close()
@@ -395,7 +396,7 @@ def explicit_frames(real_ids: list[str]) -> list[Frame]:
 
 async def last_seen_flushed(p: Phone, device_id: uuid.UUID, account: Account) -> None:
     """A frame from `p` moves its last-seen in PostgreSQL within the flush interval."""
-    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(milliseconds=50)
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=50)
     assert (await p.ask({"type": "ping"}))["type"] == "pong"
 
     async def flushed() -> bool:

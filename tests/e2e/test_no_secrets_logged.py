@@ -17,7 +17,6 @@ from broker import keys
 from broker.ops import logs
 from tests.e2e.conftest import Account, PhoneFactory, Server, logging_to, send_sms
 
-
 CLIENT_LOGGERS = ("websockets.client", "httpx", "httpcore")
 
 

@@ -13,8 +13,16 @@ import pytest
 from websockets.asyncio.client import connect
 
 from broker.settings import Settings
-from tests.e2e.conftest import (SECRET, Account, Phone, Server, send_sms, start_server,
-                                stop_server, wait_for)
+from tests.e2e.conftest import (
+    SECRET,
+    Account,
+    Phone,
+    Server,
+    send_sms,
+    start_server,
+    stop_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,8 +18,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.e2e.conftest import (SECRET, Account, PhoneFactory, Server, free_port, send_sms,
-                                wait_for)
+from tests.e2e.conftest import SECRET, Account, PhoneFactory, Server, free_port, send_sms, wait_for
 from tests.e2e.test_restart import connect_phone
 
 pytestmark = pytest.mark.timeout(60)

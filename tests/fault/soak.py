@@ -46,8 +46,15 @@ from broker import store
 from broker.device_sim import DeviceRejected
 from tests.fault.invariants import Check, Evidence, Row, Step, check_all, final_counts, is_final
 from tests.fault.phones import SoakPhone, SoakSim
-from tests.fault.services import (BrokerProcess, Postgres, errors, free_port, prepare, tail,
-                                  wait_healthy)
+from tests.fault.services import (
+    BrokerProcess,
+    Postgres,
+    errors,
+    free_port,
+    prepare,
+    tail,
+    wait_healthy,
+)
 
 NO_DEVICE = "No eligible device available"
 RETRIED = frozenset({"timeout", "503", "500", "400 no eligible device"})
@@ -209,7 +216,7 @@ class Soak:
         kinds = ["kill"] * self.cfg.kills + ["pg restart"] * self.cfg.pg_restarts
         self.rng.shuffle(kinds)
         marks = sorted(self.rng.uniform(0.1, 0.9) * self.cfg.messages for _ in kinds)
-        for kind, mark in zip(kinds, marks):
+        for kind, mark in zip(kinds, marks, strict=True):
             while len(self.evidence.accepted) < mark and not self.sends_done.is_set():
                 self.accepted_changed.clear()
                 await self.accepted_changed.wait()

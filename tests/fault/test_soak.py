@@ -49,7 +49,7 @@ def test_the_short_soak_ran_its_faults(short_soak: SoakReport) -> None:
 
 # --- the checker, on hand-made evidence ---------------------------------------
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def steps(*statuses: str, same_first_two: bool = True) -> list[Step]:

@@ -6,7 +6,8 @@ Pure and synchronous: bytes and str in, Structs or FrameError out.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -432,7 +433,8 @@ MALFORMED_BROKER: list[tuple[str, str | bytes, str]] = [
     ("unknown type", '{"type":"shout"}', UNKNOWN),
     ("device type", '{"type":"ack","id":"m1"}', UNKNOWN),
     ("send without message", '{"type":"send","id":"m1","recipient":"+1"}', BAD_FRAME),
-    ("welcome heartbeat as string", '{"type":"welcome","deviceId":"d","heartbeatSeconds":"20","serverTime":"t"}', BAD_FRAME),
+    ("welcome heartbeat as string",
+     '{"type":"welcome","deviceId":"d","heartbeatSeconds":"20","serverTime":"t"}', BAD_FRAME),
     ("receipt without status", '{"type":"receipt","id":"m1"}', BAD_FRAME),
     ("cancel without reason", '{"type":"cancel","id":"m1"}', BAD_FRAME),
     ("error without detail", '{"type":"error","code":"x"}', BAD_FRAME),

@@ -211,7 +211,7 @@ def test_every_status_is_reachable_from_queued() -> None:
 
 
 def test_final_statuses_have_no_outgoing_transitions() -> None:
-    assert FINAL == {"delivered", "failed"}
+    assert {"delivered", "failed"} == FINAL
     for status in STATUSES:
         assert is_final(status) == (status in FINAL)
         if is_final(status):
@@ -231,7 +231,7 @@ def test_can_move_unknown_status_is_false() -> None:
 
 
 def test_redelivered_are_the_jobs_out_with_a_phone_and_not_final() -> None:
-    assert REDELIVERED == {"dispatching", "sending"}
+    assert {"dispatching", "sending"} == REDELIVERED
     assert not REDELIVERED & FINAL
 
 

@@ -1,5 +1,5 @@
-"""broker/http_api.py, its pure parts: recipients, validation texts, the body
-limit and the error shape. No server, no database (tests/e2e has those)."""
+"""broker/http/responses.py: validation texts, decoding, the body limit, the
+error shape and the envelope. No server, no database (tests/e2e has those)."""
 
 from __future__ import annotations
 
@@ -7,58 +7,14 @@ import json
 from typing import Any
 
 import msgspec
-import phonenumbers
 import pytest
 from starlette.requests import Request
 
-from broker.http import api as http_api
+from broker.http import api, responses
 from broker.errors import BadRequest, PayloadTooLarge
-from protocol.api import MAX_BODY_BYTES, send_request_decoder
+from protocol.api import MAX_BODY_BYTES, HealthBody, send_request_decoder
 
-# --- normalize_recipient ----------------------------------------------------
-
-
-@pytest.mark.parametrize("raw, e164", [
-    ("+1 650-253-0000", "+16502530000"),          # the contract's own example
-    ("+1 (650) 253-0000", "+16502530000"),
-    ("+16502530000", "+16502530000"),
-    ("+44 20 7183 8750", "+442071838750"),
-    ("+212600000000", "+212600000000"),           # the contract's request example
-])
-def test_normalize_recipient_valid(raw: str, e164: str) -> None:
-    # The expectation is phonenumbers' own verdict, checked here, not assumed.
-    assert phonenumbers.is_valid_number(phonenumbers.parse(raw, None))
-    assert http_api.normalize_recipient(raw) == e164
-
-
-@pytest.mark.parametrize("raw", [
-    "+1234567890",        # parses, but no such number
-    "+1 650 253 000",     # one digit short
-    "garbage",
-    "",
-    "+",
-    "6502530000",         # national form: no region to read it in
-    "+999 123 456",       # no such country code
-    "+1 650-253-0000" + " " * 50,  # valid digits, but over 64 characters
-    "+" + "1" * 70,
-])
-def test_normalize_recipient_invalid(raw: str) -> None:
-    with pytest.raises(BadRequest) as exc:
-        http_api.normalize_recipient(raw)
-    assert exc.value.message == "Invalid phone number"
-    assert exc.value.status == 400
-
-
-def test_normalize_recipient_length_limit_is_64() -> None:
-    number = "+1 650-253-0000"
-    at_limit = number + " " * (64 - len(number))
-    assert len(at_limit) == 64
-    assert http_api.normalize_recipient(at_limit) == "+16502530000"
-    with pytest.raises(BadRequest):
-        http_api.normalize_recipient(at_limit + " ")
-
-
-# --- _validation_text -------------------------------------------------------
+# --- validation_text -------------------------------------------------------
 
 
 def decode_error(body: bytes) -> str:
@@ -79,11 +35,11 @@ def decode_error(body: bytes) -> str:
     (b'"text"', "Expected object, got str"),
 ])
 def test_validation_text_from_msgspec(body: bytes, text: str) -> None:
-    assert http_api._validation_text(decode_error(body)) == text
+    assert responses.validation_text(decode_error(body)) == text
 
 
 def test_validation_text_shapes() -> None:
-    v = http_api._validation_text
+    v = responses.validation_text
     assert v("Expected `str`, got `int` - at `$.recipient`") == "recipient: expected str, got int"
     assert v("Object missing required field `message`") == "Missing field message"
     assert v("Expected `object`, got `array`") == "Expected object, got array"
@@ -92,12 +48,12 @@ def test_validation_text_shapes() -> None:
 
 def test_decode_turns_errors_into_bad_requests() -> None:
     with pytest.raises(BadRequest) as exc:
-        http_api._decode(send_request_decoder, b'{"message": "x"}')
+        responses.decode(send_request_decoder, b'{"message": "x"}')
     assert exc.value.message == "Missing field recipient"
     with pytest.raises(BadRequest) as exc:
-        http_api._decode(send_request_decoder, b"not json")
+        responses.decode(send_request_decoder, b"not json")
     assert exc.value.message == "Body must be a JSON object"
-    req = http_api._decode(send_request_decoder, b'{"recipient": "+1", "message": "hi"}')
+    req = responses.decode(send_request_decoder, b'{"recipient": "+1", "message": "hi"}')
     assert (req.recipient, req.message, req.ttl) == ("+1", "hi", None)
 
 
@@ -131,20 +87,20 @@ def request(body: Body, content_length: int | str | None = None) -> Request:
 
 async def test_read_body_joins_chunks() -> None:
     body = Body([b'{"recipient": ', b'"+16502530000", ', b'"message": "hi"}'])
-    got = await http_api.read_body(request(body))
+    got = await responses.read_body(request(body))
     assert json.loads(got) == {"recipient": "+16502530000", "message": "hi"}
 
 
 async def test_read_body_exactly_64_kib_is_accepted() -> None:
     data = b"x" * MAX_BODY_BYTES
     body = Body([data[:1000], data[1000:]])
-    assert await http_api.read_body(request(body, MAX_BODY_BYTES)) == data
+    assert await responses.read_body(request(body, MAX_BODY_BYTES)) == data
 
 
 async def test_read_body_refuses_large_content_length_without_reading() -> None:
     body = Body([b"x" * (MAX_BODY_BYTES + 1)])
     with pytest.raises(PayloadTooLarge) as exc:
-        await http_api.read_body(request(body, MAX_BODY_BYTES + 1))
+        await responses.read_body(request(body, MAX_BODY_BYTES + 1))
     assert exc.value.status == 413
     assert body.reads == 0
 
@@ -155,13 +111,13 @@ async def test_read_body_refuses_a_stream_past_64_kib_without_reading_it_all() -
     for length in (None, 10):
         body = Body(chunks)
         with pytest.raises(PayloadTooLarge):
-            await http_api.read_body(request(body, length))
+            await responses.read_body(request(body, length))
         assert body.reads == 5  # stops at the chunk that crosses 64 KiB
 
 
 async def test_read_body_ignores_a_malformed_content_length() -> None:
     body = Body([b"{}"])
-    assert await http_api.read_body(request(body, "abc")) == b"{}"
+    assert await responses.read_body(request(body, "abc")) == b"{}"
 
 
 # --- error shape ------------------------------------------------------------
@@ -172,8 +128,30 @@ async def test_read_body_ignores_a_malformed_content_length() -> None:
     (409, "Conflict"), (500, "Internal Server Error"),
 ])
 def test_error_response_shape(status: int, phrase: str) -> None:
-    resp = http_api.error_response(status, "Some text", {"Retry-After": "7"})
+    resp = responses.error_response(status, "Some text", {"Retry-After": "7"})
     assert resp.status_code == status
     assert resp.headers["content-type"].startswith("application/json")
     assert resp.headers["retry-after"] == "7"
-    assert json.loads(resp.body) == {"statusCode": status, "message": "Some text", "error": phrase}
+    assert json.loads(bytes(resp.body)) == {"statusCode": status, "message": "Some text", "error": phrase}
+
+
+def test_error_response_is_importable_from_api_until_transports_move() -> None:
+    assert api.error_response is responses.error_response
+
+
+def test_ok_is_the_envelope_and_next_cursor_only_when_given() -> None:
+    resp = responses.ok([1, 2])
+    assert (resp.status_code, json.loads(bytes(resp.body))) == (200, {"statusCode": 200, "data": [1, 2]})
+    resp = responses.ok({"id": "x"}, status=201, next_cursor="42")
+    assert resp.status_code == 201
+    assert json.loads(bytes(resp.body)) == {"statusCode": 201, "data": {"id": "x"}, "nextCursor": "42"}
+    assert resp.headers["content-type"].startswith("application/json")
+
+
+def test_bare_is_the_struct_alone() -> None:
+    body = HealthBody(status="degraded", database="unreachable", node="n1", devicesOnline=0,
+                      uptimeSeconds=3)
+    resp = responses.bare(body, 503)
+    assert resp.status_code == 503
+    assert json.loads(bytes(resp.body)) == {"status": "degraded", "database": "unreachable",
+                                     "node": "n1", "devicesOnline": 0, "uptimeSeconds": 3}

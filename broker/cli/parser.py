@@ -1,0 +1,90 @@
+"""`smsdora`'s arguments: every command and its options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from broker.cli import commands as db_commands
+from broker.cli import remote
+from broker.cli.common import DEFAULT_URL, nonnegative, positive
+from broker.settings import Settings
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    # `--json` before the command sets the default; the same flag after it
+    # must not reset that default to False, hence SUPPRESS on the children.
+    child = argparse.ArgumentParser(add_help=False)
+    child.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print one JSON object instead of prose")
+    parser = argparse.ArgumentParser(prog="smsdora", description="smsdora SMS gateway broker")
+    parser.add_argument("--json", action="store_true", default=False,
+                        help="print one JSON object instead of prose")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    url = os.environ.get("SMSDORA_URL") or DEFAULT_URL
+
+    def leaf(group: Any, name: str, help_: str, run: Any, db: bool = True) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(name, parents=[child], help=help_)
+        p.set_defaults(run=run, db=db)
+        return p
+
+    def branch(name: str, help_: str) -> Any:
+        p = commands.add_parser(name, parents=[child], help=help_)
+        return p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = leaf(commands, "serve", "run the broker", remote.serve, db=False)
+    p.add_argument("--host", default=settings.host)
+    p.add_argument("--port", type=int, default=settings.port)
+    leaf(commands, "migrate", "apply the missing migrations", db_commands.migrate)
+
+    accounts = branch("accounts", "manage accounts")
+    p = leaf(accounts, "create", "create an account", db_commands.accounts_create)
+    p.add_argument("email")
+    p.add_argument("--plan", default="default")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read a password from the first line of standard input")
+
+    keys_ = branch("keys", "manage API keys")
+    p = leaf(keys_, "create", "create an API key", db_commands.keys_create)
+    p.add_argument("--account", required=True, metavar="EMAIL")
+    p.add_argument("--name", default="")
+    p.add_argument("--scope", action="append", metavar="S",
+                   help="repeatable; default messages:send")
+    p.add_argument("--rate-limit", type=positive, metavar="N", help="requests a minute")
+    p.add_argument("--expires-in", type=positive, metavar="SECONDS")
+    leaf(keys_, "list", "list an account's keys", db_commands.keys_list).add_argument(
+        "--account", required=True, metavar="EMAIL")
+    leaf(keys_, "revoke", "revoke a key", db_commands.keys_revoke).add_argument("id", metavar="ID")
+    leaf(keys_, "rotate", "issue a new secret for a key", db_commands.keys_rotate).add_argument(
+        "id", metavar="ID")
+
+    devices = branch("devices", "manage phones")
+    p = leaf(devices, "create", "register a phone", db_commands.devices_create)
+    p.add_argument("--account", required=True, metavar="EMAIL")
+    p.add_argument("--name", required=True)
+    p.add_argument("--send-rate", type=nonnegative, metavar="N",
+                   help=f"SMS a minute (default {settings.default_send_rate}; 0 = no limit)")
+    leaf(devices, "list", "list an account's phones", db_commands.devices_list).add_argument(
+        "--account", required=True, metavar="EMAIL")
+    leaf(devices, "deactivate", "refuse a phone's token from now on",
+         db_commands.devices_deactivate).add_argument("id", metavar="ID")
+
+    p = leaf(commands, "send", "send an SMS through a running broker", remote.send, db=False)
+    p.add_argument("--key", default=os.environ.get("SMSDORA_API_KEY"),
+                   required=not os.environ.get("SMSDORA_API_KEY"), help="API key")
+    p.add_argument("--url", default=url)
+    p.add_argument("--ttl", type=positive, metavar="SECONDS")
+    p.add_argument("--idempotency-key")
+    p.add_argument("recipient")
+    p.add_argument("message")
+
+    p = leaf(commands, "device-sim", "a simulated phone", remote.device_sim, db=False)
+    p.add_argument("--token", default=os.environ.get("SMSDORA_DEVICE_TOKEN"),
+                   required=not os.environ.get("SMSDORA_DEVICE_TOKEN"), help="device token")
+    p.add_argument("--url", default=url)
+    p.add_argument("--outcome", choices=("delivered", "sent", "failed"), default="delivered",
+                   help="what the simulated carrier reports (default delivered)")
+    p.add_argument("--delay-ms", type=nonnegative, default=500, metavar="N",
+                   help="how long sending one SMS takes (default 500)")
+    return parser

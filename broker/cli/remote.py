@@ -1,0 +1,84 @@
+"""Commands that talk to a running broker, or run one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import urllib.error
+import urllib.request
+from typing import Any
+
+import msgspec
+
+from broker.cli.commands import migrate, run_db
+from broker.cli.common import CliError, Failed, Output
+from broker.ops import embedded_pg
+from broker.settings import Settings
+
+_encoder = msgspec.json.Encoder()
+
+
+
+
+def send(args: argparse.Namespace, settings: Settings) -> Output:
+    body: dict[str, Any] = {"recipient": args.recipient, "message": args.message}
+    if args.ttl is not None:
+        body["ttl"] = args.ttl
+    headers = {"Content-Type": "application/json", "x-api-key": args.key}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    request = urllib.request.Request(args.url.rstrip("/") + "/messages/send",
+                                     data=_encoder.encode(body), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise Failed(f"cannot reach the broker at {args.url}: {reason}") from None
+    try:
+        parsed = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        parsed = None
+    ok = 200 <= status < 300
+    if not isinstance(parsed, dict):
+        return Output({"error": f"HTTP {status}: {raw[:200].decode(errors='replace')}"},
+                      f"HTTP {status}: {raw[:200].decode(errors='replace')}", 0 if ok else 1)
+    if not ok:
+        return Output(raw, f"Error {status}: {parsed.get('message', '')}", 1)
+    data = parsed.get("data") or {}
+    device = data.get("device") or {}
+    return Output(raw, f"Message {data.get('id')} to {data.get('recipient')}:"
+                       f" {data.get('status')} on device {device.get('deviceName')!r}")
+
+
+def device_sim(args: argparse.Namespace, settings: Settings) -> Output:
+    from broker import device_sim as sim  # websockets client: only this command needs it
+
+    def show(event: sim.Event) -> None:
+        job = f" {event.id}" if event.id else ""
+        print(f"{event.kind}{job}: {event.detail}", flush=True)
+
+    try:
+        sim.ws_url(args.url)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    try:
+        asyncio.run(sim.run(args.url, args.token, args.outcome, args.delay_ms, on_event=show))
+    except sim.DeviceRejected:
+        raise CliError("the broker refused the device token (401): wrong or deactivated") from None
+    except KeyboardInterrupt:
+        pass
+    return Output({}, "device-sim stopped")
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> Output:
+    from broker.app import create_app
+    from broker.ops import logs, server
+
+    dsn = embedded_pg.database_url(settings)
+    run_db(migrate, args, settings.with_(database_url=dsn))
+    logs.setup(settings.log_level)
+    server.run(create_app(settings, dsn), settings, args.host, args.port)
+    return Output({}, "")

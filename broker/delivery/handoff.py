@@ -1,0 +1,32 @@
+"""Handing a job to a phone: the one place a job leaves for a channel."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from broker import store
+from broker.delivery.channel import Job
+from broker.delivery.presence import Connection, Presence
+
+
+def job_of(row: store.Job) -> Job:
+    return Job(id=str(row.id), recipient=row.recipient, message=row.body)
+
+
+async def hand(presence: Presence, conn: Connection, message_id: uuid.UUID, job: Job) -> None:
+    """Offer a job to a phone; it is in flight until the phone answers.
+
+    If the phone reconnected meanwhile (its new connection read its open
+    jobs before this one was committed), the job goes to the new connection
+    too: the phone keys its work by id, so a repeat costs nothing, and
+    without it the job would wait for the next reconnect."""
+    conn.inflight.add(message_id)
+    if not await conn.channel.offer(job):
+        conn.inflight.discard(message_id)
+        presence.room_freed(conn, time.monotonic())
+    current = presence.get(conn.device_id)
+    if current is not None and current is not conn and message_id not in current.inflight:
+        current.inflight.add(message_id)
+        if not await current.channel.offer(job):
+            current.inflight.discard(message_id)

@@ -1,0 +1,205 @@
+"""The send path (contract section 3): pick the freshest device with room,
+write the message in one statement, and hand the job to the phone once it
+is committed, or queue it when every device is at its rate.
+
+A job has one owner device at a time (`messages.device_id`) and every state
+is in PostgreSQL, so whatever this process holds in memory (timers, presence)
+can be rebuilt from the database after a restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+import uuid
+from typing import NamedTuple
+
+from broker import store
+from broker.clock import Month, utcnow
+from broker.delivery.channel import CloseReason, Job
+from broker.delivery.handoff import hand
+from broker.delivery.presence import Connection, Presence
+from broker.delivery.queue import Queue
+from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
+from broker.ops import metrics
+from protocol import lifecycle
+from protocol.api import DeviceRef, MessageData, SendResponse
+from protocol.api import encoder as api_encoder
+
+IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+_PICK_ATTEMPTS = 4
+_QUEUE_FULL_RETRY_S = 30
+
+
+class Sender:
+    def __init__(self, pool: store.Pool, presence: Presence, queue: Queue,
+                 max_queued: int = 10_000) -> None:
+        self.pool = pool
+        self.presence = presence
+        self.queue = queue
+        self.max_queued = max_queued
+        self._usage: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
+        self._month = Month()
+
+    async def _check_quota(self, account_id: uuid.UUID, monthly: int, now: dt.datetime) -> None:
+        """Monthly plan volume, counted in memory after one count per month.
+        Per process: several nodes may together overshoot by what is in flight."""
+        month = self._month.of(now)
+        cached = self._usage.get(account_id)
+        if cached is None or cached[0] != month:
+            count = await store.messages_this_month(self.pool, account_id, month)
+            cached = self._usage[account_id] = (month, count)
+        if cached[1] >= monthly:
+            raise Forbidden("Monthly message quota exceeded")
+
+    def _count(self, account_id: uuid.UUID) -> None:
+        month, n = self._usage.get(account_id, (self._month.of(utcnow()), 0))
+        self._usage[account_id] = (month, n + 1)
+
+    async def send(self, account_id: uuid.UUID, monthly: int, recipient: str, body: str,
+                   ttl_s: int | None, idempotency_key: str | None, raw_body: bytes,
+                   key_id: uuid.UUID | None = None, key_prefix: str | None = None) -> bytes:
+        """Accept one message; returns the 201 body. The row is committed and
+        the job handed to the phone before this returns."""
+        now = utcnow()
+        job = _NewJob(uuid.uuid4(), account_id, recipient, body,
+                      now + dt.timedelta(seconds=ttl_s) if ttl_s else None, now, key_id,
+                      key_prefix)
+        accepted: _Accepted | None = None
+        if idempotency_key is None:
+            await self._check_quota(account_id, monthly, now)
+            accepted = await self._accept(self.pool, job)
+        else:
+            request_hash = hashlib.sha256(raw_body).digest()
+            replay = await self._replay(account_id, idempotency_key, request_hash, now)
+            if replay is not None:
+                return replay
+            await self._check_quota(account_id, monthly, now)
+            # Claim the key first, in the message's own transaction: a twin
+            # request blocks on the key until we commit and then replays our
+            # response, so only one of them ever picks a device.
+            try:
+                async with self.pool.acquire() as db, db.transaction():
+                    if not await store.claim_idempotency(
+                            db, account_id, idempotency_key, request_hash, job.id, b"",
+                            now - IDEMPOTENCY_WINDOW):
+                        raise _LostRace()
+                    accepted = await self._accept(db, job)
+                    await store.set_idempotent_response(db, account_id, idempotency_key,
+                                                        accepted.response)
+            except _LostRace:
+                replay = await self._replay(account_id, idempotency_key, request_hash, now)
+                assert replay is not None, "idempotency row vanished under us"
+                return replay
+            except BaseException:
+                if accepted is not None and accepted.has_room:  # rolled back: nothing sent
+                    self._give_back(accepted.conn, accepted.mono)
+                raise
+        assert accepted is not None
+        await self._deliver(job, accepted)
+        return accepted.response
+
+    def _give_back(self, conn: Connection, mono: float) -> None:
+        """Undo a pacer take whose job never went out."""
+        conn.pacer.give_back(mono)
+        self.presence.room_freed(conn, time.monotonic())
+
+    async def _accept(self, db: store.Db, job: _NewJob) -> _Accepted:
+        """Pick the device and write the message (not yet the frame)."""
+        # A pick can name a device that was deactivated a moment ago (presence
+        # hears of it by NOTIFY, PostgreSQL knows at once): drop it, pick again.
+        for _ in range(_PICK_ATTEMPTS):
+            mono = time.monotonic()
+            picked = self.presence.pick(job.account_id, mono)
+            if picked is None:
+                break
+            conn, has_room = picked
+            status = lifecycle.DISPATCHING if has_room else lifecycle.QUEUED
+            if has_room:
+                conn.pacer.take(mono)  # before the await: a concurrent send sees it
+            else:
+                self.queue.filled(job.account_id)  # a job is queued from now
+                if await store.queued_count(db, job.account_id) >= self.max_queued:
+                    # A bounded queue: past it the client is told to come back,
+                    # rather than the backlog growing without end.
+                    metrics.SENDS.labels("queue_full").inc()
+                    raise Unavailable("Too many queued messages",
+                                      headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
+            try:
+                written = await store.insert_message(
+                    db, job.id, job.account_id, conn.device_id, job.recipient, job.body, status,
+                    job.expires_at, job.created_at, job.key_id, job.key_prefix)
+            except BaseException:
+                if has_room:
+                    self._give_back(conn, mono)
+                raise
+            if written == store.KEY_GONE:
+                if has_room:
+                    self._give_back(conn, mono)
+                raise KeyChanged()
+            if written == store.WRITTEN:
+                response = api_encoder.encode(SendResponse(
+                    statusCode=201, message="SMS queued for delivery",
+                    data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
+                                     status=status, device=DeviceRef(id=str(conn.device_id),
+                                                                     deviceName=conn.name)),
+                ))
+                return _Accepted(conn, has_room, mono, response)
+            if has_room:
+                self._give_back(conn, mono)  # nothing went to the phone
+            self.presence.unregister(conn)
+            await conn.channel.close(CloseReason.DEACTIVATED)
+        metrics.SENDS.labels("no_device").inc()
+        raise NoEligibleDevice()
+
+    async def _deliver(self, job: _NewJob, accepted: _Accepted) -> None:
+        """After the commit: the job frame to the phone, or a wake-up for the queue."""
+        self._count(job.account_id)
+        metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
+        if accepted.has_room:
+            metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
+            await hand(self.presence, accepted.conn, job.id,
+                       Job(id=str(job.id), recipient=job.recipient, message=job.body))
+            metrics.DISPATCH_LATENCY.observe(time.monotonic() - accepted.mono)
+            metrics.SENDS.labels("dispatching").inc()
+        else:
+            # Again after the commit: a drain that ran while this row was
+            # uncommitted found the queue empty and may have said so since.
+            self.queue.filled(job.account_id)
+            metrics.SENDS.labels("queued").inc()
+            self.queue.wake_at(job.account_id, self.presence.next_room_at(job.account_id,
+                                                                    accepted.mono))
+
+    async def _replay(self, account_id: uuid.UUID, key: str, request_hash: bytes,
+                      now: dt.datetime) -> bytes | None:
+        found = await store.idempotent_response(self.pool, account_id, key,
+                                                now - IDEMPOTENCY_WINDOW)
+        if found is None:
+            return None
+        if found.request_hash != request_hash:
+            raise Conflict("Idempotency-Key was already used with a different request body")
+        metrics.SENDS.labels("replayed").inc()
+        return found.response
+
+
+class _NewJob(NamedTuple):
+    id: uuid.UUID
+    account_id: uuid.UUID
+    recipient: str
+    body: str
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+    key_id: uuid.UUID | None  # the API key, checked again in the INSERT itself
+    key_prefix: str | None
+
+
+class _Accepted(NamedTuple):
+    conn: Connection
+    has_room: bool
+    mono: float
+    response: bytes
+
+
+class _LostRace(Exception):
+    """A concurrent request with the same Idempotency-Key committed first."""

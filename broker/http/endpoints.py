@@ -1,0 +1,123 @@
+"""Every HTTP endpoint of the client API, declared once (issue 9): the
+Starlette routes (`routes()`), the router-less hot paths (`fast_http()`) and
+/openapi.json (`openapi_endpoint`) are all made from `ENDPOINTS`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from broker.http.declaration import Endpoint, Handler, Wrap
+from broker.http.devices import create_device, list_devices
+from broker.http.docs import ASSETS_PATH, docs_asset, docs_page
+from broker.http.messages import (CURSOR, IDEMPOTENCY_KEY, LIMIT, MESSAGE_ID, STATUS, get_message,
+                                  list_messages, send_message, send_message_asgi)
+from broker.http.openapi import document
+from broker.http.ops import health, metrics_endpoint
+from broker.http.responses import JSON
+from protocol.api import (CreatedDevice, CreateDeviceRequest, DeviceInfo, HealthBody,
+                          MessageData, MessageDetail, SendRequest, SendResponse)
+
+
+async def openapi_endpoint(request: Request) -> Response:
+    return Response(_document_bytes(), media_type=JSON)
+
+
+@functools.cache
+def _document_bytes() -> bytes:
+    """Built on first use, then served as the same bytes."""
+    return msgspec.json.encode(document(ENDPOINTS))
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # Before /messages/{message_id}: the router takes the first full match.
+    Endpoint(
+        "POST", "/messages/send", send_message, "sendMessage",
+        "Queue one SMS on one of the account's phones",
+        "Stored and written to the phone's socket (`dispatching`), or waiting for room "
+        "(`queued`).",
+        scope="messages:send", status=201, body=SendRequest,
+        example=SendRequest(recipient="+212600000000", message="Your code is 4829"),
+        params=(IDEMPOTENCY_KEY,), response=SendResponse,
+        errors=(400, 401, 403, 405, 409, 413), asgi=send_message_asgi),
+    Endpoint(
+        "GET", "/messages/{message_id}", get_message, "getMessage",
+        "One message with its status history", "The message.",
+        scope="messages:read", params=(MESSAGE_ID,), response=MessageDetail,
+        wrap=Wrap.ONE, errors=(401, 403, 404, 405)),
+    Endpoint(
+        "GET", "/messages", list_messages, "listMessages",
+        "The account's messages, newest first",
+        "A page; `nextCursor` is there when more follow.",
+        scope="messages:read", params=(STATUS, LIMIT, CURSOR),
+        response=MessageData, wrap=Wrap.LIST, errors=(400, 401, 403, 405)),
+    Endpoint(
+        "GET", "/devices", list_devices, "listDevices",
+        "The account's phones and their presence", "Every device of the account.",
+        scope="devices:read", response=DeviceInfo, wrap=Wrap.LIST, errors=(401, 403, 405)),
+    Endpoint(
+        "POST", "/devices", create_device, "createDevice",
+        "Register a phone; its token is shown only in this response",
+        "The device and its token.",
+        scope="devices:write", status=201, body=CreateDeviceRequest,
+        example=CreateDeviceRequest(name="My Samsung S24"), response=CreatedDevice,
+        wrap=Wrap.ONE, errors=(400, 401, 403, 405, 413)),
+    Endpoint(
+        "GET", "/health", health, "health", "Liveness and database reachability",
+        "The database answers.", scope=None, response=HealthBody, errors=(405,),
+        # Degraded; or, in the error shape, shutting down or past the deadline.
+        also=((503, "Degraded: the database cannot be reached."),)),
+    Endpoint(
+        "GET", "/metrics", metrics_endpoint, "metrics", "Prometheus text exposition format",
+        "The metrics.", scope=None, media_type="text/plain", errors=(405,)),
+    Endpoint(
+        "GET", "/openapi.json", openapi_endpoint, "openapi", "This document",
+        "The OpenAPI document.", scope=None, errors=(405,)),
+    # In the document too: it is the page a person is sent to, and answers
+    # like any other path (405, request ids); its assets are not part of the API.
+    Endpoint(
+        "GET", "/docs", docs_page, "docs", "This document for a person (Swagger UI)",
+        "An HTML page that renders /openapi.json; it loads only the assets below "
+        f"{ASSETS_PATH}.", scope=None, media_type="text/html", errors=(405,)),
+    Endpoint(
+        "GET", ASSETS_PATH + "/{name}", docs_asset, "docsAsset",
+        "A file of the /docs page", "The file (CSS, JavaScript or PNG).", scope=None,
+        media_type="application/octet-stream",
+        errors=(404, 405), documented=False),
+)
+
+
+def routes(endpoints: Sequence[Endpoint] = ENDPOINTS) -> list[Route]:
+    """One Starlette Route per path, in declaration order; a path with more
+    than one method is one route, so that its 405 lists them all in Allow
+    (RFC 9110 section 15.5.6)."""
+    by_path: dict[str, list[Endpoint]] = {}
+    for e in endpoints:
+        by_path.setdefault(e.path, []).append(e)
+    return [Route(path, group[0].handler if len(group) == 1 else _by_method(group),
+                  methods=[e.method for e in group])
+            for path, group in by_path.items()]
+
+
+def _by_method(group: Sequence[Endpoint]) -> Handler:
+    handlers = {e.method: e.handler for e in group}
+    if "GET" in handlers:
+        handlers.setdefault("HEAD", handlers["GET"])  # Starlette lets HEAD in with GET
+
+    async def by_method(request: Request) -> Response:
+        handler = handlers[request.method]
+        request.scope["endpoint"] = handler  # the latency metric and log line name it
+        return await handler(request)
+
+    return by_method
+
+
+def fast_http(endpoints: Sequence[Endpoint] = ENDPOINTS) -> Mapping[tuple[str, str], ASGIApp]:
+    """The endpoints that answer without Starlette's router, for RequestContext."""
+    return {(e.method, e.path): e.asgi for e in endpoints if e.asgi is not None}

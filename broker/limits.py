@@ -1,0 +1,142 @@
+"""The broker's rate limiters, in one place. Times are passed in (monotonic
+seconds), so every rule is testable without a clock.
+
+`Window`: at most `limit` events in any `span_s` seconds, a rolling window
+(contract section 3: "rolling 60-second window"). It paces a device's sends
+(`limit` a minute) and counts a key's requests (`RateWindow`: one window per
+key). `FrameThrottle` is the token bucket of a phone's frames. A window holds at most `limit` timestamps, and none
+while nothing happened within its span (an idle phone's windows cost a few
+bytes, not a deque each).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+NO_LIMIT = 1 << 30  # what `room` says of a window with limit 0
+
+
+class Window:
+    """At most `limit` events in any `span_s` seconds (limit 0: no limit)."""
+
+    __slots__ = ("limit", "span_s", "_at")
+
+    def __init__(self, limit: int, span_s: float) -> None:
+        self.limit = limit
+        self.span_s = span_s
+        self._at: deque[float] | None = None  # the events still in the window, oldest first
+
+    def _trim(self, now: float) -> deque[float] | None:
+        at = self._at
+        if at is None:
+            return None
+        # The same expression as next_room_at's: with `now - a >= span` a float
+        # rounding could leave an event in the window at the very moment
+        # next_room_at named, and a caller waiting for that moment spun forever.
+        span = self.span_s
+        while at and at[0] + span <= now:
+            at.popleft()
+        if not at:
+            self._at = None
+            return None
+        return at
+
+    def room(self, now: float) -> int:
+        """How many more events fit now."""
+        if self.limit <= 0:
+            return NO_LIMIT
+        at = self._trim(now)
+        return self.limit - (len(at) if at is not None else 0)
+
+    def take(self, now: float) -> None:
+        """Count one event at `now` (the caller has checked `room`)."""
+        if self.limit > 0:
+            if self._at is None:
+                self._at = deque()
+            self._at.append(now)
+
+    def give_back(self, at: float) -> None:
+        """Undo a `take(at)` whose event never happened."""
+        if self._at is None:
+            return
+        try:
+            self._at.remove(at)
+        except ValueError:
+            pass  # already out of the window
+        if not self._at:
+            self._at = None
+
+    def next_room_at(self, now: float) -> float:
+        """When the next event fits (`now` if one fits now)."""
+        if self.room(now) > 0:
+            return now
+        assert self._at is not None  # full, so not empty
+        return self._at[0] + self.span_s
+
+    def hit(self, now: float) -> float | None:
+        """Count one event if it fits (None); else the seconds until one does."""
+        if self.room(now) > 0:
+            self.take(now)
+            return None
+        return self.next_room_at(now) - now
+
+    def __len__(self) -> int:
+        return len(self._at) if self._at is not None else 0
+
+
+class RateWindow:
+    """Per-key request limits: one `Window` of 60 s per key (contract: "per-
+    minute rate limit"). Per process: with several nodes each enforces it
+    alone (docs/OPERATIONS.md)."""
+
+    SPAN_S = 60.0
+
+    def __init__(self) -> None:
+        self._windows: dict[str, Window] = {}
+
+    def hit(self, key_id: str, limit: int, now: float) -> int | None:
+        """Count one request; None if allowed, else whole seconds (at least 1)
+        until one is (the `Retry-After`)."""
+        window = self._windows.get(key_id)
+        if window is None:
+            window = self._windows[key_id] = Window(limit, self.SPAN_S)
+        window.limit = limit
+        wait = window.hit(now)
+        return None if wait is None else max(1, math.ceil(wait))
+
+    def held(self, key_id: str) -> int:
+        """Requests of the key still in its window (for tests and metrics)."""
+        window = self._windows.get(key_id)
+        return len(window) if window is not None else 0
+
+
+class FrameThrottle:
+    """A phone's frames: a token bucket, `rate` a second and `burst` at once.
+    Past it the reader waits (the phone is throttled by TCP itself); a phone
+    that stays over it for `burst` frames in a row is flooding and is closed.
+
+    Not a `Window` on purpose: "over the rate for `burst` frames in a row"
+    needs the bucket's debt, which carries from one throttled frame to the
+    next; a rolling window frees its oldest events in bursts, and a flooding
+    phone would look calm every time one left."""
+
+    __slots__ = ("rate", "burst", "tokens", "at", "strikes")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at, self.strikes = float(burst), now, 0
+
+    def take(self, now: float) -> float | None:
+        """Seconds to wait before this frame may be handled (0: now), or
+        None: a flood, close the socket."""
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1.0
+        if self.tokens >= 0:
+            self.strikes = 0
+            return 0.0
+        self.strikes += 1
+        if self.strikes > self.burst:
+            return None
+        return -self.tokens / self.rate

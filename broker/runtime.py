@@ -1,0 +1,117 @@
+"""`Broker`: everything one broker process holds, and its start and stop.
+
+Handlers reach it as `request.app.state.broker`; app.py composes it with the
+routes. Nothing here knows a transport's wire: phones are `DeviceChannel`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from broker import store
+from broker.delivery.channel import CloseReason
+from broker.delivery.dispatch import Dispatcher
+from broker.delivery.presence import Presence
+from broker.delivery.sweeper import Sweeper
+from broker.keys import KeyCache
+from broker.limits import RateWindow
+from broker.lookups import Coalescer
+from broker.settings import Settings
+from broker.store.listener import Listener
+
+log = logging.getLogger("smsdora.runtime")
+
+
+class Broker:
+    """Everything one broker process holds; reached from handlers as
+    `request.app.state.broker`."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.secret = settings.server_secret()
+        self.presence = Presence()
+        self.rate_window = RateWindow()
+        self.key_cache: KeyCache[store.KeyRow] = KeyCache()
+        self.started_mono = time.monotonic()
+        self.draining = False  # set on SIGTERM: no new sends
+        self.pool: store.Pool = None  # type: ignore[assignment]  # set by start()
+        self.dispatcher: Dispatcher = None  # type: ignore[assignment]
+        # Device sockets' token checks: one query for the phones of a storm.
+        self.devices_by_token: Coalescer[str, store.DeviceRow] = Coalescer(self._devices_by_token)
+        self._flusher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
+                                            max_size=self.settings.pool_max)
+        self.dispatcher = Dispatcher(self.pool, self.presence,
+                                     max_queued=self.settings.max_queued_per_account)
+        await store.forget_node(self.pool, self.settings.node)
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_loop())
+        self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
+        self._listener = Listener(
+            self.database_url,
+            {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop},
+            on_connect=self.key_cache.clear)
+        self._listener.start()
+        await asyncio.wait_for(self._listener.connected.wait(), 10)
+
+    async def _devices_by_token(self, prefixes: list[str]) -> dict[str, store.DeviceRow]:
+        return await store.devices_by_token_prefix(self.pool, prefixes)
+
+    def keys_cached(self) -> bool:
+        """The key cache is trusted only while change notices can reach us."""
+        return self._listener is not None and self._listener.connected.is_set()
+
+    def _on_deactivated(self, payload: str) -> None:
+        """A device was deactivated (maybe by the CLI): drop its connection now."""
+        try:
+            conn = self.presence.get(uuid.UUID(payload))
+        except ValueError:
+            return
+        if conn is not None:
+            task = asyncio.get_running_loop().create_task(
+                conn.channel.close(CloseReason.DEACTIVATED))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+        await self.dispatcher.close()
+        await self.devices_by_token.close()
+        for conn in self.presence.all_connections():
+            await conn.channel.close(CloseReason.RESTARTING)
+        for task in (self._flusher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.flush_last_seen()
+        await self.pool.close()
+
+    async def flush_last_seen(self) -> None:
+        ids, seen, health, versions = self.presence.take_dirty()
+        if ids:
+            online = [self.presence.get(i) is not None for i in ids]
+            await store.flush_last_seen(self.pool, ids, seen, health, versions, online,
+                                        self.settings.node)
+
+    async def _flush_loop(self) -> None:
+        """Last-seen reaches PostgreSQL in batches, not once per frame."""
+        while True:
+            await asyncio.sleep(self.settings.last_seen_flush_s)
+            try:
+                await self.flush_last_seen()
+            except store.DATABASE_DOWN as err:
+                log.warning("last-seen flush failed", extra={"error": type(err).__name__})
+            except Exception:
+                log.exception("last-seen flush failed: batch dropped")

@@ -1,0 +1,164 @@
+"""A connected phone's session after `welcome`: read frames, hand reports to
+the delivery engine, write their answers in order (contract sections 4, 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from broker import store
+from broker.delivery.channel import NOT_STORED, CloseReason
+from broker.delivery.dispatch import Dispatcher
+from broker.delivery.presence import Connection, Presence
+from broker.delivery.reports import Result
+from broker.limits import FrameThrottle
+from broker.ops import metrics
+from broker.settings import Settings
+from broker.transports.ws.channel import CLOSE_POLICY, WsChannel, error_frame
+from protocol import frames
+
+log = logging.getLogger("smsdora.devices")
+_answering: set[asyncio.Task[None]] = set()  # phones' receipt writers (Answers)
+_PONG = frames.encode(frames.Pong())
+
+
+async def receive(ws: WebSocket) -> Any:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    return message
+
+
+def payload(message: Any) -> str | None:
+    """Text frames only: a binary frame is refused (None)."""
+    text = message.get("text")
+    return text if text is not None else None
+
+
+class Answers:
+    """A phone's reports between their group commit and their receipt.
+
+    The reader does not wait for a report's commit before it reads the next
+    frame: a phone with 30 jobs sends 90 reports, and one commit wait each,
+    in a row, made that phone's last report wait for all the others'.
+    Receipts still go out in the order the reports came (the report writer
+    commits in queue order), from one task per phone that lives only while
+    reports are in flight. At most MAX_IN_FLIGHT wait; past it the reader
+    waits too."""
+
+    MAX_IN_FLIGHT = 64
+
+    # Lean on purpose: one per phone that has reported (a list and no Event:
+    # an idle phone's memory is issue 5's budget, 30 KiB).
+    __slots__ = ("dispatcher", "conn", "channel", "queue", "task", "room")
+
+    def __init__(self, dispatcher: Dispatcher, conn: Connection, channel: WsChannel) -> None:
+        self.dispatcher = dispatcher
+        self.conn = conn
+        self.channel = channel
+        self.queue: list[tuple[str, asyncio.Future[Result]]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.room: asyncio.Future[None] | None = None  # the reader waits on it when full
+
+    async def add(self, message_id: str, result: asyncio.Future[Result]) -> None:
+        self.queue.append((message_id, result))
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._answer_all())
+            _answering.add(self.task)
+            self.task.add_done_callback(_answering.discard)
+        while len(self.queue) >= self.MAX_IN_FLIGHT:
+            self.room = loop.create_future()
+            await self.room
+
+    def _made_room(self) -> None:
+        if self.room is not None and not self.room.done():
+            self.room.set_result(None)
+
+    async def _answer_all(self) -> None:
+        channel = self.channel
+        while self.queue:
+            message_id, result = self.queue[0]
+            try:
+                answer = self.dispatcher.answer(self.conn, message_id, await result)
+            except store.DATABASE_DOWN:
+                answer = NOT_STORED
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("report failed: closing the socket",
+                              extra={"device_id": str(self.conn.device_id)})
+                await channel.close(CloseReason.INTERNAL_ERROR)
+                # Nothing more is answered on this socket (the phone sends
+                # its reports again on its next one); what is still queued,
+                # and whatever the reader adds meanwhile, is let go.
+                while self.queue:
+                    _, pending = self.queue.pop()
+                    pending.add_done_callback(_ignore_result)
+                self._made_room()
+                return
+            del self.queue[0]
+            self._made_room()
+            await channel.answer(message_id, answer)
+
+
+def _ignore_result(future: asyncio.Future[Result]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved"
+
+
+async def serve(presence: Presence, dispatcher: Dispatcher, settings: Settings, ws: WebSocket,
+                conn: Connection, channel: WsChannel) -> None:
+    """Read the phone's frames until its socket ends or a newer one replaces it."""
+    answers: Answers | None = None  # made at the phone's first report
+    throttle = FrameThrottle(settings.frame_rate, settings.frame_burst, time.monotonic())
+    while True:
+        message = await receive(ws)
+        if message is None:
+            return
+        if not presence.is_current(conn):
+            return  # replaced: the new connection owns the device now
+        wait = throttle.take(time.monotonic())
+        if wait is None:
+            metrics.FRAMES.labels("flood").inc()
+            log.warning("frame flood: closing", extra={"device_id": str(conn.device_id)})
+            await channel.close_with(CLOSE_POLICY, "too many frames")
+            return
+        if wait > 0:
+            metrics.FRAMES.labels("throttled").inc()
+            await asyncio.sleep(wait)
+        presence.touch(conn)
+        data = payload(message)
+        if data is None:
+            metrics.FRAMES.labels("binary").inc()
+            await channel.send_frame(error_frame(frames.BINARY_FRAME, "frames are JSON text"))
+            continue
+        try:
+            frame = frames.decode_device(data)
+        except frames.FrameError as err:
+            metrics.FRAMES.labels("invalid").inc()
+            await channel.send_frame(error_frame(err.code, err.detail))
+            continue
+        match frame:
+            case frames.Ack(id=message_id):
+                metrics.FRAMES.labels("ack").inc()
+                if answers is None:
+                    answers = Answers(dispatcher, conn, channel)
+                await answers.add(message_id, dispatcher.report(conn, message_id, "ack"))
+            case frames.Status(id=message_id, status=status, error=error):
+                metrics.FRAMES.labels("status").inc()
+                if answers is None:
+                    answers = Answers(dispatcher, conn, channel)
+                await answers.add(message_id, dispatcher.report(conn, message_id, status, error))
+            case frames.Ping(health=health):
+                metrics.FRAMES.labels("ping").inc()
+                if health is not None:
+                    presence.touch(conn, health)
+                await channel.send_frame(_PONG)
+            case frames.Hello():
+                metrics.FRAMES.labels("hello").inc()
+                await channel.send_frame(error_frame(frames.BAD_FRAME, "hello was already received"))
