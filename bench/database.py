@@ -76,7 +76,7 @@ async def create(dsn: str) -> str:
         await admin.close()
     db = await store.connect(dsn)
     try:
-        await store.apply_schema(db)
+        await store.migrate.migrate(db)
         await db.execute(CREATE_BASELINE)
         return str(await db.fetchval("SHOW server_version"))
     finally:

@@ -69,11 +69,6 @@ from broker.store.messages import (
 from broker.store.migrate import SchemaTooNew
 from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
 
-# `store.migrate.migrate(conn)` applies the missing migrations. apply_schema,
-# its name when one idempotent schema.sql was applied, stays for the callers
-# that still use it (tests/fault, tests/e2e, bench) until they move.
-apply_schema = migrate.migrate
-
 __all__ = [
     "DATABASE_DOWN",
     "DEVICE_DEACTIVATED",
@@ -101,7 +96,6 @@ __all__ = [
     "Unacked",
     "account_by_email",
     "account_by_id",
-    "apply_schema",
     "claim_idempotency",
     "claim_queued",
     "connect",

@@ -536,28 +536,5 @@ async def test_write_history_records_without_moving_status(conn: asyncpg.Connect
         "SELECT count(*) FROM message_history WHERE message_id = $1 AND status = 'sent'", mid) == 1
 
 
-# --- schema -----------------------------------------------------------------
-
-
-async def test_apply_schema_is_idempotent(database_url: str, conn: asyncpg.Connection,
-                                          db: asyncpg.Connection) -> None:
-    acc = await account(conn)
-    raw = await store.connect(database_url)
-    try:
-        await store.apply_schema(raw)
-        await store.apply_schema(raw)
-    finally:
-        await raw.close()
-    # Two processes at once wait for each other on the advisory lock.
-    pair = [await store.connect(database_url) for _ in range(2)]
-    try:
-        await asyncio.gather(*(store.apply_schema(c) for c in pair))
-    finally:
-        for c in pair:
-            await c.close()
-    assert await db.fetchval("SELECT count(*) FROM plans WHERE name = 'default'") == 1
-    assert await store.account_by_id(conn, acc.id) == acc  # data survives
-
-
 async def test_ping(conn: asyncpg.Connection) -> None:
     await store.ping(conn)

@@ -54,7 +54,7 @@ def own_pg(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         await conn.execute("CREATE DATABASE outage")
         await conn.close()
         conn = await store.connect(admin.replace("/postgres?", "/outage?"))
-        await store.apply_schema(conn)
+        await store.migrate.migrate(conn)
         await conn.close()
     asyncio.run(setup())
     try:

@@ -100,7 +100,7 @@ async def prepare(admin_dsn: str, phones: int) -> Tenant:
     secret = SECRET.encode()
     db = await store.connect(dsn)
     try:
-        await store.apply_schema(db)
+        await store.migrate.migrate(db)
         account = await store.create_account(db, "soak@example.com", "default", None)
         key, prefix = keys.make_secret(keys.KEY_KIND)
         await store.insert_key(db, account.id, "soak", prefix, keys.digest(secret, key),
