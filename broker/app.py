@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 
 from broker import http
-from broker.transports.ws.endpoint import device_socket
 from broker.runtime import Broker
 from broker.settings import Settings
+from broker.transports.ws.endpoint import device_socket
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:

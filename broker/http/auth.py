@@ -37,7 +37,7 @@ async def authenticate(request: Request, scope: str, *, cached: bool = False) ->
         raise Unauthorized("Invalid API key")
     if key.revoked:
         raise Unauthorized("API key revoked")
-    if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.timezone.utc):
+    if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
         raise Unauthorized("API key expired")
     if not keys.has_scope(key.scopes, scope):
         raise Forbidden(f"Missing {scope} scope")

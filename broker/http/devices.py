@@ -29,7 +29,7 @@ async def list_devices(request: Request) -> Response:
 def _info(broker: Broker, d: store.DeviceRow) -> DeviceInfo:
     # Online, or gone so recently that last-seen is not flushed yet.
     conn = broker.presence.get(d.id) or broker.presence.unflushed(d.id)
-    last_seen = (dt.datetime.fromtimestamp(conn.last_seen_at, dt.timezone.utc)
+    last_seen = (dt.datetime.fromtimestamp(conn.last_seen_at, dt.UTC)
                  if conn is not None else d.last_seen_at)
     if conn is not None and conn.health is not None:
         health: DeviceHealth | None = DeviceHealth(

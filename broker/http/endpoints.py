@@ -16,13 +16,30 @@ from starlette.types import ASGIApp
 from broker.http.declaration import Endpoint, Handler, Wrap
 from broker.http.devices import create_device, list_devices
 from broker.http.docs import ASSETS_PATH, docs_asset, docs_page
-from broker.http.messages import (CURSOR, IDEMPOTENCY_KEY, LIMIT, MESSAGE_ID, STATUS, get_message,
-                                  list_messages, send_message, send_message_asgi)
+from broker.http.messages import (
+    CURSOR,
+    IDEMPOTENCY_KEY,
+    LIMIT,
+    MESSAGE_ID,
+    STATUS,
+    get_message,
+    list_messages,
+    send_message,
+    send_message_asgi,
+)
 from broker.http.openapi import document
 from broker.http.ops import health, metrics_endpoint
 from broker.http.responses import JSON
-from protocol.api import (CreatedDevice, CreateDeviceRequest, DeviceInfo, HealthBody,
-                          MessageData, MessageDetail, SendRequest, SendResponse)
+from protocol.api import (
+    CreatedDevice,
+    CreateDeviceRequest,
+    DeviceInfo,
+    HealthBody,
+    MessageData,
+    MessageDetail,
+    SendRequest,
+    SendResponse,
+)
 
 
 async def openapi_endpoint(request: Request) -> Response:

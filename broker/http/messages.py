@@ -11,14 +11,12 @@ from starlette.types import Receive, Scope, Send
 
 from broker import store
 from broker.clock import iso
-from broker.errors import (BadRequest, BrokerError, KeyChanged, MethodNotAllowed, NotFound,
-                           Unavailable)
+from broker.errors import BadRequest, BrokerError, KeyChanged, MethodNotAllowed, NotFound, Unavailable
 from broker.http.auth import authenticate
 from broker.http.params import Choice, Cursor, Header, Integer, PathId
 from broker.http.responses import JSON, decode, error_response, ok, read_body
 from protocol import lifecycle
-from protocol.api import (DeviceRef, HistoryEntry, MessageData, MessageDetail,
-                          send_request_decoder)
+from protocol.api import DeviceRef, HistoryEntry, MessageData, MessageDetail, send_request_decoder
 
 if TYPE_CHECKING:
     from broker.runtime import Broker

@@ -83,7 +83,7 @@ class RequestContext:
                         await self._fast_app(scope, receive, send_with_id)
                     else:
                         await self.app(scope, receive, send_with_id)
-            except Exception as exc:  # noqa: BLE001 - answered in the error shape, logged
+            except Exception as exc:
                 # Here rather than in Starlette's outermost handler, so that the
                 # answer and the log line both carry the request id.
                 response = unexpected(exc)

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from starlette.requests import Request
 
-from broker.http import api, responses
 from broker.errors import BadRequest, PayloadTooLarge
+from broker.http import api, responses
 from protocol.api import MAX_BODY_BYTES, HealthBody, send_request_decoder
 
 # --- validation_text -------------------------------------------------------
