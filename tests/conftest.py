@@ -16,7 +16,10 @@ tests/e2e/conftest.py.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from broker import keys, store
+from broker.delivery.channel import Answer, CloseReason, Job
+from broker.delivery.presence import Connection, Presence
 from broker.ops import embedded_pg
 from broker.store import migrate
 
@@ -146,3 +152,78 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+# --- the delivery engine's stand-ins and rows (tests/broker/) ---------------
+
+
+class RecordingChannel:
+    """A `DeviceChannel` (broker/delivery/channel.py) that records what the
+    engine asked of the phone."""
+
+    def __init__(self) -> None:
+        self.offered: list[Job] = []
+        self.cancelled: list[tuple[str, str]] = []
+        self.answered: list[tuple[str, Answer]] = []
+        self.closed: list[CloseReason] = []
+
+    async def offer(self, job: Job) -> bool:
+        self.offered.append(job)
+        return True
+
+    async def cancel(self, message_id: str, reason: str) -> bool:
+        self.cancelled.append((message_id, reason))
+        return True
+
+    async def answer(self, message_id: str, answer: Answer) -> bool:
+        self.answered.append((message_id, answer))
+        return True
+
+    async def close(self, reason: CloseReason) -> None:
+        self.closed.append(reason)
+
+
+async def new_account(db: store.Db, plan: str = "default") -> store.Account:
+    return await store.create_account(db, f"{uuid.uuid4().hex[:12]}@example.com", plan, None)
+
+
+async def new_device(db: store.Conn, account: store.Account, name: str = "phone",
+                     send_rate: int = 0) -> store.DeviceRow:
+    """A registered phone (its token thrown away) straight through the store."""
+    full, prefix = keys.make_secret(keys.TOKEN_KIND)
+    return await store.insert_device(db, account.id, name, prefix,
+                                     keys.digest(b"test-secret", full), send_rate)
+
+
+async def new_message(db: store.Db, account: store.Account, device: store.DeviceRow,
+                      status: str = "queued", error: str | None = None) -> uuid.UUID:
+    """A message of `device` in `status` (written as the send path writes
+    it; `error` as a failure would leave it)."""
+    message_id = uuid.uuid4()
+    written = await store.insert_message(db, message_id, account.id, device.id, "+16502530000",
+                                         "hello", status, None, dt.datetime.now(dt.UTC))
+    assert written == store.WRITTEN
+    if error is not None:
+        await db.execute("UPDATE messages SET error = $2 WHERE id = $1", message_id, error)
+    return message_id
+
+
+@pytest.fixture
+async def pool(db: asyncpg.Connection, database_url: str) -> AsyncIterator[store.Pool]:
+    """A small broker pool on the emptied database (`db` empties it first)."""
+    p = await store.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def online(presence: Presence, device: store.DeviceRow,
+           window: int = 0) -> tuple[Connection, RecordingChannel]:
+    """`device` connected now, on a RecordingChannel, as the freshest of its
+    account; `window`: its in-flight window (0: none)."""
+    channel = RecordingChannel()
+    conn = Connection(device.id, device.account_id, device.name, channel,
+                      presence.pacer(device.id, device.send_rate), time.time(), window)
+    presence.register(conn)
+    return conn, channel
