@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -44,6 +47,18 @@ TEST_PGDATA = REPO / ".smsdora" / "test-pg"
 TABLES = "accounts, api_keys, devices, messages, message_history, idempotency_keys"
 # `plans` as the migrations left it (the `default` plan), for `db` to restore.
 _FRESH_PLANS: list[asyncpg.Record] = []
+
+
+def error(status: int, message: str) -> dict[str, Any]:
+    """The contract's error shape; `error` is the HTTP reason phrase."""
+    return {"statusCode": status, "message": message, "error": http.HTTPStatus(status).phrase}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def with_database(dsn: str, name: str) -> str:

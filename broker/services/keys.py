@@ -23,7 +23,7 @@ async def create(db: store.Db, server_secret: bytes, account_id: uuid.UUID, name
         checked = keys.check_scopes(scopes or list(keys.DEFAULT_SCOPES))
     except ValueError as err:
         raise BadRequest(str(err)) from None
-    expires_at = utcnow() + dt.timedelta(seconds=expires_in_s) if expires_in_s else None
+    expires_at = None if expires_in_s is None else utcnow() + dt.timedelta(seconds=expires_in_s)
     full, prefix = keys.make_secret(keys.KEY_KIND)
     row = await store.insert_key(db, account_id, name, prefix, keys.digest(server_secret, full),
                                  checked, rate_limit, expires_at)

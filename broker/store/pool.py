@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias, TypeVar
 
 import asyncpg
 import asyncpg.pool
@@ -14,6 +14,7 @@ import msgspec
 # is built by broker/store/migrate.py.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 
+T = TypeVar("T")
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 
@@ -70,7 +71,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
-def rows_of(cls: type[Any], records: list[asyncpg.Record]) -> list[Any]:
+def rows_of(cls: type[T], records: list[asyncpg.Record]) -> list[T]:
     return [cls(**dict(r)) for r in records]
 
 

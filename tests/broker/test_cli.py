@@ -12,7 +12,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from broker.app import create_app
 from broker.ops import server
 from broker.settings import Settings
 from broker.store import migrate
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -377,9 +377,7 @@ def test_send_through_a_simulated_phone(run: Cli, broker_url: str, database_url:
 
 
 def test_send_to_a_closed_port_exits_1(run: Cli) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run("send", "--key", "k", "--url", f"http://127.0.0.1:{port}", "+16502530000", "x", code=1)
     assert "cannot reach the broker" in run.err
     assert "cannot reach" in run.json("send", "--key", "k", "--url", f"http://127.0.0.1:{port}",
@@ -395,9 +393,7 @@ def test_device_sim_with_a_refused_token_exits_2(run: Cli, broker_url: str) -> N
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_serve_runs_the_broker_until_stopped(run: Cli, database_url: str, tmp_path: Path,
                                              stop: signal.Signals) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "SMSDORA_HOME": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import Request
 
 from broker.errors import BadRequest, PayloadTooLarge
-from broker.http import api, responses
+from broker.http import responses
 from protocol.api import MAX_BODY_BYTES, HealthBody, send_request_decoder
 
 # --- validation_text -------------------------------------------------------
@@ -133,10 +133,6 @@ def test_error_response_shape(status: int, phrase: str) -> None:
     assert resp.headers["content-type"].startswith("application/json")
     assert resp.headers["retry-after"] == "7"
     assert json.loads(bytes(resp.body)) == {"statusCode": status, "message": "Some text", "error": phrase}
-
-
-def test_error_response_is_importable_from_api_until_transports_move() -> None:
-    assert api.error_response is responses.error_response
 
 
 def test_ok_is_the_envelope_and_next_cursor_only_when_given() -> None:

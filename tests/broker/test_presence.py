@@ -12,33 +12,12 @@ import datetime as dt
 import time
 import uuid
 
-from broker.delivery.channel import Answer, CloseReason, Job
 from broker.delivery.presence import PACING_WINDOW_S, Connection, Presence
 from broker.limits import Window
 from protocol.frames import Health
+from tests.conftest import RecordingChannel
 
 ACCOUNT = uuid.uuid4()
-
-
-class RecordingChannel:
-    """A stand-in DeviceChannel: it records what it was asked to do."""
-
-    def __init__(self) -> None:
-        self.offered: list[Job] = []
-        self.closed: list[CloseReason] = []
-
-    async def offer(self, job: Job) -> bool:
-        self.offered.append(job)
-        return True
-
-    async def cancel(self, message_id: str, reason: str) -> bool:
-        return True
-
-    async def answer(self, message_id: str, answer: Answer) -> bool:
-        return True
-
-    async def close(self, reason: CloseReason) -> None:
-        self.closed.append(reason)
 
 
 def connect(presence: Presence, *, device_id: uuid.UUID | None = None, rate: int = 30,

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,16 +24,13 @@ from broker import keys, store
 from broker.app import Broker, create_app
 from broker.ops.server import uvicorn_config
 from broker.settings import Settings
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(30)
 SECRET = b"e2e-server-secret-0123456789abcdef"
 WAIT_S = 5.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = WAIT_S,

@@ -4,7 +4,6 @@ and 7): 401, 403 and rotation, each asserted as the whole error body."""
 from __future__ import annotations
 
 import datetime as dt
-import http as httplib
 import time
 from typing import Any
 
@@ -13,14 +12,12 @@ import httpx
 import pytest
 
 from broker import keys, store
+from tests.conftest import error
 from tests.e2e.conftest import SECRET, Account, PhoneFactory, Server, send_sms, wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
 
-def error(status: int, message: str) -> dict[str, Any]:
-    """The contract's error shape; `error` is the HTTP reason phrase."""
-    return {"statusCode": status, "message": message, "error": httplib.HTTPStatus(status).phrase}
 
 
 async def count_messages(db: asyncpg.Connection) -> int:

@@ -4,10 +4,8 @@ and the request id every response carries."""
 
 from __future__ import annotations
 
-import http as httplib
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import asyncpg
 import httpx
@@ -15,15 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.ops import logs
-from tests.e2e.conftest import (Account, PhoneFactory, Server, logging_to, send_sms,
-                                wait_for)
+from tests.conftest import error
+from tests.e2e.conftest import Account, PhoneFactory, Server, logging_to, send_sms, wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
 
-def error(status: int, message: str) -> dict[str, Any]:
-    """The contract's error shape; `error` is the HTTP reason phrase."""
-    return {"statusCode": status, "message": message, "error": httplib.HTTPStatus(status).phrase}
 
 
 # --- GET /health ------------------------------------------------------------------------

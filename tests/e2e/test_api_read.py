@@ -5,7 +5,6 @@ presence, POST /devices, and that no account ever sees another's data."""
 from __future__ import annotations
 
 import datetime as dt
-import http as httplib
 from typing import Any
 
 import asyncpg
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from broker.settings import Settings
+from tests.conftest import error
 from tests.e2e.conftest import Account, Device, PhoneFactory, send_sms, wait_for
 
 pytestmark = pytest.mark.timeout(20)
@@ -25,9 +25,6 @@ def broker_settings(broker_settings: Settings) -> Settings:
     return broker_settings.with_(last_seen_flush_s=30.0)
 
 
-def error(status: int, message: str) -> dict[str, Any]:
-    """The contract's error shape; `error` is the HTTP reason phrase."""
-    return {"statusCode": status, "message": message, "error": httplib.HTTPStatus(status).phrase}
 
 
 def parse_at(text: str) -> dt.datetime:

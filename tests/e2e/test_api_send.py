@@ -7,7 +7,6 @@ as the whole `{"statusCode", "message", "error"}` body."""
 from __future__ import annotations
 
 import asyncio
-import http as httplib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from broker import store
+from tests.conftest import error
 from tests.e2e.conftest import Account, PhoneFactory, send_sms, wait_for
 
 pytestmark = pytest.mark.timeout(20)
@@ -27,9 +27,6 @@ pytestmark = pytest.mark.timeout(20)
 MAX_BODY = 64 * 1024
 
 
-def error(status: int, message: str) -> dict[str, Any]:
-    """The contract's error shape; `error` is the HTTP reason phrase."""
-    return {"statusCode": status, "message": message, "error": httplib.HTTPStatus(status).phrase}
 
 
 async def count_messages(db: asyncpg.Connection) -> int:

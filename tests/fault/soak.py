@@ -44,13 +44,13 @@ import httpx
 
 from broker import store
 from broker.device_sim import DeviceRejected
+from tests.conftest import free_port
 from tests.fault.invariants import Check, Evidence, Row, Step, check_all, final_counts, is_final
 from tests.fault.phones import SoakPhone, SoakSim
 from tests.fault.services import (
     BrokerProcess,
     Postgres,
     errors,
-    free_port,
     prepare,
     tail,
     wait_healthy,

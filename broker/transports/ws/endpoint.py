@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 from broker import keys, store
 from broker.delivery.channel import CloseReason
 from broker.delivery.presence import Connection
-from broker.http.api import error_response
+from broker.http.responses import error_response
 from broker.ops import metrics
 from broker.transports.ws import session
 from broker.transports.ws.channel import CLOSE_POLICY, CLOSE_PROTOCOL, WsChannel, error_frame
