@@ -176,7 +176,8 @@ class RecordingChannel:
     """A `DeviceChannel` (broker/delivery/channel.py) that records what the
     engine asked of the phone."""
 
-    def __init__(self) -> None:
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept  # False: the connection is gone, nothing is taken
         self.offered: list[Job] = []
         self.cancelled: list[tuple[str, str]] = []
         self.answered: list[tuple[str, Answer]] = []
@@ -184,15 +185,15 @@ class RecordingChannel:
 
     async def offer(self, job: Job) -> bool:
         self.offered.append(job)
-        return True
+        return self.accept
 
     async def cancel(self, message_id: str, reason: str) -> bool:
         self.cancelled.append((message_id, reason))
-        return True
+        return self.accept
 
     async def answer(self, message_id: str, answer: Answer) -> bool:
         self.answered.append((message_id, answer))
-        return True
+        return self.accept
 
     async def close(self, reason: CloseReason) -> None:
         self.closed.append(reason)
