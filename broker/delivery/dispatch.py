@@ -120,12 +120,16 @@ class Dispatcher:
         if outcome.kind is lifecycle.Kind.CANCEL:
             return Cancel(result.error or "failed")
         assert outcome.receipt is not None
-        return Receipt(outcome.receipt)
+        return _RECEIPTS[outcome.receipt]
 
     async def close(self) -> None:
         await self.queue.close()
         await self.reports.close()
         await self.open_jobs.close()
+
+
+# Built once: a receipt per status (the answer to almost every report).
+_RECEIPTS: dict[str, Receipt] = {status: Receipt(status) for status in lifecycle.STATUSES}
 
 
 def parse_id(raw: str) -> uuid.UUID | None:
