@@ -218,7 +218,7 @@ async def new_message(db: store.Db, account: store.Account, device: store.Device
     message_id = uuid.uuid4()
     written = await store.insert_message(db, message_id, account.id, device.id, "+16502530000",
                                          "hello", status, None, dt.datetime.now(dt.UTC))
-    assert written == store.WRITTEN
+    assert written is store.Inserted.WRITTEN
     if error is not None:
         await db.execute("UPDATE messages SET error = $2 WHERE id = $1", message_id, error)
     return message_id

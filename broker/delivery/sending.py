@@ -134,11 +134,11 @@ class Sender:
                 if has_room:
                     self._give_back(conn, mono)
                 raise
-            if written == store.KEY_GONE:
+            if written is store.Inserted.KEY_GONE:
                 if has_room:
                     self._give_back(conn, mono)
                 raise KeyChanged()
-            if written == store.WRITTEN:
+            if written is store.Inserted.WRITTEN:
                 response = api_encoder.encode(SendResponse(
                     statusCode=201, message="SMS queued for delivery",
                     data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,

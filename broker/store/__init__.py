@@ -53,11 +53,9 @@ from broker.store.keys import (
     rotate_key,
 )
 from broker.store.messages import (
-    DEVICE_GONE,
-    KEY_GONE,
-    WRITTEN,
     HistoryRow,
     Idempotent,
+    Inserted,
     MessageRow,
     claim_idempotency,
     get_message,
@@ -72,11 +70,8 @@ from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connec
 __all__ = [
     "DATABASE_DOWN",
     "DEVICE_DEACTIVATED",
-    "DEVICE_GONE",
     "KEY_CHANGED",
-    "KEY_GONE",
     "SCHEMA_PATH",
-    "WRITTEN",
     "Account",
     "Conn",
     "Db",
@@ -86,6 +81,7 @@ __all__ = [
     "Held",
     "HistoryRow",
     "Idempotent",
+    "Inserted",
     "Job",
     "KeyRow",
     "MessageRow",

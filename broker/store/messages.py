@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 
 import msgspec
@@ -57,13 +58,19 @@ WITH ok AS (
 SELECT key_ok, device_ok FROM ok
 """
 
-WRITTEN, KEY_GONE, DEVICE_GONE = "written", "key", "device"
+class Inserted(enum.Enum):
+    """What `insert_message` did."""
+
+    WRITTEN = "written"
+    KEY_GONE = "key"  # the API key was revoked, rotated or expired meanwhile: nothing written
+    DEVICE_GONE = "device"  # the device was deactivated meanwhile: nothing written
 
 
 async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
                          device_id: uuid.UUID, recipient: str, body: str, status: str,
                          expires_at: dt.datetime | None, created_at: dt.datetime,
-                         key_id: uuid.UUID | None = None, key_prefix: str | None = None) -> str:
+                         key_id: uuid.UUID | None = None,
+                         key_prefix: str | None = None) -> Inserted:
     """The message and its first history rows, in one statement, checked in
     the same statement against what presence and the key cache may not have
     heard of yet: the API key (revoked, rotated, expired: KEY_GONE) and the
@@ -72,8 +79,8 @@ async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
                           status, expires_at, created_at, key_id, key_prefix)
     assert r is not None  # the statement always answers one row
     if not r["key_ok"]:
-        return KEY_GONE
-    return WRITTEN if r["device_ok"] else DEVICE_GONE
+        return Inserted.KEY_GONE
+    return Inserted.WRITTEN if r["device_ok"] else Inserted.DEVICE_GONE
 
 
 async def idempotent_response(db: Db, account_id: uuid.UUID, key: str,

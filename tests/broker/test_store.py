@@ -321,6 +321,30 @@ async def test_insert_message_queued(conn: asyncpg.Connection, db: asyncpg.Conne
     assert await history(db, mid) == [("queued", at)]
 
 
+async def test_insert_message_checks_key_and_device_in_the_same_statement(
+        conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
+    """What presence and the key cache may not have heard of yet: nothing is
+    written for a key revoked or a device deactivated a moment ago."""
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    _, k = await key(conn, acc)
+    now = dt.datetime.now(UTC)
+
+    async def insert(key_prefix: str | None = k.prefix) -> tuple[store.Inserted, int]:
+        mid = uuid.uuid4()
+        got = await store.insert_message(conn, mid, acc.id, dev.id, "+16502530000", "x",
+                                         "dispatching", None, now, k.id, key_prefix)
+        return got, await db.fetchval("SELECT count(*) FROM messages WHERE id = $1", mid)
+
+    assert await insert() == (store.Inserted.WRITTEN, 1)
+    assert await insert(key_prefix="00000000") == (store.Inserted.KEY_GONE, 0)  # rotated
+    await store.revoke_key(conn, k.id)
+    assert await insert() == (store.Inserted.KEY_GONE, 0)
+    await db.execute("UPDATE api_keys SET revoked = false WHERE id = $1", k.id)
+    await store.deactivate_device(conn, dev.id)
+    assert await insert() == (store.Inserted.DEVICE_GONE, 0)
+
+
 async def test_get_message_history_oldest_first(conn: asyncpg.Connection,
                                                 db: asyncpg.Connection) -> None:
     acc = await account(conn)
