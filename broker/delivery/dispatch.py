@@ -37,6 +37,8 @@ class Dispatcher:
 
         # Phones' connects: one query for the phones of a reconnect storm.
         self.open_jobs: Coalescer[uuid.UUID, store.OpenJobs] = Coalescer(fetch_open_jobs)
+        # The send path and the queue's kick, reached through this door
+        # without a forwarding call of their own (the send is the hot path).
         self.send = self.sender.send
         self.kick = self.queue.kick
 
