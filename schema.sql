@@ -2,7 +2,8 @@
 -- broker.store.dump_schema) writes it from a database freshly migrated with
 -- broker/store/migrations/NNNN_*.sql. Do not edit it; add a migration. The
 -- comments that explain the tables are in the migrations. Data is not
--- dumped: 0001 also inserts the `default` plan.
+-- dumped: 0001 also inserts the `default` plan. To make a database, run
+-- `smsdora migrate`, not this file: it is for reading.
 
 --
 -- Name: smsdora_key_changed(); Type: FUNCTION; Schema: public; Owner: -

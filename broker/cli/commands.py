@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from broker import store
+from broker import keys, store
 from broker.cli.common import SHOWN_ONCE, CliError, Failed, Output, account_of, email_of, parse_id
 from broker.clock import iso
 from broker.errors import BrokerError
@@ -60,10 +60,15 @@ def _key_info(row: store.KeyRow) -> dict[str, Any]:
 
 async def keys_create(db: asyncpg.Connection, args: argparse.Namespace,
                       settings: Settings) -> Output:
+    try:
+        # A bad scope is named before an unknown account, as it always was.
+        scopes = keys.check_scopes(args.scope or list(keys.DEFAULT_SCOPES))
+    except ValueError as err:
+        raise CliError(str(err)) from None
     account = await account_of(db, args.account)
     try:
         row, full = await key_service.create(db, settings.server_secret(), account.id, args.name,
-                                             args.scope or [], args.rate_limit, args.expires_in)
+                                             scopes, args.rate_limit, args.expires_in)
     except BrokerError as err:
         raise CliError(err.message) from None
     info = _key_info(row)

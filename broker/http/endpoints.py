@@ -132,6 +132,9 @@ def _by_method(group: Sequence[Endpoint]) -> Handler:
         request.scope["endpoint"] = handler  # the latency metric and log line name it
         return await handler(request)
 
+    # What a request the router refuses before any handler (a 405) is named
+    # by: the path, as the route of both methods was named before issue 9.
+    by_method.__name__ = group[0].path.strip("/").replace("/", "_") or "root"
     return by_method
 
 

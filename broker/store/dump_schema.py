@@ -37,7 +37,8 @@ HEADER = """\
 -- broker.store.dump_schema) writes it from a database freshly migrated with
 -- broker/store/migrations/NNNN_*.sql. Do not edit it; add a migration. The
 -- comments that explain the tables are in the migrations. Data is not
--- dumped: 0001 also inserts the `default` plan.
+-- dumped: 0001 also inserts the `default` plan. To make a database, run
+-- `smsdora migrate`, not this file: it is for reading.
 """
 
 # What differs run to run or between pg_dump versions, or only sets up

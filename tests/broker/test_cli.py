@@ -171,6 +171,9 @@ def test_keys_create_refuses_bad_values(run: Cli, database_url: str) -> None:
                                        "--scope", "messages:sned", code=2)["error"]
     run("keys", "create", "--account", "nobody@example.com", code=2)
     assert "no account with email" in run.err
+    # Both wrong: the scope is named first, as before the layout of issue 9.
+    run("keys", "create", "--account", "nobody@example.com", "--scope", "admin", code=2)
+    assert "unknown scope" in run.err
     with pytest.raises(SystemExit):  # argparse: usage error
         cli.main(["keys", "create", "--account", "a@example.com", "--rate-limit", "0"])
     assert _sql(database_url, "SELECT count(*) FROM api_keys")[0][0] == 0

@@ -128,3 +128,6 @@ async def test_a_path_of_two_methods_is_one_route_answering_each() -> None:
         assert response.body == body, method
         # The metric names the handler that ran, not the dispatcher.
         assert request.scope["endpoint"].__name__ == name
+    # A method the path does not take is refused before any handler runs:
+    # the metric and log line name the path then.
+    assert route.endpoint.__name__ == "things"
