@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from broker.ops.collector import Collector
 from broker.settings import Settings
+from protocol.api import ErrorBody
+from protocol.api import encoder as api_encoder
 
 if TYPE_CHECKING:
     import uvicorn
@@ -90,6 +92,21 @@ def _http_protocol() -> type:
         def handle_websocket_upgrade(self) -> None:
             super().handle_websocket_upgrade()
             self.parser = None  # type: ignore[assignment]
+
+        def send_400_response(self, msg: str) -> None:
+            """A request httptools cannot parse (a malformed header, say)
+            answered in the contract's error shape, not uvicorn's plain
+            text: every error is JSON (contract section 3, Errors)."""
+            body = api_encoder.encode(ErrorBody(statusCode=400, message=msg,
+                                                error="Bad Request"))
+            content = [b"HTTP/1.1 400 Bad Request\r\n"]
+            for name, value in self.server_state.default_headers:
+                content.extend([name, b": ", value, b"\r\n"])
+            content.extend([b"content-type: application/json\r\n",
+                            b"content-length: " + str(len(body)).encode() + b"\r\n",
+                            b"connection: close\r\n\r\n", body])
+            self.transport.write(b"".join(content))
+            self.transport.close()
 
     return BrokerHttpProtocol
 

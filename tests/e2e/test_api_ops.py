@@ -4,6 +4,8 @@ and the request id every response carries."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Iterator
 
@@ -138,6 +140,30 @@ async def test_wrong_method_is_405_in_the_error_shape(http: httpx.AsyncClient,
         assert (r.status_code, r.json()) == (405, error(405, "Method Not Allowed")), \
             (method, path)
         assert r.headers["allow"], (method, path)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /health HTTP/1.1\r\nHost: x\r\ncontent-length: {f{Y\r\n\r\n",  # found by schemathesis
+    b"GET /health HTTP/1.1\r\nHo st: x\r\n\r\n",
+    b"NOT HTTP AT ALL\r\n\r\n",
+])
+async def test_a_request_that_cannot_be_parsed_is_400_in_the_error_shape(
+        server: Server, request_bytes: bytes) -> None:
+    """uvicorn answers these itself, before any route; in plain text it would
+    break "every error is JSON" (contract section 3)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)  # the server closes after it
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 400 Bad Request"
+    assert "content-type: application/json" in [h.lower() for h in lines[1:]]
+    assert json.loads(body) == error(400, "Invalid HTTP request received.")
 
 
 async def test_get_on_messages_send_is_405_not_a_message_lookup(
