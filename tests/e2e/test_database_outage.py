@@ -88,6 +88,10 @@ async def test_sends_during_an_outage_are_503_and_the_broker_heals(
     device = await account.make_device()
     await db.close()
     phone = await connect_phone(outage_server, device.token)
+    # The session reads frames only once the connect's own reads are done: a
+    # pong says they are, so the outage below cannot fall on them (it would
+    # close the phone with 1013, rightly, and this test is about what follows).
+    assert await phone.ask({"type": "ping"}) == {"type": "pong"}
     async with httpx.AsyncClient(base_url=outage_server.url, timeout=15) as http:
         before = await send_sms(http, account.key, message="before")
         assert before.status_code == 201
