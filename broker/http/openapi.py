@@ -24,14 +24,16 @@ from protocol.api import MAX_BODY_BYTES, MAX_TTL_S, SCOPES, Envelope, ErrorBody
 
 _SCHEMAS = "#/components/schemas/"
 _RESPONSES = "#/components/responses/"
-# Any endpoint can answer these: an unexpected fault; the database, the
-# request deadline or shutting down.
-_ALWAYS = (500, 503)
+# Any endpoint can answer these: a request that is not valid HTTP (a
+# malformed header, answered before any route: broker/ops/server.py); an
+# unexpected fault; the database, the request deadline or shutting down.
+_ALWAYS = (400, 500, 503)
 
 # Every error status an operation of this API can answer, and when.
 _ERRORS: dict[int, str] = {
-    400: "Bad request: invalid body, field, parameter or header; "
-         "for a send also \"No eligible device available\".",
+    400: "Bad request: invalid body, field, parameter or header, or a request that is not "
+         "valid HTTP (\"Invalid HTTP request received.\"); for a send also "
+         "\"No eligible device available\".",
     401: "\"Invalid API key\", \"API key expired\" or \"API key revoked\".",
     403: "Missing scope, \"Rate limit exceeded\" (with Retry-After) or a plan limit.",
     404: "Unknown message, or one of another account.",

@@ -64,9 +64,10 @@ def test_no_struct_is_a_json_object_or_a_string() -> None:
         "text/html": {"schema": {"type": "string"}}}
 
 
-def test_errors_are_the_shared_responses_and_500_503_always() -> None:
+def test_errors_are_the_shared_responses_and_400_500_503_always() -> None:
+    """400: a request that is not valid HTTP can come to any path."""
     responses = operation(endpoint(response=Thing, errors=(401, 405)))["responses"]
-    assert set(responses) == {"200", "401", "405", "500", "503"}
+    assert set(responses) == {"200", "400", "401", "405", "500", "503"}
     assert responses["401"] == {"$ref": "#/components/responses/Unauthorized"}
     assert responses["503"] == {"$ref": "#/components/responses/ServiceUnavailable"}
 
