@@ -51,7 +51,7 @@ class Coalescer(Generic[K, V]):
             except Exception as err:  # noqa: BLE001 - handed to every reader of the batch
                 # Without its traceback: that holds this frame, whose locals
                 # hold the futures that hold the error, a reference cycle
-                # (broker/collector.py freezes what the collector has not freed).
+                # (broker/ops/collector.py freezes what the collector has not freed).
                 err.__traceback__ = None
                 for futures in waiting.values():
                     for f in futures:

@@ -20,7 +20,7 @@ REPORT_BATCH = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 GC_FREEZES = Counter("smsdora_gc_freezes_total",
-                     "Freezes of the garbage collector's survivors (broker/collector.py)",
+                     "Freezes of the garbage collector's survivors (broker/ops/collector.py)",
                      ["cause"])
 FRAMES = Counter("smsdora_device_frames_total", "Frames received from phones", ["type"])
 

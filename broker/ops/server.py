@@ -1,6 +1,6 @@
 """How `smsdora serve` runs uvicorn: its one configuration (also used by
 the tests and the benchmark), the graceful shutdown, and the garbage
-collector's schedule (broker/collector.py)."""
+collector's schedule (broker/ops/collector.py)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _draining_server() -> type:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             # With 10k sockets the default settings paused for 0.5-0.7 s
-            # (issue 5): see broker/collector.py.
+            # (issue 5): see broker/ops/collector.py.
             broker = self.config.app.state.broker  # type: ignore[union-attr]
             self.collector = Collector(broker.settings.gc_freeze_s)
             self.collector.start()
@@ -85,7 +85,7 @@ def _http_protocol() -> type:
         phone's connection is upgraded to a WebSocket. The parser and the
         protocol refer to each other; after the upgrade that cycle is garbage
         only the cyclic collector can free, one per phone that connects, and
-        a freeze by broker/collector.py while a handshake is in flight would
+        a freeze by broker/ops/collector.py while a handshake is in flight would
         keep it for good (measured: 573 of 2,000 handshakes, 20 objects
         each). `connection_lost` already does the same for plain HTTP."""
 

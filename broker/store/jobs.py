@@ -119,7 +119,7 @@ async def write_history(db: Db,
     )
 
 
-# --- the lifecycle's clocks (broker/sweeper.py) -----------------------------
+# --- the lifecycle's clocks (broker/delivery/sweeper.py) --------------------
 
 
 class Stopped(msgspec.Struct, frozen=True):

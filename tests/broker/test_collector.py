@@ -1,4 +1,4 @@
-"""broker/collector.py: when the broker collects and freezes. Pure (the real
+"""broker/ops/collector.py: when the broker collects and freezes. Pure (the real
 `gc` module of this process, times passed in, no I/O); each test puts the
 thresholds back and unfreezes what it froze."""
 

@@ -1,4 +1,4 @@
-"""broker/logs.py: JSON lines with a request id, into an in-memory stream."""
+"""broker/ops/logs.py: JSON lines with a request id, into an in-memory stream."""
 
 from __future__ import annotations
 

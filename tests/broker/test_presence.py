@@ -1,4 +1,4 @@
-"""broker/presence.py: pure, no I/O. Times are passed in (monotonic seconds).
+"""broker/delivery/presence.py: pure, no I/O. Times are passed in (monotonic seconds).
 
 Contract section 3: "of the account's devices that are active and connected
 now, the one seen most recently that has capacity"; each device has a send

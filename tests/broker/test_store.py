@@ -1,4 +1,4 @@
-"""broker/store.py against the real PostgreSQL of the test session.
+"""broker/store/ (every table module) against the real PostgreSQL of the test session.
 
 `db` (tests/conftest.py) empties the database; the store is called through
 `conn`, a connection set up exactly as the broker's pool sets up its own
@@ -513,7 +513,7 @@ async def test_claim_idempotency(conn: asyncpg.Connection) -> None:
 
 async def test_lock_for_reports(conn: asyncpg.Connection) -> None:
     """The rows a batch of reports names, with their owner (whose the report
-    is, is decided from it in broker/reports.py); unknown ids are absent."""
+    is, is decided from it in broker/delivery/reports.py); unknown ids are absent."""
     acc = await account(conn)
     mine = await device(conn, acc)
     mid = await message(conn, acc, mine)

