@@ -63,7 +63,11 @@ CREATE TABLE public.devices (
     health jsonb,
     app_version text,
     online_node text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    transport text DEFAULT 'websocket'::text NOT NULL,
+    push_token text,
+    sim_cards jsonb,
+    CONSTRAINT devices_transport_check CHECK ((transport = ANY (ARRAY['websocket'::text, 'smsgate'::text])))
 );
 
 --
@@ -126,6 +130,17 @@ CREATE SEQUENCE public.messages_seq_seq
 --
 
 ALTER SEQUENCE public.messages_seq_seq OWNED BY public.messages.seq;
+
+--
+-- Name: pairing_codes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.pairing_codes (
+    code_hash bytea NOT NULL,
+    account_id uuid NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
 
 --
 -- Name: plans; Type: TABLE; Schema: public; Owner: -
@@ -224,6 +239,13 @@ ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_seq_key UNIQUE (seq);
 
 --
+-- Name: pairing_codes pairing_codes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.pairing_codes
+    ADD CONSTRAINT pairing_codes_pkey PRIMARY KEY (code_hash);
+
+--
 -- Name: plans plans_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -298,6 +320,12 @@ CREATE INDEX messages_unacked ON public.messages USING btree (updated_at) WHERE 
 CREATE INDEX messages_unreported ON public.messages USING btree (updated_at) WHERE (status = 'sending'::text);
 
 --
+-- Name: pairing_codes_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX pairing_codes_account ON public.pairing_codes USING btree (account_id);
+
+--
 -- Name: api_keys api_keys_changed; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -351,3 +379,10 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_device_id_fkey FOREIGN KEY (device_id) REFERENCES public.devices(id);
+
+--
+-- Name: pairing_codes pairing_codes_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.pairing_codes
+    ADD CONSTRAINT pairing_codes_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;

@@ -11,6 +11,7 @@ from starlette.routing import WebSocketRoute
 from broker import http
 from broker.runtime import Broker
 from broker.settings import Settings
+from broker.transports import smsgate
 from broker.transports.ws.endpoint import device_socket
 
 
@@ -25,8 +26,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         finally:
             await broker.stop()
 
-    # The HTTP routes come from the endpoint declarations (broker/http/endpoints.py).
-    routes = [*http.routes(), WebSocketRoute("/devices/ws", device_socket)]
+    # The HTTP routes come from the endpoint declarations (broker/http/endpoints.py);
+    # the phones' transports bring their own (the SMS Gateway app's mobile API).
+    routes = [*http.routes(), WebSocketRoute("/devices/ws", device_socket), *smsgate.routes()]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=http.EXCEPTION_HANDLERS)
     app.state.broker = broker
     # The hot paths go to their handlers from the middleware, without the router.

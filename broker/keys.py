@@ -8,6 +8,7 @@ constant-time.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -43,6 +44,14 @@ def parse_prefix(kind: str, full: str) -> str | None:
 
 def digest(server_secret: bytes, full: str) -> bytes:
     return hmac.new(server_secret, full.encode(), hashlib.sha256).digest()
+
+
+def signing_key(server_secret: bytes, device_id: str) -> str:
+    """The key an SMS Gateway phone signs its webhooks to the broker with
+    (`webhooks.signing_key` in its settings): derived, so nothing secret is
+    stored, and the same on every node."""
+    mac = hmac.new(server_secret, b"smsgate-signing-key:" + device_id.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
 def matches(server_secret: bytes, full: str, stored: bytes) -> bool:

@@ -9,7 +9,10 @@ import msgspec
 MAX_BODY_BYTES = 64 * 1024
 MAX_TTL_S = 7 * 24 * 3600
 
-SCOPES = ("messages:send", "messages:read", "devices:read", "devices:write", "keys:write")
+# `devices:register`: the key an SMS Gateway app types as its "Private Token"
+# to register itself into the account (contract section 8); nothing else.
+SCOPES = ("messages:send", "messages:read", "devices:read", "devices:write", "keys:write",
+          "devices:register")
 
 
 class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -68,6 +71,7 @@ class DeviceInfo(msgspec.Struct, frozen=True):
     sendRate: int
     health: DeviceHealth | None = None
     appVersion: str | None = None
+    transport: str = "websocket"  # or "smsgate": the SMS Gateway for Android app
 
 
 class CreateDeviceRequest(msgspec.Struct, frozen=True):

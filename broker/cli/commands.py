@@ -20,6 +20,7 @@ from broker.errors import BrokerError
 from broker.ops import embedded_pg
 from broker.services import devices as device_service
 from broker.services import keys as key_service
+from broker.services import pairing
 from broker.settings import Settings
 
 Handler = Callable[[asyncpg.Connection, argparse.Namespace, Settings], Awaitable[Output]]
@@ -148,13 +149,25 @@ async def devices_list(db: asyncpg.Connection, args: argparse.Namespace,
     items = [{"id": str(r.id), "deviceName": r.name, "active": r.active,
               "online": r.online_node is not None, "node": r.online_node,
               "lastSeen": iso(r.last_seen_at), "sendRate": r.send_rate,
-              "appVersion": r.app_version, "health": r.health} for r in rows]
+              "appVersion": r.app_version, "health": r.health,
+              "transport": r.transport} for r in rows]
     lines = [f"{len(rows)} device(s) for {account.email}"]
     for item in items:
         state = ("online" if item["online"] else "active") if item["active"] else "deactivated"
         lines.append(f"  {item['id']}  {state:<11}  last seen {item['lastSeen'] or 'never'}"
                      f"  {item['sendRate'] or 'unlimited'}/min  {item['deviceName']}")
     return Output({"devices": items}, "\n".join(lines))
+
+
+async def devices_code(db: asyncpg.Connection, args: argparse.Namespace,
+                       settings: Settings) -> Output:
+    """A one-time code an SMS Gateway phone registers with ("By code")."""
+    account = await account_of(db, args.account)
+    code, expires_at = await pairing.make(db, settings.server_secret(), account.id)
+    return Output(
+        {"code": code, "validUntil": iso(expires_at), "account": account.email},
+        f"Pairing code for {account.email}: {code}\n"
+        f"In the SMS Gateway app: Sign in, By code. Valid once, until {iso(expires_at)}.")
 
 
 async def devices_deactivate(db: asyncpg.Connection, args: argparse.Namespace,

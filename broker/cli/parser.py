@@ -69,6 +69,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--account", required=True, metavar="EMAIL")
     leaf(devices, "deactivate", "refuse a phone's token from now on",
          db_commands.devices_deactivate).add_argument("id", metavar="ID")
+    leaf(devices, "code", "a one-time code an SMS Gateway app registers with (10 minutes)",
+         db_commands.devices_code).add_argument("--account", required=True, metavar="EMAIL")
 
     p = leaf(commands, "send", "send an SMS through a running broker", remote.send, db=False)
     p.add_argument("--key", default=os.environ.get("SMSDORA_API_KEY"),

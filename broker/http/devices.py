@@ -40,6 +40,7 @@ def _info(broker: Broker, d: store.DeviceRow) -> DeviceInfo:
         id=str(d.id), deviceName=d.name, online=broker.presence.get(d.id) is not None,
         lastSeen=iso(last_seen), active=d.active, sendRate=d.send_rate, health=health,
         appVersion=(conn.app_version if conn is not None else d.app_version),
+        transport=d.transport,
     )
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from broker import keys, store
 from broker.errors import BadRequest, Forbidden
@@ -21,7 +21,8 @@ class DeviceLimit(Forbidden):
 
 
 async def register(db: store.Conn, server_secret: bytes, account_id: uuid.UUID, name: str,
-                   send_rate: int) -> Registered:
+                   send_rate: int, transport: str = store.WEBSOCKET, push_token: str | None = None,
+                   sim_cards: list[Any] | None = None) -> Registered:
     """A new device of the account, within its plan's device limit, and its
     token (stored only as an HMAC)."""
     if "\x00" in name:  # PostgreSQL text cannot hold it
@@ -29,7 +30,8 @@ async def register(db: store.Conn, server_secret: bytes, account_id: uuid.UUID, 
     token, prefix = keys.make_secret(keys.TOKEN_KIND)
     try:
         row = await store.insert_device(db, account_id, name, prefix,
-                                        keys.digest(server_secret, token), send_rate)
+                                        keys.digest(server_secret, token), send_rate, transport,
+                                        push_token, sim_cards)
     except store.DeviceLimitReached:
         raise DeviceLimit() from None
     return Registered(row, token)

@@ -14,9 +14,14 @@ from broker.store.accounts import (
     account_by_id,
     create_account,
     messages_this_month,
+    password_hash,
+    password_of,
+    set_password,
 )
 from broker.store.devices import (
     DEVICE_DEACTIVATED,
+    SMSGATE,
+    WEBSOCKET,
     DeviceLimitReached,
     DeviceRow,
     deactivate_device,
@@ -25,6 +30,7 @@ from broker.store.devices import (
     forget_node,
     insert_device,
     list_devices,
+    update_app_info,
 )
 from broker.store.jobs import (
     Held,
@@ -65,6 +71,7 @@ from broker.store.messages import (
     set_idempotent_response,
 )
 from broker.store.migrate import SchemaTooNew
+from broker.store.pairing import claim_code, insert_code
 from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
 
 __all__ = [
@@ -72,6 +79,8 @@ __all__ = [
     "DEVICE_DEACTIVATED",
     "KEY_CHANGED",
     "SCHEMA_PATH",
+    "SMSGATE",
+    "WEBSOCKET",
     "Account",
     "Conn",
     "Db",
@@ -92,6 +101,7 @@ __all__ = [
     "Unacked",
     "account_by_email",
     "account_by_id",
+    "claim_code",
     "claim_idempotency",
     "claim_queued",
     "connect",
@@ -105,6 +115,7 @@ __all__ = [
     "get_message",
     "held_jobs",
     "idempotent_response",
+    "insert_code",
     "insert_device",
     "insert_key",
     "insert_message",
@@ -116,13 +127,17 @@ __all__ = [
     "messages_this_month",
     "migrate",
     "open_jobs",
+    "password_hash",
+    "password_of",
     "ping",
     "queued_count",
     "reassign",
     "revoke_key",
     "rotate_key",
     "set_idempotent_response",
+    "set_password",
     "unacked_jobs",
+    "update_app_info",
     "write_history",
     "write_moves",
 ]

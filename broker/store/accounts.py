@@ -61,3 +61,24 @@ async def messages_this_month(db: Db, account_id: uuid.UUID, month_start: dt.dat
         "SELECT count(*) FROM messages WHERE account_id = $1 AND created_at >= $2",
         account_id, month_start,
     ))
+
+
+async def password_of(db: Db, email: str) -> tuple[Account, str | None] | None:
+    """The account and its argon2id hash (None: no password set)."""
+    r = await db.fetchrow(_ACCOUNT.replace("p.max_devices", "p.max_devices, a.password_hash")
+                          + " WHERE a.email = $1", email)
+    if r is None:
+        return None
+    fields = dict(r)
+    hashed = fields.pop("password_hash")
+    return Account(**fields), hashed
+
+
+async def password_hash(db: Db, account_id: uuid.UUID) -> str | None:
+    hashed: str | None = await db.fetchval(
+        "SELECT password_hash FROM accounts WHERE id = $1", account_id)
+    return hashed
+
+
+async def set_password(db: Db, account_id: uuid.UUID, hashed: str) -> None:
+    await db.execute("UPDATE accounts SET password_hash = $2 WHERE id = $1", account_id, hashed)

@@ -22,11 +22,12 @@ class DeviceRow(msgspec.Struct, frozen=True):
     health: dict[str, Any] | None
     app_version: str | None
     online_node: str | None = None
+    transport: str = "websocket"  # or "smsgate": the SMS Gateway for Android app
 
 
-
+WEBSOCKET, SMSGATE = "websocket", "smsgate"
 _DEVICE_COLS = ("id, account_id, name, token_hash, send_rate, active, last_seen_at, health,"
-                " app_version, online_node")
+                " app_version, online_node, transport")
 
 
 class DeviceLimitReached(Exception):
@@ -34,7 +35,9 @@ class DeviceLimitReached(Exception):
 
 
 async def insert_device(db: Conn, account_id: uuid.UUID, name: str, prefix: str,
-                        token_hash: bytes, send_rate: int) -> DeviceRow:
+                        token_hash: bytes, send_rate: int, transport: str = WEBSOCKET,
+                        push_token: str | None = None,
+                        sim_cards: list[Any] | None = None) -> DeviceRow:
     """Register a phone, within the plan's device limit (checked under a lock
     on the account row so that two registrations cannot both squeeze in)."""
     async with db.transaction():
@@ -47,9 +50,11 @@ async def insert_device(db: Conn, account_id: uuid.UUID, name: str, prefix: str,
         if limit is not None and count >= limit:
             raise DeviceLimitReached()
         r = await db.fetchrow(
-            "INSERT INTO devices (id, account_id, name, token_prefix, token_hash, send_rate)"
-            f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_DEVICE_COLS}",
-            uuid.uuid4(), account_id, name, prefix, token_hash, send_rate,
+            "INSERT INTO devices (id, account_id, name, token_prefix, token_hash, send_rate,"
+            " transport, push_token, sim_cards)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_DEVICE_COLS}",
+            uuid.uuid4(), account_id, name, prefix, token_hash, send_rate, transport, push_token,
+            sim_cards,
         )
     assert r is not None  # INSERT ... RETURNING
     return DeviceRow(**dict(r))
@@ -112,3 +117,14 @@ async def flush_last_seen(db: Db, ids: list[uuid.UUID], seen: list[dt.datetime],
 async def forget_node(db: Db, node: str) -> None:
     """At start-up: sockets this node held before it stopped are gone."""
     await db.execute("UPDATE devices SET online_node = NULL WHERE online_node = $1", node)
+
+
+async def update_app_info(db: Db, device_id: uuid.UUID, push_token: str | None,
+                          sim_cards: list[Any] | None) -> None:
+    """What the SMS Gateway app says of itself at every start (`PATCH
+    /device`): an absent push token is never cleared, SIM cards are
+    replaced when present (the reference server's rules, SMSGATE.md M2)."""
+    await db.execute(
+        "UPDATE devices SET push_token = COALESCE($2, push_token),"
+        " sim_cards = COALESCE($3, sim_cards) WHERE id = $1",
+        device_id, push_token or None, sim_cards)

@@ -8,6 +8,7 @@ checks go through `_sql`, which does the same. The HTTP commands (`send`,
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from argon2 import PasswordHasher
 from broker import cli, device_sim, keys
 from broker.app import create_app
 from broker.ops import server
+from broker.services import pairing
 from broker.settings import Settings
 from broker.store import migrate
 from tests.conftest import free_port
@@ -247,6 +249,22 @@ def test_devices_create_list_deactivate(run: Cli, database_url: str) -> None:
     assert [d["active"] for d in listed] == [False, True]
     run("devices", "deactivate", str(uuid.uuid4()), code=2)
     assert "no device with id" in run.err
+
+
+def test_devices_code_makes_a_single_use_pairing_code_of_the_account(
+        run: Cli, database_url: str) -> None:
+    run("accounts", "create", "a@example.com")
+    made = run.json("devices", "code", "--account", "a@example.com")
+    assert len(made["code"]) == 6 and set(made["code"]) <= set(pairing.ALPHABET)
+    assert made["account"] == "a@example.com"
+    left = dt.datetime.fromisoformat(made["validUntil"]) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(minutes=9) < left <= dt.timedelta(minutes=10)
+    rows = _sql(database_url, "SELECT code_hash FROM pairing_codes")
+    assert [bytes(r["code_hash"]) for r in rows] == [keys.digest(run.secret(), made["code"])]
+    prose = run("devices", "code", "--account", "a@example.com")
+    assert "By code" in prose and made["code"] not in prose  # a new code each time
+    run("devices", "code", "--account", "nobody@example.com", code=2)
+    assert "no account with email" in run.err
 
 
 def test_devices_create_prose_and_errors(run: Cli) -> None:

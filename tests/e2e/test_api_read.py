@@ -203,14 +203,14 @@ async def test_devices_show_presence_last_seen_and_health(
     listed = await devices(http, account)
     assert listed[idle.id] == {"id": idle.id, "deviceName": "Drawer phone", "online": False,
                                "lastSeen": None, "active": True, "sendRate": 30,
-                               "health": None, "appVersion": None}
+                               "health": None, "appVersion": None, "transport": "websocket"}
 
     health = {"battery": 81, "charging": True, "signal": 3}
     p = await phone(device, health=health)
     info = (await devices(http, account))[device.id]
     assert info == {"id": device.id, "deviceName": "Pixel", "online": True,
                     "lastSeen": info["lastSeen"], "active": True, "sendRate": 12,
-                    "health": health, "appVersion": "test/1"}
+                    "health": health, "appVersion": "test/1", "transport": "websocket"}
     seen = parse_at(info["lastSeen"])
     assert abs(dt.datetime.now(dt.UTC) - seen) < dt.timedelta(seconds=5)
     assert (await devices(http, account))[idle.id]["online"] is False

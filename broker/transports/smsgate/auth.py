@@ -1,0 +1,87 @@
+"""Who calls the mobile API (contract section 8): a registered phone by its
+device token, or, to register one, an account by an API key with
+`devices:register`, its email and password, or a one-time code.
+
+The app reacts to 401 only (a 401 on `PATCH /device` makes it register
+again), so every failed credential is a 401 here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+
+from broker import keys, store
+from broker.errors import BrokerError, Unauthorized
+from broker.http.auth import authenticate
+from broker.services import pairing, passwords
+
+if TYPE_CHECKING:
+    from broker.runtime import Broker
+
+REGISTER_SCOPE = "devices:register"
+_MAX_CREDENTIAL = 1024  # header values past this are no credential of ours
+
+
+def _authorization(request: Request) -> tuple[str, str]:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    value = value.strip()
+    if not value or len(value) > _MAX_CREDENTIAL:
+        raise Unauthorized("Missing or invalid credentials")
+    return scheme.lower(), value
+
+
+async def device_of(request: Request) -> store.DeviceRow:
+    """The active SMS Gateway phone whose token is the Bearer."""
+    broker: Broker = request.app.state.broker
+    scheme, token = _authorization(request)
+    prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if scheme == "bearer" else None
+    if prefix is None:
+        raise Unauthorized("Invalid device token")
+    device = await broker.devices_by_token.get(prefix)
+    if (device is None or not keys.matches(broker.secret, token, device.token_hash)
+            or not device.active or device.transport != store.SMSGATE):
+        raise Unauthorized("Invalid device token")
+    return device
+
+
+async def account_by_password(request: Request) -> store.Account:
+    """`Basic base64(email:password)`: the account, its password checked
+    off the event loop."""
+    broker: Broker = request.app.state.broker
+    scheme, value = _authorization(request)
+    if scheme != "basic":
+        raise Unauthorized("Invalid email or password")
+    try:
+        email, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("Invalid email or password") from None
+    found = await store.password_of(broker.pool, email.strip().lower())
+    if found is None or not await passwords.verify(found[1], password):
+        raise Unauthorized("Invalid email or password")
+    return found[0]
+
+
+async def account_to_register_into(request: Request) -> store.Account:
+    """The account a registering phone joins: `Bearer` an API key with
+    `devices:register` (the app's "Private Token"), `Basic email:password`
+    ("Sign In"), or `Code <one-time code>` ("By code")."""
+    broker: Broker = request.app.state.broker
+    scheme, value = _authorization(request)
+    if scheme == "basic":
+        return await account_by_password(request)
+    if scheme == "code":
+        account_id = await pairing.claim(broker.pool, broker.secret, value)
+    elif scheme == "bearer":
+        try:
+            account_id = (await authenticate(request, REGISTER_SCOPE)).account_id
+        except BrokerError as err:  # a missing scope or a rate limit: the app knows 401 only
+            raise Unauthorized(err.message) from None
+    else:
+        account_id = None
+    account = await store.account_by_id(broker.pool, account_id) if account_id else None
+    if account is None:
+        raise Unauthorized("Invalid credentials")
+    return account
