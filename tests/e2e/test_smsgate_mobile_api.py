@@ -23,7 +23,8 @@ import pytest
 from argon2 import PasswordHasher
 
 from broker import keys
-from tests.e2e.conftest import Account
+from broker.services import pairing
+from tests.e2e.conftest import SECRET, Account
 
 pytestmark = pytest.mark.timeout(30)
 AccountFactory = Callable[[str], Awaitable[Account]]  # the `make_account` fixture
@@ -332,6 +333,17 @@ async def test_reg_7_login_code_registers_once(http: httpx.AsyncClient,
     r = await http.post(f"{API}/device", json={"name": "Phone C"}, headers=code(out["code"]))
     assert_error(r, 401)  # single use
     assert await device_count(account) == 1
+
+
+async def test_reg_7_a_code_from_the_operator_registers_into_its_account(
+        http: httpx.AsyncClient, account: Account) -> None:
+    """`smsdora devices code --account EMAIL` (services.pairing, as the CLI
+    calls it): no phone of the account needed to make one."""
+    made = await pairing.make(account.db, SECRET, account.id)
+    dev = await register(http, code(made.code.upper()), name="Phone B")  # case does not matter
+    assert dev["login"] == account.email
+    r = await http.post(f"{API}/device", json={"name": "Phone C"}, headers=code(made.code))
+    assert_error(r, 401)  # single use
 
 
 async def test_reg_7_unknown_codes_are_401(http: httpx.AsyncClient,
