@@ -59,7 +59,10 @@ async def account_by_password(request: Request) -> store.Account:
     except (binascii.Error, UnicodeDecodeError):
         raise Unauthorized("Invalid email or password") from None
     found = await store.password_of(broker.pool, email.strip().lower())
-    if found is None or not await passwords.verify(found[1], password):
+    # An unknown email costs the same argon2 verify as a wrong password, so
+    # the answer's time does not tell which emails have accounts.
+    hashed = found[1] if found is not None else passwords.DUMMY_HASH
+    if not await passwords.verify(hashed, password) or found is None:
         raise Unauthorized("Invalid email or password")
     return found[0]
 
