@@ -40,6 +40,11 @@ class Settings:
     secret: bytes | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 8000
+    # HTTPS: a certificate chain and its key (PEM; `smsdora tls` makes both).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # The address phones (and, later, webhooks) use, e.g. https://192.168.1.5:8443.
+    public_url: str | None = None
     node: str = field(default_factory=socket.gethostname)
     heartbeat_s: int = 20
     hello_timeout_s: int = 10
@@ -68,6 +73,9 @@ class Settings:
             secret=secret.encode() if secret else None,
             host=e.get("SMSDORA_HOST", "127.0.0.1"),
             port=_int(e, "SMSDORA_PORT", 8000),
+            tls_cert=Path(e["SMSDORA_TLS_CERT"]) if e.get("SMSDORA_TLS_CERT") else None,
+            tls_key=Path(e["SMSDORA_TLS_KEY"]) if e.get("SMSDORA_TLS_KEY") else None,
+            public_url=e.get("SMSDORA_PUBLIC_URL") or None,
             node=e.get("SMSDORA_NODE") or socket.gethostname(),
             heartbeat_s=_int(e, "SMSDORA_HEARTBEAT_SECONDS", 20),
             hello_timeout_s=_int(e, "SMSDORA_HELLO_TIMEOUT", 10),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from broker.cli import commands as db_commands
@@ -36,6 +37,16 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = leaf(commands, "serve", "run the broker", remote.serve, db=False)
     p.add_argument("--host", default=settings.host)
     p.add_argument("--port", type=int, default=settings.port)
+    p.add_argument("--tls-cert", type=Path, default=settings.tls_cert, metavar="PEM",
+                   help="serve HTTPS with this certificate chain (smsdora tls makes one)")
+    p.add_argument("--tls-key", type=Path, default=settings.tls_key, metavar="PEM",
+                   help="the certificate's private key")
+    p = leaf(commands, "tls", "make a local CA and a server certificate for phones on the LAN",
+             remote.tls, db=False)
+    p.add_argument("--host", action="append", metavar="NAME_OR_IP",
+                   help="a name or address phones reach the broker at (repeatable;"
+                        " default: this machine's name and addresses)")
+    p.add_argument("--out", type=Path, default=settings.home / "tls", metavar="DIR")
     leaf(commands, "migrate", "apply the missing migrations", db_commands.migrate)
 
     accounts = branch("accounts", "manage accounts")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -77,8 +78,55 @@ def serve(args: argparse.Namespace, settings: Settings) -> Output:
     from broker.app import create_app
     from broker.ops import logs, server
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together")
+    settings = settings.with_(tls_cert=args.tls_cert, tls_key=args.tls_key)
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            raise CliError(f"no such file: {path}")
     dsn = embedded_pg.database_url(settings)
     run_db(migrate, args, settings.with_(database_url=dsn))
     logs.setup(settings.log_level)
     server.run(create_app(settings, dsn), settings, args.host, args.port)
     return Output({}, "")
+
+
+def _local_hosts() -> list[str]:
+    """This machine's name and the addresses it resolves to (no traffic)."""
+    name = socket.gethostname()
+    hosts = [name]
+    try:
+        for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
+            address = str(info[4][0])
+            if address not in hosts:
+                hosts.append(address)
+    except OSError:
+        pass  # the name alone, then
+    return hosts
+
+
+def tls(args: argparse.Namespace, settings: Settings) -> Output:
+    from broker.ops import tls as tls_files  # cryptography: only this command needs it
+
+    hosts = args.host or _local_hosts()
+    try:
+        made = tls_files.make(args.out, hosts)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    port = settings.port
+    text = "\n".join([
+        f"{'Made' if made.made_ca else 'Kept'} the CA: {made.ca_cert} (its key: {made.ca_key},"
+        " keep it private)",
+        f"Server certificate for {', '.join(hosts)}: {made.cert} (key: {made.key})",
+        "",
+        "Serve HTTPS with it:",
+        f"  smsdora serve --host 0.0.0.0 --port {port} --tls-cert {made.cert}"
+        f" --tls-key {made.key}",
+        "",
+        "On the Android phone, once: copy ca.pem to it, then Settings > Security and privacy >"
+        " More security settings > Encryption and credentials > Install a certificate >"
+        " CA certificate (the menu's words vary by maker), and pick ca.pem.",
+        f"In the SMS Gateway app, the server URL is https://{hosts[0]}:{port}/api/mobile/v1",
+    ])
+    return Output({"caCert": str(made.ca_cert), "cert": str(made.cert), "key": str(made.key),
+                   "hosts": hosts, "madeCa": made.made_ca}, text)

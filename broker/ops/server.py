@@ -128,4 +128,5 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
         ws_per_message_deflate=False, ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=settings.heartbeat_s, loop="uvloop",
         log_config=None, lifespan="on", timeout_graceful_shutdown=8, backlog=4096,
+        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
     )
