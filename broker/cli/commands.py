@@ -164,10 +164,15 @@ async def devices_code(db: asyncpg.Connection, args: argparse.Namespace,
     """A one-time code an SMS Gateway phone registers with ("By code")."""
     account = await account_of(db, args.account)
     code, expires_at = await pairing.make(db, settings.server_secret(), account.id)
+    # Where the phone reaches the broker: SMSDORA_PUBLIC_URL, else what serve listens on.
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    server_url = base.rstrip("/") + "/api/mobile/v1"
     return Output(
-        {"code": code, "validUntil": iso(expires_at), "account": account.email},
+        {"code": code, "validUntil": iso(expires_at), "account": account.email,
+         "serverUrl": server_url},
         f"Pairing code for {account.email}: {code}\n"
-        f"In the SMS Gateway app: Sign in, By code. Valid once, until {iso(expires_at)}.")
+        f"In the SMS Gateway app: server {server_url}; Sign in, By code."
+        f" Valid once, until {iso(expires_at)}.")
 
 
 async def devices_deactivate(db: asyncpg.Connection, args: argparse.Namespace,

@@ -257,6 +257,7 @@ def test_devices_code_makes_a_single_use_pairing_code_of_the_account(
     made = run.json("devices", "code", "--account", "a@example.com")
     assert len(made["code"]) == 6 and set(made["code"]) <= set(pairing.ALPHABET)
     assert made["account"] == "a@example.com"
+    assert made["serverUrl"].endswith("/api/mobile/v1")
     left = dt.datetime.fromisoformat(made["validUntil"]) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(minutes=9) < left <= dt.timedelta(minutes=10)
     rows = _sql(database_url, "SELECT code_hash FROM pairing_codes")
