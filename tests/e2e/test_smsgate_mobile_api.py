@@ -346,6 +346,15 @@ async def test_reg_7_a_code_from_the_operator_registers_into_its_account(
     assert_error(r, 401)  # single use
 
 
+async def test_reg_7_a_refused_body_does_not_use_up_the_code(
+        http: httpx.AsyncClient, account: Account) -> None:
+    made = await pairing.make(account.db, SECRET, account.id)
+    r = await http.post(f"{API}/device", json={"pushToken": "no name"}, headers=code(made.code))
+    assert_error(r, 400)
+    dev = await register(http, code(made.code), name="Phone B")  # still good, once
+    assert dev["login"] == account.email
+
+
 async def test_reg_7_unknown_codes_are_401(http: httpx.AsyncClient,
                                            account: Account) -> None:
     await set_password(account)

@@ -36,8 +36,10 @@ async def register_device(request: Request) -> Response:
     """`POST /device`: a new phone of the account the credentials name."""
     broker: Broker = request.app.state.broker
     body = await read_body(request)
-    account = await auth.account_to_register_into(request)
+    # The body first: a one-time code is used up by the check, and a phone
+    # whose request is refused for its body must still be able to use it.
     req: shapes.RegisterRequest = decode(shapes.register_decoder, body)
+    account = await auth.account_to_register_into(request)
     async with broker.pool.acquire() as db:
         device, token = await device_service.register(
             db, broker.secret, account.id, req.name, broker.settings.default_send_rate,
