@@ -4,9 +4,9 @@ seconds), so every rule is testable without a clock.
 `Window`: at most `limit` events in any `span_s` seconds, a rolling window
 (contract section 3: "rolling 60-second window"). It paces a device's sends
 (`limit` a minute) and counts a key's requests (`RateWindow`: one window per
-key). `FrameThrottle` is the token bucket of a phone's frames. A window holds at most `limit` timestamps, and none
-while nothing happened within its span (an idle phone's windows cost a few
-bytes, not a deque each).
+key). A window holds at most `limit` timestamps, and none while nothing
+happened within its span (an idle phone's windows cost a few bytes, not a
+deque each). `FrameThrottle` is the token bucket of a phone's frames.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class Window:
         if self.room(now) > 0:
             self.take(now)
             return None
-        return self.next_room_at(now) - now
+        assert self._at is not None  # full, so not empty
+        return self._at[0] + self.span_s - now
 
     def __len__(self) -> int:
         return len(self._at) if self._at is not None else 0

@@ -21,19 +21,15 @@ async def hash_password(password: str) -> str:
 
 
 async def verify(hashed: str | None, password: str) -> bool:
-    """Whether `password` is the one `hashed` was made from (False when the
-    account has none)."""
-    if hashed is None:
-        await asyncio.to_thread(_verify_dummy, password)
-        return False
-    try:
-        return await asyncio.to_thread(_hasher.verify, hashed, password)
-    except (VerificationError, InvalidHashError):
-        return False
+    """Whether `password` is the one `hashed` was made from. None (no
+    account, or one without a password) is checked against DUMMY_HASH and
+    refused: the same work, so the time does not tell the two apart."""
+    matched = await asyncio.to_thread(_matches, hashed or DUMMY_HASH, password)
+    return matched and hashed is not None
 
 
-def _verify_dummy(password: str) -> None:
+def _matches(hashed: str, password: str) -> bool:
     try:
-        _hasher.verify(DUMMY_HASH, password)
+        return _hasher.verify(hashed, password)
     except (VerificationError, InvalidHashError):
-        pass  # the answer is no in any case: only the time spent matters
+        return False

@@ -19,16 +19,13 @@ class Account(msgspec.Struct, frozen=True):
     max_devices: int
 
 
-
 class DuplicateEmail(Exception):
     pass
 
 
-
-_ACCOUNT = """
-SELECT a.id, a.email, a.plan, p.monthly_messages, p.max_devices
-FROM accounts a JOIN plans p ON p.name = a.plan
-"""
+_ACCOUNT_COLS = "a.id, a.email, a.plan, p.monthly_messages, p.max_devices"
+_FROM = " FROM accounts a JOIN plans p ON p.name = a.plan"
+_ACCOUNT = "SELECT " + _ACCOUNT_COLS + _FROM
 
 
 async def create_account(db: Db, email: str, plan: str, password_hash: str | None) -> Account:
@@ -65,8 +62,8 @@ async def messages_this_month(db: Db, account_id: uuid.UUID, month_start: dt.dat
 
 async def password_of(db: Db, email: str) -> tuple[Account, str | None] | None:
     """The account and its argon2id hash (None: no password set)."""
-    r = await db.fetchrow(_ACCOUNT.replace("p.max_devices", "p.max_devices, a.password_hash")
-                          + " WHERE a.email = $1", email)
+    r = await db.fetchrow(f"SELECT {_ACCOUNT_COLS}, a.password_hash{_FROM} WHERE a.email = $1",
+                          email)
     if r is None:
         return None
     fields = dict(r)

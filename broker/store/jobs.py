@@ -19,7 +19,6 @@ class Job(msgspec.Struct, frozen=True):
     status: str
 
 
-
 class OpenJobs(NamedTuple):
     active: bool  # the device is still active (not deactivated meanwhile)
     jobs: list[Job]  # oldest first

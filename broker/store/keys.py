@@ -24,7 +24,6 @@ class KeyRow(msgspec.Struct, frozen=True):
     monthly_messages: int = 0
 
 
-
 # Sent by a trigger on api_keys (schema.sql) with the key's id.
 KEY_CHANGED = "smsdora_key_changed"
 

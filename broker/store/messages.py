@@ -33,7 +33,6 @@ class Idempotent(msgspec.Struct, frozen=True):
     response: bytes
 
 
-
 # One statement, one round trip: the message and its first history rows.
 # `queued` is always the first row ("the history of every message begins with
 # queued, the moment it was accepted").

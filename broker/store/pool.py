@@ -75,6 +75,5 @@ def rows_of(cls: type[T], records: list[asyncpg.Record]) -> list[T]:
     return [cls(**dict(r)) for r in records]
 
 
-
 async def ping(db: Db) -> None:
     await db.fetchval("SELECT 1")

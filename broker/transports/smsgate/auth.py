@@ -59,11 +59,10 @@ async def account_by_password(request: Request) -> store.Account:
     except (binascii.Error, UnicodeDecodeError):
         raise Unauthorized("Invalid email or password") from None
     found = await store.password_of(broker.pool, email.strip().lower())
-    # An unknown email costs the same argon2 verify as a wrong password, so
-    # the answer's time does not tell which emails have accounts.
-    hashed = found[1] if found is not None else passwords.DUMMY_HASH
-    if not await passwords.verify(hashed, password) or found is None:
+    # An unknown email costs the same verify as a wrong password (passwords.verify).
+    if not await passwords.verify(found[1] if found is not None else None, password):
         raise Unauthorized("Invalid email or password")
+    assert found is not None  # verified, so found
     return found[0]
 
 
