@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 from collections import Counter
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from broker.clock import iso, utcnow
 from broker.device_sim.phone import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -43,8 +43,6 @@ def ws_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class DeviceSim:
@@ -203,7 +201,7 @@ class DeviceSim:
     async def _transmit(self, message_id: str) -> None:
         """The radio: sending takes `delay_ms`, then the outcome is reported."""
         await asyncio.sleep(self.delay_s)
-        for report in self.phone.finish_send(message_id, _now()):
+        for report in self.phone.finish_send(message_id, iso(utcnow()) or ""):
             await self._write(report)
         self._flush()
 

@@ -10,7 +10,6 @@ written to the socket from the sending request's task.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket
 
 from broker import keys, store
+from broker.clock import iso, utcnow
 from broker.delivery.channel import CloseReason
 from broker.delivery.presence import Connection
 from broker.http.responses import error_response
@@ -70,7 +70,7 @@ async def device_socket(ws: WebSocket) -> None:
         await old.channel.close(CloseReason.REPLACED)
     await channel.send_frame(frames.encode(frames.Welcome(
         deviceId=str(device.id), heartbeatSeconds=broker.settings.heartbeat_s,
-        serverTime=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        serverTime=iso(utcnow()) or "",
     )))
     log.info("device connected", extra={"device_id": str(device.id)})
     try:

@@ -35,8 +35,8 @@ async def receive(ws: WebSocket) -> Any:
 
 def payload(message: Any) -> str | None:
     """Text frames only: a binary frame is refused (None)."""
-    text = message.get("text")
-    return text if text is not None else None
+    text: str | None = message.get("text")
+    return text
 
 
 class Answers:
