@@ -29,8 +29,9 @@ def ok(data: Any, status: int = 200, next_cursor: str | None = None) -> Response
                     status_code=status, media_type=JSON)
 
 
-def bare(body: msgspec.Struct, status: int = 200) -> Response:
-    """A Struct that is the whole body (the send's 201, /health)."""
+def bare(body: Any, status: int = 200) -> Response:
+    """A body without the envelope (the send's 201, /health, the SMS Gateway
+    app's own shapes): a Struct, or plain JSON values."""
     return Response(encoder.encode(body), status_code=status, media_type=JSON)
 
 

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from broker import keys, store
 from broker.clock import iso
 from broker.errors import BadRequest, Forbidden, Unauthorized
-from broker.http.responses import JSON, decode, read_body
+from broker.http.responses import bare, decode, read_body
 from broker.services import devices as device_service
 from broker.services import pairing, passwords
 from broker.transports.smsgate import auth, shapes
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from broker.runtime import Broker
 
 PREFIXES = ("/api/mobile/v1", "/mobile/v1")
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(shapes.encoder.encode(body), status_code=status, media_type=JSON)
 
 
 async def register_device(request: Request) -> Response:
@@ -44,7 +40,7 @@ async def register_device(request: Request) -> Response:
         device, token = await device_service.register(
             db, broker.secret, account.id, req.name, broker.settings.default_send_rate,
             store.SMSGATE, req.pushToken, shapes.sim_cards_json(req.simCards))
-    return _json(shapes.Registered(id=str(device.id), token=token, login=account.email), 201)
+    return bare(shapes.Registered(id=str(device.id), token=token, login=account.email), 201)
 
 
 async def update_device(request: Request) -> Response:
@@ -58,13 +54,13 @@ async def update_device(request: Request) -> Response:
         raise Forbidden("Not this device's id")
     await store.update_app_info(broker.pool, device.id, req.pushToken,
                                 shapes.sim_cards_json(req.simCards))
-    return _json({})
+    return bare({})
 
 
 async def get_device(request: Request) -> Response:
     """`GET /device`: the app reads only the address it is seen from."""
     await auth.device_of(request)
-    return _json(shapes.ExternalIp(externalIp=request.client.host if request.client else ""))
+    return bare(shapes.ExternalIp(externalIp=request.client.host if request.client else ""))
 
 
 async def get_settings(request: Request) -> Response:
@@ -76,7 +72,7 @@ async def get_settings(request: Request) -> Response:
     messages: dict[str, Any] = (
         {"limit_period": "PerMinute", "limit_value": device.send_rate}
         if device.send_rate > 0 else {"limit_period": "Disabled"})
-    return _json({
+    return bare({
         "gateway": {"notification_channel": "SSE_ONLY"},
         "messages": messages,
         "webhooks": {"signing_key": keys.signing_key(broker.secret, str(device.id))},
@@ -87,7 +83,7 @@ async def get_webhooks(request: Request) -> Response:
     """`GET /webhooks`: none yet (inbound SMS come with issue 12, which lists
     the broker's own URL for `sms:received` here)."""
     await auth.device_of(request)
-    return _json([])
+    return bare([])
 
 
 async def get_user_code(request: Request) -> Response:
@@ -97,7 +93,7 @@ async def get_user_code(request: Request) -> Response:
     account = await auth.account_by_password(request)
     code = await pairing.make(broker.pool, broker.secret, account.id)
     # 0 or 3 fractional digits: the only ones the app parses right (SMSGATE.md 4.6.3).
-    return _json(shapes.UserCode(code=code.code, validUntil=iso(code.expires_at) or ""))
+    return bare(shapes.UserCode(code=code.code, validUntil=iso(code.expires_at) or ""))
 
 
 async def change_password(request: Request) -> Response:
@@ -113,7 +109,7 @@ async def change_password(request: Request) -> Response:
         raise BadRequest(f"newPassword must be at least {passwords.MIN_LENGTH} characters")
     await store.set_password(broker.pool, device.account_id,
                              await passwords.hash_password(req.newPassword))
-    return _json({})
+    return bare({})
 
 
 _ROUTES = [

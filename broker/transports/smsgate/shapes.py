@@ -74,7 +74,6 @@ def sim_cards_json(cards: list[SimCard] | None) -> list[Any] | None:
     return None if cards is None else [msgspec.to_builtins(c) for c in cards]
 
 
-encoder = msgspec.json.Encoder()
 register_decoder = msgspec.json.Decoder(RegisterRequest)
 update_decoder = msgspec.json.Decoder(DeviceUpdate)
 password_decoder = msgspec.json.Decoder(PasswordChange)
