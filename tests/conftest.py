@@ -23,6 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +34,7 @@ import pytest
 from broker import keys, store
 from broker.delivery.channel import Answer, CloseReason, Job
 from broker.delivery.presence import Connection, Presence
+from broker.delivery.queue import Queue
 from broker.ops import embedded_pg
 from broker.store import migrate
 
@@ -223,6 +225,30 @@ async def new_message(db: store.Db, account: store.Account, device: store.Device
     if error is not None:
         await db.execute("UPDATE messages SET error = $2 WHERE id = $1", message_id, error)
     return message_id
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message's row in PostgreSQL."""
+
+    status: str
+    error: str | None
+    device_id: str | None
+
+
+async def stored(db: asyncpg.Connection, mid: str | uuid.UUID) -> Stored:
+    r = await db.fetchrow("SELECT status, error, device_id FROM messages WHERE id = $1",
+                          mid if isinstance(mid, uuid.UUID) else uuid.UUID(mid))
+    assert r is not None, f"message {mid} not in PostgreSQL"
+    return Stored(r["status"], r["error"],
+                  None if r["device_id"] is None else str(r["device_id"]))
+
+
+async def drained(queue: Queue) -> None:
+    """Wait for every drain of `queue` started so far, and those they start."""
+    while queue._drains:
+        await asyncio.gather(*queue._drains.values(), return_exceptions=True)
+        await asyncio.sleep(0)  # the done callbacks run (a drain kicked again)
 
 
 @pytest.fixture

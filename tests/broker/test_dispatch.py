@@ -8,7 +8,6 @@ cancels what it holds that is no longer its own (contract sections 4, 5).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +21,16 @@ from broker.delivery.dispatch import Dispatcher, parse_id
 from broker.delivery.presence import Connection, Presence
 from broker.delivery.reports import Result
 from protocol import lifecycle
-from tests.conftest import RecordingChannel, new_account, new_device, new_message, online
+from tests.conftest import (
+    RecordingChannel,
+    Stored,
+    drained,
+    new_account,
+    new_device,
+    new_message,
+    online,
+    stored,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,24 +44,12 @@ async def dispatcher(pool: store.Pool) -> AsyncIterator[Dispatcher]:
         await d.close()
 
 
-async def drained(dispatcher: Dispatcher) -> None:
-    """Wait for the queue drains the call under test started."""
-    while dispatcher.queue._drains:
-        await asyncio.gather(*dispatcher.queue._drains.values())
-
-
 def unstored_phone(presence: Presence,
                    window: int = 0) -> tuple[Connection, RecordingChannel]:
     """A connected phone with no rows (for what needs no database)."""
     return online(presence, store.DeviceRow(
         id=uuid.uuid4(), account_id=uuid.uuid4(), name="p", token_hash=b"", send_rate=0,
         active=True, last_seen_at=None, health=None, app_version=None), window)
-
-
-async def status_of(db: asyncpg.Connection, message_id: uuid.UUID) -> tuple[str, uuid.UUID]:
-    r = await db.fetchrow("SELECT status, device_id FROM messages WHERE id = $1", message_id)
-    assert r is not None
-    return r["status"], r["device_id"]
 
 
 # --- parse_id ---------------------------------------------------------------
@@ -137,7 +133,7 @@ async def test_an_answer_frees_a_full_window_and_sends_what_was_queued(
     # answer started hands it, not a later one.
     await dispatcher.queue._drains[acc.id]
     assert [j.id for j in channel.offered] == [str(waiting)]
-    assert await status_of(db, waiting) == ("dispatching", dev.id)
+    assert await stored(db, waiting) == Stored("dispatching", None, str(dev.id))
     assert conn.inflight == {waiting}
 
 
@@ -152,7 +148,7 @@ async def test_an_answer_in_a_window_with_room_starts_no_drain(
     dispatcher.answer(conn, str(held), Result(lifecycle.apply("dispatching", "ack"), None))
     assert held not in conn.inflight
     assert dispatcher.queue._drains == {}
-    assert channel.offered == [] and await status_of(db, waiting) == ("queued", dev.id)
+    assert channel.offered == [] and await stored(db, waiting) == Stored("queued", None, str(dev.id))
 
 
 async def test_an_answer_to_a_malformed_id_leaves_the_window_alone(
@@ -182,7 +178,7 @@ async def test_a_report_is_committed_then_answered(
     mid = await new_message(db, acc, dev, "dispatching")
     conn, _ = online(dispatcher.presence, dev)
     result = await dispatcher.report(conn, str(mid), "ack")
-    assert await status_of(db, mid) == ("sending", dev.id)
+    assert await stored(db, mid) == Stored("sending", None, str(dev.id))
     assert dispatcher.answer(conn, str(mid), result) == Receipt("sending")
 
 
@@ -199,7 +195,7 @@ async def test_on_connect_redelivers_the_phones_open_jobs_oldest_first(
     await new_message(db, acc, other, "dispatching")  # another phone's
     conn, channel = online(dispatcher.presence, dev)
     await dispatcher.on_connect(conn, [])
-    await drained(dispatcher)
+    await drained(dispatcher.queue)
     assert [j.id for j in channel.offered] == [str(first), str(second)]
     assert channel.offered[0].recipient == "+16502530000"
     assert channel.offered[0].message == "hello"
@@ -225,7 +221,7 @@ async def test_on_connect_cancels_what_the_phone_holds_that_is_no_longer_its_own
     conn, channel = online(dispatcher.presence, dev)
 
     await dispatcher.on_connect(conn, pending)
-    await drained(dispatcher)
+    await drained(dispatcher.queue)
 
     assert [j.id for j in channel.offered] == [str(mine)]  # still its own: sent again
     assert channel.cancelled == [
@@ -260,6 +256,6 @@ async def test_on_connect_drains_the_accounts_queue(
     queued = await new_message(db, acc, dev, "queued")
     conn, channel = online(dispatcher.presence, dev)
     await dispatcher.on_connect(conn, [])
-    await drained(dispatcher)
+    await drained(dispatcher.queue)
     assert [j.id for j in channel.offered] == [str(queued)]
-    assert await status_of(db, queued) == ("dispatching", dev.id)
+    assert await stored(db, queued) == Stored("dispatching", None, str(dev.id))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -21,7 +20,7 @@ from broker import store
 from broker.delivery import queue as queue_module
 from broker.delivery.presence import Presence
 from broker.delivery.queue import Queue
-from tests.conftest import new_account, new_device, new_message, online
+from tests.conftest import drained, new_account, new_device, new_message, online, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,17 +34,6 @@ async def queue(pool: store.Pool) -> AsyncIterator[Queue]:
         await q.close()
 
 
-async def drained(queue: Queue) -> None:
-    """Wait for every drain started so far, and those they start."""
-    while queue._drains:
-        await asyncio.gather(*queue._drains.values(), return_exceptions=True)
-        await asyncio.sleep(0)  # the done callbacks run (a drain kicked again)
-
-
-async def status(db: asyncpg.Connection, message_id: uuid.UUID) -> str:
-    return str(await db.fetchval("SELECT status FROM messages WHERE id = $1", message_id))
-
-
 async def test_a_kick_hands_the_queued_jobs_oldest_first(
         db: asyncpg.Connection, queue: Queue) -> None:
     acc = await new_account(db)
@@ -57,7 +45,7 @@ async def test_a_kick_hands_the_queued_jobs_oldest_first(
     await drained(queue)
     assert [j.id for j in channel.offered] == [str(first), str(second)]
     assert conn.inflight == {first, second}
-    assert [await status(db, m) for m in (first, second)] == ["dispatching", "dispatching"]
+    assert [(await stored(db, m)).status for m in (first, second)] == ["dispatching", "dispatching"]
 
 
 async def test_a_kick_with_no_phone_online_leaves_the_jobs_queued(
@@ -67,7 +55,7 @@ async def test_a_kick_with_no_phone_online_leaves_the_jobs_queued(
     waiting = await new_message(db, acc, dev)
     queue.kick(acc.id)
     await drained(queue)
-    assert await status(db, waiting) == "queued"
+    assert (await stored(db, waiting)).status == "queued"
 
 
 async def test_a_recent_empty_is_trusted_until_a_job_is_queued_here(
@@ -84,13 +72,13 @@ async def test_a_recent_empty_is_trusted_until_a_job_is_queued_here(
     queue.kick_unless_empty(acc.id)
     assert queue._drains == {}
     await drained(queue)
-    assert await status(db, late) == "queued" and channel.offered == []
+    assert (await stored(db, late)).status == "queued" and channel.offered == []
 
     # ...until this process queues one: `filled` ends the trust at once.
     queue.filled(acc.id)
     queue.kick_unless_empty(acc.id)
     await drained(queue)
-    assert await status(db, late) == "dispatching"
+    assert (await stored(db, late)).status == "dispatching"
     assert [j.id for j in channel.offered] == [str(late)]
 
 
@@ -106,7 +94,7 @@ async def test_an_empty_older_than_the_trust_is_looked_at_again(
     queue._empty_at[acc.id] -= queue_module.QUEUE_EMPTY_TRUST_S + 0.1
     queue.kick_unless_empty(acc.id)
     await drained(queue)
-    assert await status(db, late) == "dispatching"
+    assert (await stored(db, late)).status == "dispatching"
 
 
 async def test_a_connect_with_no_drain_before_drains(
@@ -117,7 +105,7 @@ async def test_a_connect_with_no_drain_before_drains(
     online(queue.presence, dev)
     queue.kick_unless_empty(acc.id)
     await drained(queue)
-    assert await status(db, waiting) == "dispatching"
+    assert (await stored(db, waiting)).status == "dispatching"
 
 
 async def test_a_drain_takes_no_more_than_the_phones_window(
@@ -129,7 +117,7 @@ async def test_a_drain_takes_no_more_than_the_phones_window(
     queue.kick(acc.id)
     await drained(queue)
     assert [j.id for j in channel.offered] == [str(m) for m in jobs[:2]]
-    assert await status(db, jobs[2]) == "queued"
+    assert (await stored(db, jobs[2])).status == "queued"
     # Not "empty": a full window is no reason to trust the queue empty...
     assert acc.id not in queue._empty_at
     # ...and the drain comes back for the rest (at the latest in a second).
@@ -146,7 +134,7 @@ async def test_a_drain_with_every_phone_at_its_rate_waits_for_room(
     conn.pacer.take(time.monotonic())  # this minute's one send is gone
     queue.kick(acc.id)
     await drained(queue)
-    assert channel.offered == [] and await status(db, waiting) == "queued"
+    assert channel.offered == [] and (await stored(db, waiting)).status == "queued"
     handle = queue._wakeups[acc.id]
     # When the pacer's window has room again: a minute from the take.
     assert handle.when() - asyncio.get_running_loop().time() > 50
@@ -159,7 +147,7 @@ async def test_wake_at_none_does_nothing(db: asyncpg.Connection, queue: Queue) -
     online(queue.presence, dev)
     queue.wake_at(acc.id, None)
     assert queue._wakeups == {} and queue._drains == {}
-    assert await status(db, waiting) == "queued"
+    assert (await stored(db, waiting)).status == "queued"
 
 
 async def test_wake_at_drains_at_that_moment_and_replaces_an_earlier_wakeup(
@@ -175,7 +163,7 @@ async def test_wake_at_drains_at_that_moment_and_replaces_an_earlier_wakeup(
     while acc.id in queue._wakeups:  # the timer fires on the loop's next turn
         await asyncio.sleep(0)
     await drained(queue)
-    assert await status(db, waiting) == "dispatching"
+    assert (await stored(db, waiting)).status == "dispatching"
     assert [j.id for j in channel.offered] == [str(waiting)]
 
 
@@ -229,4 +217,4 @@ async def test_after_close_nothing_drains(db: asyncpg.Connection, pool: store.Po
     q.kick_unless_empty(acc.id)
     q.wake_at(acc.id, time.monotonic())
     assert q._drains == {} and q._wakeups == {}
-    assert channel.offered == [] and await status(db, waiting) == "queued"
+    assert channel.offered == [] and (await stored(db, waiting)).status == "queued"

@@ -14,7 +14,7 @@ from broker import store
 from broker.delivery.presence import Presence
 from broker.delivery.sweeper import Sweeper
 from broker.settings import Settings
-from tests.conftest import new_account, new_device, new_message, online
+from tests.conftest import Stored, new_account, new_device, new_message, online, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,13 +24,6 @@ def sweeper(pool: store.Pool, presence: Presence, tmp_path: Path) -> Sweeper:
                                          no_report_after_s=3600))
     s.started_at = time.time() - 7200  # as if this process had run for hours
     return s
-
-
-async def status_of(db: asyncpg.Connection, message_id: object) -> tuple[str, str | None, object]:
-    row = await db.fetchrow("SELECT status, error, device_id FROM messages WHERE id = $1",
-                            message_id)
-    assert row is not None
-    return row["status"], row["error"], row["device_id"]
 
 
 async def test_a_job_past_its_ttl_fails_expired_and_its_phone_gets_a_cancel(
@@ -43,7 +36,7 @@ async def test_a_job_past_its_ttl_fails_expired_and_its_phone_gets_a_cancel(
     conn.inflight.add(mid)
     await db.execute("UPDATE messages SET expires_at = now() - interval '1 s' WHERE id = $1", mid)
     await sweeper(pool, presence, tmp_path).sweep()
-    assert await status_of(db, mid) == ("failed", "expired", device.id)
+    assert await stored(db, mid) == Stored("failed", "expired", str(device.id))
     assert channel.cancelled == [(str(mid), "expired")]
     assert conn.inflight == set()  # its room is back
     history = [r["status"] for r in await db.fetch(
@@ -60,7 +53,7 @@ async def test_a_job_within_its_ttl_is_left_alone(db: asyncpg.Connection, pool: 
     mid = await new_message(db, account, device, "dispatching")
     await db.execute("UPDATE messages SET expires_at = now() + interval '1 h' WHERE id = $1", mid)
     await sweeper(pool, presence, tmp_path).sweep()
-    assert (await status_of(db, mid))[0] == "dispatching"
+    assert (await stored(db, mid)).status == "dispatching"
     assert channel.cancelled == []
 
 
@@ -73,8 +66,8 @@ async def test_a_job_in_sending_without_a_report_fails_no_report(
     fresh = await new_message(db, account, device, "sending")
     await db.execute("UPDATE messages SET updated_at = now() - interval '2 h' WHERE id = $1", stale)
     await sweeper(pool, presence, tmp_path).sweep()
-    assert await status_of(db, stale) == ("failed", "no report", device.id)
-    assert (await status_of(db, fresh))[0] == "sending"
+    assert await stored(db, stale) == Stored("failed", "no report", str(device.id))
+    assert (await stored(db, fresh)).status == "sending"
 
 
 async def test_a_job_never_acked_moves_to_a_phone_online_once_its_own_stayed_away(
@@ -89,7 +82,7 @@ async def test_a_job_never_acked_moves_to_a_phone_online_once_its_own_stayed_awa
     await db.execute("UPDATE devices SET last_seen_at = now() - interval '2 min' WHERE id = $1",
                      away.id)
     await sweeper(pool, presence, tmp_path).sweep()
-    assert await status_of(db, mid) == ("dispatching", None, here.id)
+    assert await stored(db, mid) == Stored("dispatching", None, str(here.id))
     assert [j.id for j in channel.offered] == [str(mid)]
 
 
@@ -106,5 +99,5 @@ async def test_a_job_whose_phone_is_online_or_back_in_time_stays(
     await db.execute("UPDATE devices SET last_seen_at = now() - interval '2 min' WHERE id = $1",
                      first.id)
     await sweeper(pool, presence, tmp_path).sweep()
-    assert (await status_of(db, mid))[2] == first.id
+    assert (await stored(db, mid)).device_id == str(first.id)
     assert other_channel.offered == []

@@ -24,7 +24,7 @@ from broker import keys, store
 from broker.app import Broker, create_app
 from broker.ops.server import uvicorn_config
 from broker.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import Stored, free_port, stored  # noqa: F401 - the e2e modules' too
 
 pytestmark = pytest.mark.timeout(30)
 SECRET = b"e2e-server-secret-0123456789abcdef"
@@ -282,23 +282,6 @@ async def driver(transport: str, http: httpx.AsyncClient,
     yield make
     for d in made:
         await d.close()
-
-
-@dataclass(frozen=True)
-class Stored:
-    """A message's row in PostgreSQL."""
-
-    status: str
-    error: str | None
-    device_id: str | None
-
-
-async def stored(db: asyncpg.Connection, mid: str) -> Stored:
-    r = await db.fetchrow("SELECT status, error, device_id FROM messages WHERE id = $1",
-                          uuid.UUID(mid))
-    assert r is not None, f"message {mid} not in PostgreSQL"
-    return Stored(r["status"], r["error"],
-                  None if r["device_id"] is None else str(r["device_id"]))
 
 
 async def stored_history(db: asyncpg.Connection, mid: str) -> list[str]:
