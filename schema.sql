@@ -111,6 +111,9 @@ CREATE TABLE public.messages (
     expires_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    listed_at timestamp with time zone,
+    handback text,
+    CONSTRAINT messages_handback_check CHECK ((handback = ANY (ARRAY['requested'::text, 'released'::text]))),
     CONSTRAINT messages_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'dispatching'::text, 'sending'::text, 'sent'::text, 'delivered'::text, 'failed'::text])))
 );
 
@@ -296,6 +299,12 @@ CREATE INDEX messages_account_status_seq ON public.messages USING btree (account
 CREATE INDEX messages_expiring ON public.messages USING btree (expires_at) WHERE ((status = ANY (ARRAY['queued'::text, 'dispatching'::text])) AND (expires_at IS NOT NULL));
 
 --
+-- Name: messages_listed; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_listed ON public.messages USING btree (listed_at) WHERE ((status = 'dispatching'::text) AND (listed_at IS NOT NULL));
+
+--
 -- Name: messages_open_by_device; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -306,6 +315,12 @@ CREATE INDEX messages_open_by_device ON public.messages USING btree (device_id, 
 --
 
 CREATE INDEX messages_queued_by_account ON public.messages USING btree (account_id, seq) WHERE (status = 'queued'::text);
+
+--
+-- Name: messages_released; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_released ON public.messages USING btree (account_id, seq) WHERE ((status = 'dispatching'::text) AND (handback = 'released'::text));
 
 --
 -- Name: messages_unacked; Type: INDEX; Schema: public; Owner: -

@@ -88,8 +88,7 @@ class Broker:
             await self._listener.stop()
         await self.dispatcher.close()
         await self.devices_by_token.close()
-        for conn in self.presence.all_connections():
-            await conn.channel.close(CloseReason.RESTARTING)
+        await self.close_phones()
         for task in (self._flusher, self._sweeper):
             if task is not None:
                 task.cancel()
@@ -97,6 +96,13 @@ class Broker:
                     await task
         await self.flush_last_seen()
         await self.pool.close()
+
+    async def close_phones(self) -> None:
+        """Tell every connected phone the broker is restarting. At shutdown,
+        before the server waits for open requests: an event stream is one,
+        and would hold the shutdown for its whole grace period."""
+        for conn in self.presence.all_connections():
+            await conn.channel.close(CloseReason.RESTARTING)
 
     async def flush_last_seen(self) -> None:
         ids, seen, health, versions = self.presence.take_dirty()

@@ -90,7 +90,7 @@ class Dispatcher:
 
     # --- reports ------------------------------------------------------------
 
-    def report(self, conn: Connection, message_id: str, report: lifecycle.Report,
+    def report(self, device_id: uuid.UUID, message_id: str, report: lifecycle.Report,
                error: str | None = None) -> asyncio.Future[reports.Result]:
         """Queue a phone's report for the next group commit; the future is
         done once it is committed (or refused): then `answer` says what to
@@ -103,13 +103,16 @@ class Dispatcher:
                 asyncio.get_running_loop().create_future()
             refused.set_result(reports.Result(lifecycle.NOT_YOURS, None))
             return refused
-        return self.reports.enqueue(reports.Report(conn.device_id, parsed, report, error))
+        return self.reports.enqueue(reports.Report(device_id, parsed, report, error))
 
-    def answer(self, conn: Connection, message_id: str, result: reports.Result) -> Answer:
-        """After the report's commit: what to answer the phone with."""
+    def answer(self, conn: Connection | None, message_id: str,
+               result: reports.Result) -> Answer:
+        """After the report's commit: what to answer the phone with (`conn`:
+        its connection, None for an SMS Gateway app reporting with no
+        stream open)."""
         outcome = result.outcome
         parsed = parse_id(message_id)
-        if parsed is not None:
+        if parsed is not None and conn is not None:
             was_full = 0 < conn.window <= len(conn.inflight)
             conn.inflight.discard(parsed)  # answered: no longer in flight
             if was_full:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
 from broker import store
 from broker.delivery.channel import Job
 from broker.delivery.presence import Connection, Presence
+
+log = logging.getLogger("smsdora.sweeper")
 
 
 def job_of(row: store.Job) -> Job:
@@ -30,3 +33,21 @@ async def hand(presence: Presence, conn: Connection, message_id: uuid.UUID, job:
         current.inflight.add(message_id)
         if not await current.channel.offer(job):
             current.inflight.discard(message_id)
+
+
+async def move(pool: store.Pool, presence: Presence, conn: Connection, message_id: uuid.UUID,
+               from_device: uuid.UUID, job: Job) -> bool:
+    """Move a job no phone holds (never acked nor listed, or given back) from
+    `from_device` to `conn`'s device, which has room, and offer it there.
+    False if the move lost to a report or a listing stored meanwhile."""
+    mono = time.monotonic()
+    conn.pacer.take(mono)
+    if not await store.reassign(pool, message_id, from_device, conn.device_id):
+        conn.pacer.give_back(mono)
+        presence.room_freed(conn, mono)
+        return False
+    log.info("job reassigned", extra={"message_id": str(message_id),
+                                      "from_device": str(from_device),
+                                      "to_device": str(conn.device_id)})
+    await hand(presence, conn, message_id, job)
+    return True

@@ -93,6 +93,7 @@ class Presence:
         self._pacers: dict[uuid.UUID, Window] = {}  # outlive a reconnect
         self._dirty: dict[uuid.UUID, Connection] = {}
         self._gone_at: dict[uuid.UUID, float] = {}  # wall time of the last disconnect
+        self._seen_away: dict[uuid.UUID, float] = {}  # last-seen of phones with no connection
         self._stamps = itertools.count(1)  # freshness and park stamps, never reused
 
     # --- membership ---------------------------------------------------------
@@ -231,6 +232,25 @@ class Presence:
             heapq.heappop(parked)  # stale entries on top: the soonest is below
         return parked[0][2], False
 
+    def pick_other(self, account_id: uuid.UUID, now: float,
+                   exclude: uuid.UUID) -> tuple[Connection, bool] | None:
+        """`pick`, never `exclude` (the phone a job is moving away from)."""
+        picked = self.pick(account_id, now)
+        if picked is None or picked[0].device_id != exclude:
+            return picked
+        conn, has_room = picked
+        account = self._by_account[account_id]
+        if not has_room or len(account.conns) == 1:
+            return None  # the soonest is the excluded one: nobody else has room
+        # Out of the ready set for one more pick: every other device is
+        # ready or parked, so that pick finds one.
+        del account.ready[conn.fresh]
+        try:
+            return self.pick(account_id, now)
+        finally:
+            if conn.park_seq == 0:
+                account.ready[conn.fresh] = conn
+
     def next_room_at(self, account_id: uuid.UUID, now: float) -> float | None:
         """When the account's first device has room (`now` if one has)."""
         picked = self.pick(account_id, now)
@@ -239,16 +259,31 @@ class Presence:
         conn, has_room = picked
         return now if has_room else conn.next_room_at(now)
 
+    def seen_away(self, device_id: uuid.UUID) -> None:
+        """A request from a phone with no connection here (an SMS Gateway app
+        polling with no stream open): its last-seen moves, and it has been
+        away only since now."""
+        now = time.time()
+        self._gone_at[device_id] = now
+        self._seen_away[device_id] = now
+
     # --- last-seen batches --------------------------------------------------
 
     def take_dirty(self) -> tuple[list[uuid.UUID], list[dt.datetime], list[str | None],
                                   list[str | None]]:
         """What changed since the last flush, as columns for one UPDATE."""
         dirty, self._dirty = self._dirty, {}
+        away, self._seen_away = self._seen_away, {}
         ids, seen, health, versions = [], [], [], []
         for device_id, conn in dirty.items():
             ids.append(device_id)
-            seen.append(dt.datetime.fromtimestamp(conn.last_seen_at, dt.UTC))
+            seen.append(dt.datetime.fromtimestamp(max(conn.last_seen_at,
+                                                      away.pop(device_id, 0.0)), dt.UTC))
             health.append(_health_encoder.encode(conn.health).decode() if conn.health else None)
             versions.append(conn.app_version)
+        for device_id, at in away.items():
+            ids.append(device_id)
+            seen.append(dt.datetime.fromtimestamp(at, dt.UTC))
+            health.append(None)
+            versions.append(None)
         return ids, seen, health, versions

@@ -6,9 +6,11 @@ only in memory and a restarted broker picks up where the last one stopped:
   (a connected phone holding it gets `cancel`);
 - a job never acked whose device has stayed away longer than the reassign
   delay (or was deactivated) goes to another eligible device; if the first
-  phone comes back holding it, it gets `cancel`, never a receipt;
-- a job in `sending` with no report within `no_report_after_s` fails as
-  `no report`.
+  phone comes back holding it, it gets `cancel`, never a receipt. A job an
+  SMS Gateway phone has listed is asked back instead (`handback`), and
+  moves once the phone confirmed the cancel;
+- a job in `sending`, or listed by an SMS Gateway phone, with no report
+  within `no_report_after_s` fails as `no report`.
 Every move is a conditional UPDATE, so a phone's report that lands at the
 same moment wins or loses cleanly, and several nodes may sweep at once.
 """
@@ -23,7 +25,7 @@ import time
 from broker import store
 from broker.clock import utcnow
 from broker.delivery.channel import Job
-from broker.delivery.handoff import hand
+from broker.delivery.handoff import move
 from broker.delivery.presence import Presence
 from broker.ops import metrics
 from broker.settings import Settings
@@ -54,16 +56,22 @@ class Sweeper:
         now = utcnow()
         await self._expire(now)
         await self._reassign(now)
-        for stopped in await store.fail_due(
-                self.pool, [lifecycle.SENDING], "updated_at",
-                now - dt.timedelta(seconds=self.settings.no_report_after_s), "no report"):
-            metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
-            log.info("no report: failed", extra={"message_id": str(stopped.id)})
+        no_report = now - dt.timedelta(seconds=self.settings.no_report_after_s)
+        for statuses, column in (([lifecycle.SENDING], "updated_at"),
+                                 ([lifecycle.DISPATCHING], "listed_at")):
+            for stopped in await store.fail_due(self.pool, statuses, column, no_report,
+                                                "no report"):
+                metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
+                log.info("no report: failed", extra={"message_id": str(stopped.id)})
 
     async def _expire(self, now: dt.datetime) -> None:
+        # A job an SMS Gateway phone listed carries its ttl as `validUntil`
+        # and the app enforces it: its expiry waits for the phone's report
+        # one reassign delay more, so that an SMS it sent is never `expired`.
         for stopped in await store.fail_due(
                 self.pool, [lifecycle.QUEUED, lifecycle.DISPATCHING], "expires_at", now,
-                "expired"):
+                "expired",
+                listed_before=now - dt.timedelta(seconds=self.settings.reassign_after_s)):
             metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
             if stopped.was != lifecycle.DISPATCHING or stopped.device_id is None:
                 continue
@@ -83,24 +91,25 @@ class Sweeper:
             return
         for job in await store.unacked_jobs(self.pool, now - dt.timedelta(seconds=delay_s),
                                             accounts):
-            if job.active and self.presence.get(job.device_id) is not None:
-                continue  # online: its phone has the job
-            if job.active and wall - self._away_since(job) < delay_s:
-                continue
+            if not job.released:
+                if job.active and self.presence.get(job.device_id) is not None:
+                    continue  # online: its phone has the job
+                if job.active and wall - self._away_since(job) < delay_s:
+                    continue
             mono = time.monotonic()
-            picked = self.presence.pick(job.account_id, mono)
-            if picked is None or not picked[1] or picked[0].device_id == job.device_id:
-                continue  # nobody with room now: the next sweep tries again
+            picked = self.presence.pick_other(job.account_id, mono, job.device_id)
+            if picked is None or not picked[1]:
+                continue  # nobody else with room now: the next sweep tries again
             conn = picked[0]
-            conn.pacer.take(mono)
-            if not await store.reassign(self.pool, job.id, job.device_id, conn.device_id):
-                conn.pacer.give_back(mono)
-                self.presence.room_freed(conn, mono)
+            if job.listed and not job.released:
+                # The phone may have sent it: ask for it back, and move it
+                # only once the phone confirms it did not (CONTRACT section 8).
+                if job.active and await store.request_handback(self.pool, job.id,
+                                                               job.device_id):
+                    log.info("job asked back", extra={"message_id": str(job.id),
+                                                      "from_device": str(job.device_id)})
                 continue
-            log.info("job reassigned", extra={"message_id": str(job.id),
-                                              "from_device": str(job.device_id),
-                                              "to_device": str(conn.device_id)})
-            await hand(self.presence, conn, job.id,
+            await move(self.pool, self.presence, conn, job.id, job.device_id,
                        Job(id=str(job.id), recipient=job.recipient, message=job.body))
 
     def _away_since(self, job: store.Unacked) -> float:

@@ -77,7 +77,8 @@ class RequestContext:
             try:
                 # Every request answers within the deadline: a database that
                 # hangs becomes a 503 in the error shape, never a stuck client.
-                async with asyncio.timeout(self.deadline_s):
+                async with asyncio.timeout(self.deadline_s) as deadline:
+                    scope[_DEADLINE] = deadline
                     if (scope["method"] == self._fast_method
                             and scope["path"] == self._fast_path):
                         await self._fast_app(scope, receive, send_with_id)
@@ -98,6 +99,18 @@ class RequestContext:
             log.info("request", extra={"method": scope["method"], "route": route,
                                        "status": status, "ms": round(elapsed * 1000, 2)})
             logs.request_id.reset(token)
+
+
+_DEADLINE = "smsdora.deadline"
+
+
+def lift_deadline(scope: Scope) -> None:
+    """For a stream that lives past the request deadline (`GET /events`):
+    called once its headers are written, so the deadline still covers
+    everything before them (authentication, the database)."""
+    deadline = scope.get(_DEADLINE)
+    if deadline is not None:
+        deadline.reschedule(None)
 
 
 # Request ids: a random prefix per process and a counter, 16 hex digits

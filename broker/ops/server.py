@@ -56,6 +56,11 @@ def _draining_server() -> type:
             self.collector_task = asyncio.get_running_loop().create_task(self.collector.run())
 
         async def shutdown(self, sockets: Any = None) -> None:
+            # No new connections, then the phones' end (event streams are
+            # requests uvicorn would otherwise wait for), then uvicorn's own.
+            for server in self.servers:
+                server.close()
+            await self.config.app.state.broker.close_phones()  # type: ignore[union-attr]
             if self.collector_task is not None:
                 self.collector_task.cancel()
             if self.collector is not None:

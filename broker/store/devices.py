@@ -86,9 +86,19 @@ DEVICE_DEACTIVATED = "smsdora_device_deactivated"
 
 async def deactivate_device(db: Db, device_id: uuid.UUID,
                             account_id: uuid.UUID | None = None) -> bool:
+    """Deactivate a device (its token stops working, brokers drop its
+    connection). The jobs an SMS Gateway phone listed fail at once with
+    `device deactivated` (it may have sent them; no other phone may); the
+    ones never listed go to another phone (broker/delivery/sweeper.py)."""
     found = await db.fetchval(
         "WITH u AS (UPDATE devices SET active = false WHERE id = $1"
-        " AND ($2::uuid IS NULL OR account_id = $2) RETURNING id)"
+        " AND ($2::uuid IS NULL OR account_id = $2) RETURNING id),"
+        " f AS (UPDATE messages m SET status = 'failed', error = 'device deactivated',"
+        "   updated_at = now() FROM u WHERE m.device_id = u.id AND m.status = 'dispatching'"
+        "   AND m.listed_at IS NOT NULL AND m.handback IS DISTINCT FROM 'released'"
+        "   RETURNING m.id, m.device_id),"
+        " h AS (INSERT INTO message_history (message_id, status, device_id, error)"
+        "   SELECT id, 'failed', device_id, 'device deactivated' FROM f ON CONFLICT DO NOTHING)"
         f" SELECT count(pg_notify('{DEVICE_DEACTIVATED}', id::text)) FROM u",
         device_id, account_id,
     )

@@ -128,17 +128,20 @@ class Stopped(msgspec.Struct, frozen=True):
 
 
 async def fail_due(db: Db, statuses: list[str], column: str, before: dt.datetime, error: str,
-                   limit: int = 1000) -> list[Stopped]:
+                   limit: int = 1000, listed_before: dt.datetime | None = None) -> list[Stopped]:
     """Fail (with `error`) up to `limit` messages in `statuses` whose `column`
-    (expires_at or updated_at) is before `before`, with their history rows.
+    (expires_at, updated_at or listed_at) is before `before`, with their
+    history rows; a job an SMS Gateway phone has listed only once `column`
+    is before `listed_before` too (its expiry waits for the phone's report).
     SKIP LOCKED: a row a phone's report holds is left to that report; if the
     report moved it on, it no longer matches next time."""
-    assert column in ("expires_at", "updated_at")
+    assert column in ("expires_at", "updated_at", "listed_at")
     return rows_of(Stopped, await db.fetch(
         f"""
         WITH due AS (
             SELECT id, status AS was FROM messages
             WHERE status = ANY($1::text[]) AND {column} < $2
+              AND (listed_at IS NULL OR {column} < $5)
             ORDER BY {column} LIMIT $4 FOR UPDATE SKIP LOCKED
         ), u AS (
             UPDATE messages m SET status = 'failed', error = $3, updated_at = now()
@@ -150,7 +153,7 @@ async def fail_due(db: Db, statuses: list[str], column: str, before: dt.datetime
         )
         SELECT id, device_id, was FROM u
         """,
-        statuses, before, error, limit,
+        statuses, before, error, limit, listed_before or before,
     ))
 
 
@@ -163,30 +166,46 @@ class Unacked(msgspec.Struct, frozen=True):
     status: str
     last_seen_at: dt.datetime | None
     active: bool
+    listed: bool  # an SMS Gateway phone listed it: it holds the job
+    released: bool  # ...and gave it back (`PATCH Cancelled`): free to move now
+
+
+_UNACKED_COLS = ("m.id, m.account_id, m.device_id, m.recipient, m.body, m.status,"
+                 " d.last_seen_at, d.active, m.listed_at IS NOT NULL AS listed,"
+                 " m.handback IS NOT DISTINCT FROM 'released' AS released, m.seq")
 
 
 async def unacked_jobs(db: Db, before: dt.datetime, accounts: list[uuid.UUID],
                        limit: int = 500) -> list[Unacked]:
-    """`dispatching` jobs handed out before `before` whose device has not been
-    seen since then (or is deactivated): candidates for another device."""
-    return rows_of(Unacked, await db.fetch(
-        "SELECT m.id, m.account_id, m.device_id, m.recipient, m.body, m.status, d.last_seen_at,"
-        " d.active FROM messages m JOIN devices d ON d.id = m.device_id"
-        " WHERE m.status = 'dispatching' AND m.updated_at < $1"
+    """Candidates for another device: `dispatching` jobs handed out before
+    `before` whose device has not been seen since then (or is deactivated),
+    not already asked back; and jobs their phone gave back. Two index scans
+    (messages_unacked, messages_released), not one scan with an OR."""
+    rows = await db.fetch(
+        f"(SELECT {_UNACKED_COLS} FROM messages m JOIN devices d ON d.id = m.device_id"
+        " WHERE m.status = 'dispatching' AND m.updated_at < $1 AND m.handback IS NULL"
         " AND (d.last_seen_at IS NULL OR d.last_seen_at < $1 OR NOT d.active)"
-        " AND m.account_id = ANY($3::uuid[])"
-        " ORDER BY m.seq LIMIT $2",
+        " AND m.account_id = ANY($3::uuid[]) ORDER BY m.seq LIMIT $2)"
+        f" UNION ALL (SELECT {_UNACKED_COLS} FROM messages m JOIN devices d ON d.id = m.device_id"
+        " WHERE m.status = 'dispatching' AND m.handback = 'released'"
+        " AND m.account_id = ANY($3::uuid[]) ORDER BY m.account_id, m.seq LIMIT $2)"
+        " ORDER BY seq",
         before, limit, accounts,
-    ))
+    )
+    fields = Unacked.__struct_fields__
+    return [Unacked(*(r[f] for f in fields)) for r in rows]
 
 
 async def reassign(db: Db, message_id: uuid.UUID, old_device: uuid.UUID,
                    new_device: uuid.UUID) -> bool:
-    """Move a job that was never acked to another device. Conditional on the
-    old owner and status: an ack stored meanwhile wins, and the job stays."""
+    """Move a job that was never acked to another device: one no phone has
+    listed, or one its phone gave back. Conditional on the old owner and
+    status: an ack or a listing stored meanwhile wins, and the job stays."""
     status = await db.execute(
-        "UPDATE messages SET device_id = $3, updated_at = now()"
-        " WHERE id = $1 AND device_id = $2 AND status = 'dispatching'",
+        "UPDATE messages SET device_id = $3, listed_at = NULL, handback = NULL,"
+        " updated_at = now()"
+        " WHERE id = $1 AND device_id = $2 AND status = 'dispatching'"
+        " AND (listed_at IS NULL OR handback = 'released')",
         message_id, old_device, new_device,
     )
     return bool(status == "UPDATE 1")

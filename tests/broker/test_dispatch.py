@@ -167,7 +167,7 @@ async def test_an_answer_to_a_malformed_id_leaves_the_window_alone(
 async def test_a_report_on_a_malformed_id_is_refused_without_the_database(
         dispatcher: Dispatcher) -> None:
     conn, _ = unstored_phone(dispatcher.presence)
-    result = await dispatcher.report(conn, "nope", "ack")
+    result = await dispatcher.report(conn.device_id, "nope", "ack")
     assert result.outcome == lifecycle.NOT_YOURS
 
 
@@ -177,7 +177,7 @@ async def test_a_report_is_committed_then_answered(
     dev = await new_device(db, acc)
     mid = await new_message(db, acc, dev, "dispatching")
     conn, _ = online(dispatcher.presence, dev)
-    result = await dispatcher.report(conn, str(mid), "ack")
+    result = await dispatcher.report(conn.device_id, str(mid), "ack")
     assert await stored(db, mid) == Stored("sending", None, str(dev.id))
     assert dispatcher.answer(conn, str(mid), result) == Receipt("sending")
 

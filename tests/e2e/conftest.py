@@ -84,6 +84,9 @@ async def start_server(settings: Settings, database_url: str) -> Server:
 
 
 async def stop_server(server: Server) -> None:
+    # As `serve` does at its shutdown (broker/ops/server.py): open event
+    # streams would hold uvicorn for its whole grace period.
+    await server.broker.close_phones()
     server.uvicorn.should_exit = True
     await asyncio.wait_for(server.uvicorn._smsdora_task, 15)  # type: ignore[attr-defined]
 

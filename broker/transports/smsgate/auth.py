@@ -34,7 +34,9 @@ def _authorization(request: Request) -> tuple[str, str]:
 
 
 async def device_of(request: Request) -> store.DeviceRow:
-    """The active SMS Gateway phone whose token is the Bearer."""
+    """The active SMS Gateway phone whose token is the Bearer. Every request
+    of it moves its last-seen (and so the freshest-device pick), not the
+    keepalives the broker writes (CONTRACT section 8)."""
     broker: Broker = request.app.state.broker
     scheme, token = _authorization(request)
     prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if scheme == "bearer" else None
@@ -44,6 +46,11 @@ async def device_of(request: Request) -> store.DeviceRow:
     if (device is None or not keys.matches(broker.secret, token, device.token_hash)
             or not device.active or device.transport != store.SMSGATE):
         raise Unauthorized("Invalid device token")
+    conn = broker.presence.get(device.id)
+    if conn is not None:
+        broker.presence.touch(conn)
+    else:
+        broker.presence.seen_away(device.id)
     return device
 
 

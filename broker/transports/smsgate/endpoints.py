@@ -1,6 +1,7 @@
 """The mobile API of the SMS Gateway for Android app (contract section 8,
 shared/SMSGATE.md section 3): registration, the device, settings, webhooks,
-login codes and the password. Mounted at `/api/mobile/v1` and `/mobile/v1`.
+login codes and the password here; the jobs in messages.py, the event
+stream in events.py. Mounted at `/api/mobile/v1` and `/mobile/v1`.
 
 Answers are the app's own JSON (shapes.py) with `application/json`, never
 an empty body; errors are the contract's error shape (the app looks only at
@@ -20,7 +21,7 @@ from broker.errors import BadRequest, Forbidden, Unauthorized
 from broker.http.responses import bare, decode, read_body
 from broker.services import devices as device_service
 from broker.services import pairing, passwords
-from broker.transports.smsgate import auth, shapes
+from broker.transports.smsgate import auth, events, messages, shapes
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
@@ -116,6 +117,14 @@ _ROUTES = [
     Route("/device", register_device, methods=["POST"], name="smsgate_register_device"),
     Route("/device", update_device, methods=["PATCH"], name="smsgate_update_device"),
     Route("/device", get_device, methods=["GET"], name="smsgate_get_device"),
+    Route("/message", messages.list_messages, methods=["GET"], name="smsgate_list_messages"),
+    Route("/message", messages.report_messages, methods=["PATCH"],
+          name="smsgate_report_messages"),
+    # The reference server's alias, answered the same.
+    Route("/messages", messages.list_messages, methods=["GET"], name="smsgate_list_messages"),
+    Route("/messages", messages.report_messages, methods=["PATCH"],
+          name="smsgate_report_messages"),
+    Route("/events", events.events, methods=["GET"], name="smsgate_events"),
     Route("/settings", get_settings, methods=["GET"]),
     Route("/webhooks", get_webhooks, methods=["GET"]),
     Route("/user/code", get_user_code, methods=["GET"]),

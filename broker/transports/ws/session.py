@@ -148,12 +148,12 @@ async def serve(presence: Presence, dispatcher: Dispatcher, settings: Settings, 
                 metrics.FRAMES.labels("ack").inc()
                 if answers is None:
                     answers = Answers(dispatcher, conn, channel)
-                await answers.add(message_id, dispatcher.report(conn, message_id, "ack"))
+                await answers.add(message_id, dispatcher.report(conn.device_id, message_id, "ack"))
             case frames.Status(id=message_id, status=status, error=error):
                 metrics.FRAMES.labels("status").inc()
                 if answers is None:
                     answers = Answers(dispatcher, conn, channel)
-                await answers.add(message_id, dispatcher.report(conn, message_id, status, error))
+                await answers.add(message_id, dispatcher.report(conn.device_id, message_id, status, error))
             case frames.Ping(health=health):
                 metrics.FRAMES.labels("ping").inc()
                 if health is not None:
