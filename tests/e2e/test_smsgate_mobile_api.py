@@ -608,3 +608,23 @@ async def test_alias_mobile_v1_answers_like_api_mobile_v1(http: httpx.AsyncClien
                          json={"currentPassword": PASSWORD, "newPassword": "x" * 13},
                          headers=bearer(dev["token"]))
     assert_error(r, 400)
+
+
+async def test_should_13_a_base_url_typed_with_a_trailing_slash_works(
+        http: httpx.AsyncClient, account: Account) -> None:
+    """The app calls "$base/device": a base ending in "/" gives "//device"
+    (SMSGATE sections 1.2 and 10, SHOULD 13)."""
+    base = API + "/"
+    r = await http.post(f"{base}/device", json={"name": "Slash phone"},
+                        headers=bearer(account.key))
+    dev = json_of(r, 201)
+    assert (await listed_devices(http, account))[dev["id"]]["deviceName"] == "Slash phone"
+    assert_2xx(await http.patch(f"{base}/device", json={"id": dev["id"]},
+                                headers=bearer(dev["token"])))
+    assert json_of(await http.get(f"{base}/message", headers=bearer(dev["token"])), 200) == []
+    got = json_of(await http.get(f"{base}/settings", headers=bearer(dev["token"])), 200)
+    assert got["gateway"]["notification_channel"] == "SSE_ONLY"
+    # Still refused without credentials, and unknown paths are still 404s.
+    assert_error(await http.patch(f"{base}/device", json={"id": dev["id"]},
+                                  headers=APP_HEADERS), 401)
+    assert_error(await http.get(f"{base}/nothing", headers=bearer(dev["token"])), 404)

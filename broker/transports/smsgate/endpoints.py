@@ -132,6 +132,12 @@ _ROUTES = [
 ]
 
 
+# The app builds every URL as "$base/<path>", so a base typed with a trailing
+# slash calls "//device" (SMSGATE.md 1.2): answered the same.
+_DOUBLED = [Route("/" + r.path, r.endpoint, methods=sorted(r.methods or ()), name=r.name)
+            for r in _ROUTES]
+
+
 def routes() -> list[BaseRoute]:
     """The mobile API under each of its prefixes."""
-    return [Mount(prefix, routes=_ROUTES) for prefix in PREFIXES]
+    return [Mount(prefix, routes=[*_ROUTES, *_DOUBLED]) for prefix in PREFIXES]
