@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
@@ -27,6 +28,29 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+def _networks(env: dict[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is a /32 or /128)."""
+    out = []
+    for item in env.get(name, "").split(","):
+        if item.strip():
+            try:
+                out.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise SystemExit(f"{name} must be addresses or CIDRs, got {item.strip()!r}") from None
+    return tuple(out)
+
+
+def _listen_address(env: dict[str, str], name: str, default: str) -> tuple[str, int] | None:
+    """`host:port` (`[::1]:9464` for IPv6); empty: None (off)."""
+    raw = env.get(name, default).strip()
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"{name} must be host:port or empty, got {raw!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,19 @@ class Settings:
     pool_max: int = 20
     gc_freeze_s: float = 0.25
     log_level: str = "INFO"
+    # The edges of an exposed broker (contract section 12, docs/OPERATIONS.md
+    # "Exposed to a network"). Connection caps: 0 is no cap.
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    body_timeout_s: float = 30.0
+    max_connections: int = 50_000
+    max_connections_per_address: int = 2_000
+    # Peers whose X-Forwarded-For / X-Real-IP are believed (broker/http/client.py).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # GET /metrics and the detailed /health on a listener of their own; None: off.
+    metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464)
+    # With it, GET /metrics and the detailed /health on the main port too.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -93,6 +130,14 @@ class Settings:
             pool_max=_int(e, "SMSDORA_POOL_MAX", 20),
             gc_freeze_s=_float(e, "SMSDORA_GC_FREEZE", 0.25),
             log_level=e.get("SMSDORA_LOG_LEVEL", "INFO"),
+            header_timeout_s=_float(e, "SMSDORA_HEADER_TIMEOUT", 10.0),
+            max_header_bytes=_int(e, "SMSDORA_MAX_HEADER_BYTES", 16 * 1024),
+            body_timeout_s=_float(e, "SMSDORA_BODY_TIMEOUT", 30.0),
+            max_connections=_int(e, "SMSDORA_MAX_CONNECTIONS", 50_000),
+            max_connections_per_address=_int(e, "SMSDORA_MAX_CONNECTIONS_PER_ADDRESS", 2_000),
+            trusted_proxies=_networks(e, "SMSDORA_TRUSTED_PROXIES"),
+            metrics_addr=_listen_address(e, "SMSDORA_METRICS_ADDR", "127.0.0.1:9464"),
+            metrics_token=e.get("SMSDORA_METRICS_TOKEN") or None,
         )
 
     def with_(self, **changes: object) -> Settings:
