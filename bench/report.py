@@ -120,6 +120,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     f"{_k(phones)} phones connected)",
                     f"{row['p50_ms']:.2f} / {row['p99_ms']:.2f} / {row['p999_ms']:.2f}",
                     "—", "", target, _holds(ok) if target else ""))
+    out += sse_rows(r.get("sse"))
     bare = {row["phones"]: row for row in r["bare"]["levels"]}
     for row in r["memory"]["levels"]:
         b = bare.get(row["phones"], {})
@@ -176,6 +177,35 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     out.append(("ms longest GC pause in the broker's whole first run (phones connecting)",
                 f"{g['longest_ms_whole_run']:.1f} (gen {g['generation_whole_run']})",
                 "—", "", "", ""))
+    return out
+
+
+def _legs(p: dict[str, Any]) -> str:
+    return f"{p['p50_ms']:.2f} / {p['p90_ms']:.2f} / {p['p99_ms']:.2f} / {p['max_ms']:.2f}"
+
+
+def sse_rows(s: dict[str, Any] | None) -> list[tuple[str, str, str, str, str, str]]:
+    """bench/sse.py: both legs of a send to an SMS Gateway phone (SSE), the
+    WebSocket phone's frame at the same rate as their baseline, SSE ÷ WS."""
+    if s is None:
+        return []
+    ws, sse = s["ws"], s["sse"]
+    where = (f"at {_n(s['rate'])}/s for {s['seconds']:.0f} s, {s['phones']} phones a side, "
+             f"each side its own account")
+    base = f"{_legs(ws)} (WebSocket phone: request → `send` frame)"
+    failed = sum(n for k, n in sse["counts"].items()
+                 if k.startswith(("list_", "patch_")) and k not in ("list_200", "patch_200"))
+    out = []
+    for leg, what, note in (
+            ("event", "`event: MessageEnqueued` read",
+             f" ({sse['without_own_event']} of {sse['listed']['samples']} listed by an "
+             "earlier event's look)"),
+            ("listed", "the phone's `GET /message` answered with the job",
+             f" ({failed} listings or reports not 2xx)" if failed else "")):
+        q = s["ratio"][leg]
+        out.append((f"ms request → {what}, SMS Gateway phone (SSE), p50 / p90 / p99 / max "
+                    f"{where}", _legs(sse[leg]) + note, base,
+                    f"{q['p50_ms']:.2f} (p50) / {q['p99_ms']:.2f} (p99)", "", ""))
     return out
 
 

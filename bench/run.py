@@ -3,12 +3,14 @@
 Real processes on loopback, each started here and ended in `finally`: an
 embedded PostgreSQL in a temp dir, one server at a time (the baseline app,
 the bare websockets server, the broker under bench/serve_with_gc.py), the
-phones (bench/phones.py, one process per 5k) and the load generator
-(bench/loadgen.py). Every phase is bounded in time and count.
+phones (bench/phones.py, one process per 5k; bench/sse_phones.py) and the
+load generator (bench/loadgen.py). Every phase is bounded in time and count.
 
 Phases: micro benchmarks in-process; baseline throughput; bare websockets
-memory; broker memory and idle CPU while phones connect (1k, 5k, 10k, 20k);
-with 10k connected: the end-to-end maximum (a closed loop that keeps at most
+memory; in a broker of its own, a send to an SMS Gateway phone (SSE) against
+one to a WebSocket phone at the same rate (bench/sse.py, bench/sse_phones.py);
+broker memory and idle CPU while phones connect (1k, 5k, 10k, 20k); with 10k
+connected: the end-to-end maximum (a closed loop that keeps at most
 `window` messages undelivered), open-loop latency at fractions of it, kill -9
 and restart, and last the accept path's maximum (an unbounded closed loop,
 which leaves unfinished reports behind it). The GC windows are the load runs.
@@ -32,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from bench import database, machine, micro, report
+from bench import database, machine, micro, report, sse
 from bench.fleet import Fleet, slices
 from bench.procs import Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib, wait_port
 
@@ -228,6 +230,18 @@ class Bench:
             fleet.quit()
             proc.stop()
 
+    def sse_phase(self, quick: bool) -> dict[str, Any]:
+        """A send to an SMS Gateway phone (SSE) against one to a WebSocket
+        phone at the same rate (bench/sse.py), in a broker of their own."""
+        row = sse.phase(self, quick)
+        ws, ss = row["ws"], row["sse"]
+        say(f"SSE phase at {row['rate']:.0f}/s, {row['phones']} phones a side: WebSocket frame "
+            f"p50 {ws['p50_ms']:.2f} / p99 {ws['p99_ms']:.2f} ms; SSE event p50 "
+            f"{ss['event']['p50_ms']:.2f} / p99 {ss['event']['p99_ms']:.2f} ms, listed p50 "
+            f"{ss['listed']['p50_ms']:.2f} / p99 {ss['listed']['p99_ms']:.2f} ms "
+            f"({row['elapsed_s']:.0f} s)")
+        return row
+
     def lifecycle(self, fleet: Fleet, port: int) -> dict[str, Any]:
         """The end-to-end maximum: closed loop, at most `window` messages
         accepted and not yet delivered; delivered rows stored a second."""
@@ -396,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         rows["baseline"] = bench.baseline()
         say(f"baseline: {rows['baseline']['per_s']:.0f}/s")
         rows["bare"] = bench.bare()
+        rows["sse"] = bench.sse_phase(args.quick)
         rows.update(bench.broker())
     finally:
         bench.procs.close()

@@ -1,5 +1,6 @@
 """`make bench` cannot rot: its quick form (`python -m bench --quick`, some
-seconds: 50 phones, a few hundred requests, no chart) runs here, in real
+seconds: 50 phones, a few hundred requests, no chart; the SSE phase with 20
+phones a side at 50 sends a second for 1 s) runs here, in real
 processes on loopback with its own embedded PostgreSQL. This checks that
 every row of the table is there with sane numbers, not how fast anything is.
 """
@@ -17,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ROWS = ("sends/s end to end", "sends/s accept path", "p50 / p99 / p99.9",
         "RSS KiB per idle phone", "idle CPU", "reconnect after kill -9", "API-key check",
-        "device pick", "longest GC pause")
+        "device pick", "longest GC pause", "`event: MessageEnqueued` read, SMS Gateway phone",
+        "`GET /message` answered with the job, SMS Gateway phone")
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,6 +53,19 @@ def test_quick_bench_has_every_row_with_sane_numbers(tmp_path: Path) -> None:
     for row in r["latency"]:
         assert row["samples"] > 0 and row["missing_frames"] == 0
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    s = r["sse"]
+    assert s["ws_online"] == s["sse_online"] == s["phones"] > 0
+    ws, sse = s["ws"], s["sse"]
+    for side in (ws, sse):  # every send accepted, reached its phone and ended
+        assert list(side["statuses"]) == ["201"] and side["missing"] == 0 and side["drained"]
+        assert abs(side["statuses"]["201"] - s["rate"] * s["seconds"]) <= 1
+        assert side["phones_with_jobs"] > 0
+    sent = sse["statuses"]["201"]
+    assert sse["event"]["samples"] + sse["without_own_event"] == sse["listed"]["samples"] == sent
+    for p in (ws, sse["event"], sse["listed"]):
+        assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"] < 10_000
+    assert all(s["ratio"][leg]["p50_ms"] > 0 for leg in ("event", "listed"))
+    assert sse["counts"]["patch_200"] >= sent and sse["counts"]["streams_opened"] == s["phones"]
     for side in (r["memory"], r["bare"]):
         for level in side["levels"]:
             assert level["connected"] == level["phones"] > 0
