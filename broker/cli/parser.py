@@ -92,10 +92,27 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("recipient")
     p.add_argument("message")
 
-    p = leaf(commands, "device-sim", "a simulated phone", remote.device_sim, db=False)
+    p = leaf(commands, "device-sim", "a simulated phone: our WebSocket protocol, or the SMS"
+             " Gateway for Android app", remote.device_sim, db=False)
+    p.add_argument("--app", choices=("ws", "smsgate"), default="ws",
+                   help="ws: our WebSocket protocol (default); smsgate: the SMS Gateway for"
+                        " Android app's mobile API (HTTP + SSE)")
     p.add_argument("--token", default=os.environ.get("SMSDORA_DEVICE_TOKEN"),
-                   required=not os.environ.get("SMSDORA_DEVICE_TOKEN"), help="device token")
-    p.add_argument("--url", default=url)
+                   help="device token (ws: required; smsgate: with --device-id, a phone"
+                        " registered before)")
+    p.add_argument("--device-id", default=os.environ.get("SMSDORA_DEVICE_ID"), metavar="ID",
+                   help="smsgate: the device id its token belongs to")
+    p.add_argument("--key", help="smsgate: register with this API key (scope devices:register),"
+                                 " as the app's Sign Up; again if its token is refused")
+    p.add_argument("--code", help="smsgate: register with a one-time code (smsdora devices"
+                                  " code), as the app's By code")
+    p.add_argument("--name", default="smsdora/device-sim",
+                   help="smsgate: the device name it registers with")
+    p.add_argument("--app-timing", action="store_true",
+                   help="smsgate: reconnect the event stream as the app does (5 s x5, 30 s x5,"
+                        " then every 60 s) instead of 0.5 s doubling to 10 s")
+    p.add_argument("--url", default=url,
+                   help="the broker (smsgate: /api/mobile/v1 is added to a URL without a path)")
     p.add_argument("--outcome", choices=("delivered", "sent", "failed"), default="delivered",
                    help="what the simulated carrier reports (default delivered)")
     p.add_argument("--delay-ms", type=nonnegative, default=500, metavar="N",

@@ -55,20 +55,51 @@ def send(args: argparse.Namespace, settings: Settings) -> Output:
 
 
 def device_sim(args: argparse.Namespace, settings: Settings) -> Output:
-    from broker import device_sim as sim  # websockets client: only this command needs it
+    from broker import device_sim as sim  # websockets and h11 clients: only this command
+
+    app: sim.AppSim | None = None
 
     def show(event: sim.Event) -> None:
         job = f" {event.id}" if event.id else ""
         print(f"{event.kind}{job}: {event.detail}", flush=True)
+        if event.kind == "registered" and app is not None:
+            print(f"  (the token is shown once; to run this phone again: smsdora device-sim"
+                  f" --app smsgate --url {args.url} --device-id {app.device_id}"
+                  f" --token {app.phone.token})", flush=True)
+
+    if args.app == "smsgate":
+        if (args.token is None) != (args.device_id is None):
+            raise CliError("--token and --device-id go together (a phone registered before)")
+        if args.token is None and args.key is None and args.code is None:
+            raise CliError("--key or --code to register, or --token and --device-id")
+        try:
+            app = sim.AppSim(args.url, token=args.token, device_id=args.device_id, key=args.key,
+                             code=args.code, name=args.name, outcome=args.outcome,
+                             delay_ms=args.delay_ms, on_event=show,
+                             reconnect=sim.app_reconnect_s if args.app_timing
+                             else sim.fast_reconnect_s)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+        print(f"device-sim: the SMS Gateway app on {app.url}", flush=True)
+    else:
+        if not args.token:
+            raise CliError("--token (or SMSDORA_DEVICE_TOKEN) is required")
+        try:
+            sim.ws_url(args.url)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+
+    async def main() -> None:
+        if app is not None:
+            await app.run()
+        else:
+            await sim.run(args.url, args.token, args.outcome, args.delay_ms, on_event=show)
 
     try:
-        sim.ws_url(args.url)
-    except ValueError as err:
-        raise CliError(str(err)) from None
-    try:
-        asyncio.run(sim.run(args.url, args.token, args.outcome, args.delay_ms, on_event=show))
-    except sim.DeviceRejected:
-        raise CliError("the broker refused the device token (401): wrong or deactivated") from None
+        asyncio.run(main())
+    except sim.DeviceRejected as err:
+        raise CliError(f"{err}: wrong, used up or deactivated" if args.app == "smsgate" else
+                       "the broker refused the device token (401): wrong or deactivated") from None
     except KeyboardInterrupt:
         pass
     return Output({}, "device-sim stopped")

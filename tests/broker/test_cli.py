@@ -79,7 +79,7 @@ def run(db: asyncpg.Connection, database_url: str, tmp_path: Path,
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("SMSDORA_HOME", str(tmp_path))
     for name in ("SMSDORA_SECRET", "SMSDORA_URL", "SMSDORA_API_KEY", "SMSDORA_DEVICE_TOKEN",
-                 "SMSDORA_SEND_RATE"):
+                 "SMSDORA_DEVICE_ID", "SMSDORA_SEND_RATE"):
         monkeypatch.delenv(name, raising=False)
     return Cli(capsys, tmp_path)
 
@@ -410,6 +410,78 @@ def test_device_sim_with_a_refused_token_exits_2(run: Cli, broker_url: str) -> N
     run("device-sim", "--token", "smsdev_00000000_" + "y" * 43, "--url", broker_url, code=2)
     assert "401" in run.err
     run("device-sim", "--token", "t", "--url", "ftp://example.com", code=2)
+    run("device-sim", "--url", broker_url, code=2)  # no token
+    assert "--token" in run.err
+
+
+def test_device_sim_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SMSDORA_DEVICE_TOKEN", "SMSDORA_DEVICE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    parser = cli.build_parser(Settings(home=Path("/nonexistent")))
+    ws = parser.parse_args(["device-sim", "--token", "t"])
+    assert (ws.app, ws.token, ws.outcome, ws.delay_ms) == ("ws", "t", "delivered", 500)
+    app = parser.parse_args(["device-sim", "--app", "smsgate", "--key", "k", "--outcome",
+                             "failed", "--delay-ms", "0", "--url", "https://gw.example.com",
+                             "--name", "pixel/7", "--app-timing"])
+    assert (app.app, app.key, app.code, app.token, app.device_id) == ("smsgate", "k", None,
+                                                                      None, None)
+    assert (app.outcome, app.delay_ms, app.name, app.app_timing) == ("failed", 0, "pixel/7", True)
+    again = parser.parse_args(["device-sim", "--app", "smsgate", "--token", "t",
+                               "--device-id", "d", "--code", "abc234"])
+    assert (again.token, again.device_id, again.code, again.app_timing) == ("t", "d", "abc234",
+                                                                            False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["device-sim", "--app", "android"])
+
+
+def test_device_sim_smsgate_needs_credentials_and_an_http_url(run: Cli) -> None:
+    run("device-sim", "--app", "smsgate", code=2)
+    assert "--key or --code" in run.err
+    run("device-sim", "--app", "smsgate", "--token", "t", code=2)
+    assert "--device-id" in run.err
+    run("device-sim", "--app", "smsgate", "--key", "k", "--url", "ftp://example.com", code=2)
+    assert "not an http(s) URL" in run.err
+
+
+def test_device_sim_smsgate_with_a_refused_key_exits_2(run: Cli, broker_url: str) -> None:
+    run("device-sim", "--app", "smsgate", "--key", "smsgw_00000000_" + "x" * 43,
+        "--url", broker_url, code=2)
+    assert "POST /device refused: 401" in run.err
+
+
+def test_device_sim_smsgate_registers_sends_and_stops_on_sigint(
+        run: Cli, broker_url: str, database_url: str, tmp_path: Path) -> None:
+    run("accounts", "create", "a@example.com")
+    key = run.json("keys", "create", "--account", "a@example.com", "--scope", "messages:send",
+                   "--scope", "devices:register")["key"]
+    env = {**os.environ, "SMSDORA_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "device-sim", "--app", "smsgate", "--key", key,
+         "--url", broker_url, "--delay-ms", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("connected"):
+                break
+        out = "".join(lines)
+        assert f"on {broker_url}/api/mobile/v1" in out and "registered: device " in out
+        assert "--device-id " in out and "--token smsdev_" in out
+        text = run("send", "--key", key, "--url", broker_url, "+16502530000", "via the app")
+        message_id = text.split()[1]
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"patched {message_id}: Delivered"):
+                break
+        assert _sql(database_url, "SELECT status FROM messages")[0][0] == "delivered"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])

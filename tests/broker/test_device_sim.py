@@ -1,9 +1,13 @@
-"""The simulated phone: its pure state machine driven directly (sync), then
-`DeviceSim` against a real broker on a free port and the real PostgreSQL."""
+"""The simulated phones: the WebSocket phone's pure state machine driven
+directly (sync), then `DeviceSim` against a real broker on a free port and
+the real PostgreSQL; at the end the SMS Gateway app's pure state (`AppPhone`,
+its SSE reader and dates; `AppSim` on a real broker is
+tests/e2e/test_device_sim_smsgate.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import urllib.request
 import uuid
@@ -25,11 +29,17 @@ from broker.device_sim import (
     DROPPED,
     FAILED,
     SENDING,
+    AppPhone,
     DeviceRejected,
     DeviceSim,
     Phone,
+    app,
+    app_reconnect_s,
+    mobile_base,
     ws_url,
 )
+from broker.device_sim.app import ListingRefused
+from broker.device_sim.mobile import SseEvent, SseParser, app_date
 from broker.ops.server import uvicorn_config
 from broker.settings import Settings
 from protocol import frames
@@ -384,3 +394,212 @@ def test_a_report_the_broker_could_not_store_is_kept_and_said_again() -> None:
     # A real refusal still drops the report.
     phone.on_frame(frames.Error(code="refused", detail="no", id=ID))
     assert ID not in phone.outbox
+
+
+# --- the SMS Gateway app's pure state (broker/device_sim/app.py, mobile.py) ------------
+
+NOW = dt.datetime(2026, 1, 1, 16, 0, tzinfo=dt.timezone(dt.timedelta(hours=7)))
+LATER = NOW + dt.timedelta(seconds=2)
+
+
+def listing(*items: dict[str, Any]) -> bytes:
+    return json.dumps([{"id": ID, "message": "hi", "textMessage": {"text": "hi"},
+                        "phoneNumbers": ["+16502530000"], "withDeliveryReport": True,
+                        "state": "Pending", "createdAt": "2026-01-01T09:00:00.000Z", **item}
+                       for item in items]).encode()
+
+
+def patch_body(phone: AppPhone, message_id: str = ID) -> list[dict[str, Any]]:
+    _, _, body = phone.snapshot(message_id)
+    parsed: list[dict[str, Any]] = json.loads(body)
+    return parsed
+
+
+def test_sse_parser_reads_as_okhttp_does() -> None:
+    parser = SseParser()
+    assert parser.feed("event: WebhooksUpdated\ndata: null\n\n:keepalive\n\n") == [
+        SseEvent("WebhooksUpdated", "null")]
+    assert parser.comments == 1
+    # Split anywhere, CRLF split between two reads, CR alone, no `event:` line.
+    assert parser.feed("event: MessageCancelled\r") == []
+    assert parser.feed('\ndata: {"messageId":"x"}\r\n\r') == [
+        SseEvent("MessageCancelled", '{"messageId":"x"}')]
+    assert parser.feed("\ndata:\n\n") == [SseEvent("MessageEnqueued", "")]
+    assert parser.feed("event: NoData\n\ndata: a\ndata: b\nid: 7\n\n") == [
+        SseEvent("MessageEnqueued", "a\nb")]  # an event without data is never dispatched
+
+
+def test_dates_urls_and_the_reconnect_schedule() -> None:
+    assert app_date(NOW) == "2026-01-01T16:00:00.000+07:00"
+    assert app_date(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)) == "2026-01-01T00:00:00.000Z"
+    assert mobile_base("http://127.0.0.1:8000") == "http://127.0.0.1:8000/api/mobile/v1"
+    assert mobile_base("https://gw.example.com/api/mobile/v1/") == \
+        "https://gw.example.com/api/mobile/v1"
+    assert mobile_base("http://h/mobile/v1") == "http://h/mobile/v1"
+    with pytest.raises(ValueError):
+        mobile_base("ws://h")
+    assert [app_reconnect_s(n) for n in range(12)] == [5.0] * 5 + [30.0] * 5 + [60.0] * 2
+
+
+def test_a_listed_job_goes_out_at_once_and_each_state_is_a_full_snapshot() -> None:
+    phone = AppPhone("delivered")
+    phone.on_listing(listing({}), NOW)
+    assert phone.go_ahead == [ID] and phone.jobs[ID].state == app.PENDING
+    assert phone.outbox() == []  # no PATCH for a new job: the app just sends it
+    assert phone.start_send(ID, NOW) and phone.sent_count[ID] == 1
+    assert patch_body(phone) == [{
+        "id": ID, "state": "Processed", "recipients": [{"phoneNumber": "+16502530000",
+                                                        "state": "Processed"}],
+        "states": {"Pending": "2026-01-01T16:00:00.000+07:00",
+                   "Processed": "2026-01-01T16:00:00.000+07:00"}}]
+    count, state, _ = phone.snapshot(ID)
+    phone.on_patched(ID, count, state)
+    assert phone.outbox() == [] and phone.jobs[ID].patches == ["Processed"]
+    phone.finish_send(ID, LATER)
+    [item] = patch_body(phone)
+    assert item["state"] == "Delivered" and list(item["states"]) == [
+        "Pending", "Processed", "Sent", "Delivered"]
+    assert phone.outbox() == [ID]
+    assert [e.kind for e in phone.events] == ["job", "sending", "patched", "reported"]
+
+
+@pytest.mark.parametrize("outcome, state, error", [
+    ("sent", "Sent", None), ("failed", "Failed", "simulated failure")])
+def test_app_outcomes(outcome: Any, state: str, error: str | None) -> None:
+    phone = AppPhone(outcome)
+    phone.on_listing(listing({}), NOW)
+    phone.start_send(ID, NOW)
+    phone.finish_send(ID, LATER)
+    [item] = patch_body(phone)
+    assert item["state"] == state and item["recipients"][0].get("error") == error
+
+
+def test_a_sent_job_without_delivery_report_stays_sent() -> None:
+    phone = AppPhone("delivered")
+    phone.on_listing(listing({"withDeliveryReport": False}), NOW)
+    phone.start_send(ID, NOW)
+    phone.finish_send(ID, NOW)
+    assert phone.jobs[ID].state == app.SENT
+
+
+def test_a_known_job_listed_again_is_reported_never_sent_again() -> None:
+    phone = AppPhone()
+    phone.on_listing(listing({}), NOW)
+    phone.on_listing(listing({}), LATER)
+    assert phone.go_ahead == [ID] and phone.outbox() == [ID]
+    [item] = patch_body(phone)
+    assert item["state"] == "Pending" and item["states"] == {
+        "Pending": "2026-01-01T16:00:00.000+07:00"}
+    phone.start_send(ID, NOW)
+    phone.finish_send(ID, NOW)
+    phone.on_listing(listing({}), LATER)  # listed again after sending: its state again
+    assert patch_body(phone)[0]["state"] == "Delivered"
+    assert phone.go_ahead == [ID] and phone.sent_count[ID] == 1
+    assert not phone.start_send(ID, NOW)  # the radio never takes a job twice
+
+
+def test_cancelling_an_unsent_or_unknown_job_patches_cancelled() -> None:
+    phone = AppPhone()
+    phone.on_listing(listing({}), NOW)
+    phone.on_listing(listing({"state": "Cancelling"}), LATER)
+    assert phone.jobs[ID].state == app.CANCELLED
+    [item] = patch_body(phone)
+    assert item["state"] == "Cancelled" and item["recipients"][0]["state"] == "Cancelled"
+    assert not phone.start_send(ID, NOW) and phone.sent_count[ID] == 0
+    other = "9b0e7f4c-0000-4000-8000-000000000002"
+    phone.on_listing(listing({"id": other, "state": "Cancelling"}), LATER)  # unknown here
+    assert patch_body(phone, other) == [{
+        "id": other, "state": "Cancelled", "recipients": [{"phoneNumber": "+16502530000",
+                                                           "state": "Cancelled"}],
+        "states": {"Cancelled": "2026-01-01T16:00:02.000+07:00"}}]
+    assert phone.go_ahead == [ID]  # the unknown one never goes to the radio
+    # Cancelled already: a listing as Cancelling again changes nothing (the app's edge).
+    count, state, _ = phone.snapshot(other)
+    phone.on_patched(other, count, state)
+    phone.on_listing(listing({"id": other, "state": "Cancelling"}), LATER)
+    assert other not in phone.outbox()
+
+
+def test_a_cancel_after_sending_is_too_late() -> None:
+    phone = AppPhone()
+    phone.on_listing(listing({}), NOW)
+    phone.start_send(ID, NOW)
+    count, state, _ = phone.snapshot(ID)
+    phone.on_patched(ID, count, state)
+    phone.on_listing(listing({"state": "Cancelling"}), LATER)
+    phone.on_event(SseEvent("MessageCancelled", json.dumps({"messageId": ID})), LATER)
+    assert phone.jobs[ID].state == app.PROCESSED and phone.outbox() == []
+    assert [e.detail for e in phone.events if e.kind == "refused"] == [
+        "cancel too late: already Processed"] * 2
+
+
+def test_message_cancelled_cancels_a_pending_job_only() -> None:
+    phone = AppPhone()
+    phone.on_listing(listing({}), NOW)
+    cancel = SseEvent("MessageCancelled", json.dumps({"messageId": ID}))
+    assert phone.on_event(cancel, LATER) is None
+    assert phone.jobs[ID].state == app.CANCELLED and phone.outbox() == [ID]
+    unknown = SseEvent("MessageCancelled", json.dumps({"messageId": "nope"}))
+    assert phone.on_event(unknown, LATER) is None and "nope" not in phone.jobs
+    phone.on_event(SseEvent("MessageCancelled", "null"), LATER)
+    assert "without a messageId" in phone.events[-1].detail
+
+
+def test_events_say_what_to_fetch() -> None:
+    phone = AppPhone()
+    assert phone.on_open() == "message"
+    assert [phone.on_event(SseEvent(n, "null"), NOW) for n in (
+        "MessageEnqueued", "WebhooksUpdated", "SettingsUpdated", "MessagesExportRequested",
+        "Unknown")] == ["message", "webhooks", "settings", None, None]
+
+
+def test_an_expired_job_fails_unsent() -> None:
+    phone = AppPhone()
+    phone.on_listing(listing({"validUntil": "2026-01-01T09:00:01.000Z"}), NOW)
+    assert phone.start_send(ID, NOW)  # 16:00+07:00 is 09:00Z: not yet
+    phone = AppPhone()
+    phone.on_listing(listing({"validUntil": "2026-01-01T09:00:00Z"}), NOW)
+    assert not phone.start_send(ID, NOW) and phone.sent_count[ID] == 0
+    [item] = patch_body(phone)
+    assert item["state"] == "Failed" and item["recipients"][0]["error"] == "TTL expired"
+
+
+def test_listings_the_app_cannot_read_are_refused_whole() -> None:
+    phone = AppPhone()
+    for bad in (b"{}", listing({"createdAt": "2026-01-01T09:00:00.123456Z"}),
+                listing({"validUntil": "2026-01-01 09:00:00"}), listing({"phoneNumbers": 1})):
+        with pytest.raises(ListingRefused):
+            phone.on_listing(bad, NOW)
+    assert phone.jobs == {}
+    phone.on_listing(listing({"textMessage": None, "message": None}), NOW)  # no content
+    phone.on_listing(listing({"id": "dup", "phoneNumbers": ["+1", "+1"]}), NOW)
+    assert phone.jobs == {} and phone.events[-1].kind == "refused"
+    phone.on_listing(listing({"state": "SomethingNew"}), NOW)  # Gson: null, so Pending
+    phone.on_listing(listing({"id": "done", "state": "Processed"}), NOW)  # ignored
+    assert list(phone.jobs) == [ID]
+
+
+def test_settings_and_webhooks_as_the_app_imports_them() -> None:
+    phone = AppPhone()
+    phone.on_settings(b'{"gateway":{"notification_channel":"SSE_ONLY"},'
+                      b'"messages":{"limit_period":"PerMinute","limit_value":30}}')
+    assert phone.events[-1].detail == "limit 30/min"
+    phone.on_settings(b'{"gateway": null}')
+    assert phone.events[-1].kind == "refused"
+    phone.on_webhooks(b'[{"id":"w1","url":"https://h/in","event":"sms:received"}]')
+    assert [w.event for w in phone.webhooks] == ["sms:received"]
+    phone.on_webhooks(b'[{"id":"w2","url":"https://h/in","event":"sms:batch:received"}]')
+    assert phone.events[-1].kind == "refused" and len(phone.webhooks) == 1
+
+
+def test_a_refused_patch_is_dropped_and_a_newer_state_is_sent_after_an_older_answer() -> None:
+    phone = AppPhone()
+    phone.on_listing(listing({}), NOW)
+    phone.start_send(ID, NOW)
+    count, state, _ = phone.snapshot(ID)
+    phone.finish_send(ID, LATER)  # while the Processed PATCH is on its way
+    phone.on_patched(ID, count, state)
+    assert phone.outbox() == [ID]  # the Delivered snapshot is still to go
+    count, state, _ = phone.snapshot(ID)
+    phone.on_patch_refused(ID, count, "400 bad")
+    assert phone.outbox() == [] and phone.events[-1].kind == "refused"
