@@ -115,6 +115,7 @@ class AppPhone:
         self.jobs: dict[str, AppJob] = {}
         self.sent_count: Counter[str] = Counter()  # SMS handed to the radio, per id
         self.go_ahead: list[str] = []
+        self._unpatched: dict[str, None] = {}  # the outbox, oldest first
         self.events: list[Event] = []
         self.device_id: str | None = None
         self.token: str | None = None
@@ -219,6 +220,7 @@ class AppPhone:
 
     def _want(self, job: AppJob) -> None:
         job.wanted += 1
+        self._unpatched[job.id] = None
 
     def on_settings(self, raw: bytes) -> None:
         """`GET /settings` (4.9): objects of sections. The simulator keeps
@@ -275,8 +277,16 @@ class AppPhone:
     # --- the outbox ----------------------------------------------------------------
 
     def outbox(self) -> list[str]:
-        """Ids with a snapshot the broker has not taken yet."""
-        return [j.id for j in self.jobs.values() if j.wanted > j.patched]
+        """Ids with a snapshot the broker has not taken yet, oldest first."""
+        return list(self._unpatched)
+
+    def unpatched(self, message_id: str) -> bool:
+        return message_id in self._unpatched
+
+    def _taken(self, job: AppJob, count: int) -> None:
+        job.patched = max(job.patched, count)
+        if job.patched >= job.wanted:
+            self._unpatched.pop(job.id, None)
 
     def snapshot(self, message_id: str) -> tuple[int, str, bytes]:
         """The `PATCH /message` body for the job now, with the count it
@@ -287,12 +297,11 @@ class AppPhone:
     def on_patched(self, message_id: str, count: int, state: str) -> None:
         """The broker took the snapshot sent at `count` (2xx)."""
         job = self.jobs[message_id]
-        job.patched = max(job.patched, count)
+        self._taken(job, count)
         job.patches.append(state)
         self._event("patched", message_id, state)
 
     def on_patch_refused(self, message_id: str, count: int, detail: str) -> None:
         """A 4xx: sending it again would be refused again (the app drops it too)."""
-        job = self.jobs[message_id]
-        job.patched = max(job.patched, count)
+        self._taken(self.jobs[message_id], count)
         self._event("refused", message_id, f"PATCH /message: {detail}")

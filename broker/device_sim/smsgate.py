@@ -326,7 +326,7 @@ class AppSim:
         """The job's snapshot, said again until the broker takes it or
         refuses it (a 4xx); each try reads the snapshot afresh."""
         attempt = 0
-        while message_id in self.phone.outbox():
+        while self.phone.unpatched(message_id):
             count, state, body = self.phone.snapshot(message_id)
             try:
                 answer: Answer | None = await self.client.call("PATCH", "/message",

@@ -10,6 +10,8 @@ promise of contract section 5 and issue 4:
 - every message final;
 - each SMS sent exactly once, summed over all phones, by its owner device,
   and its stored status is what that phone reported;
+- every kind of phone in the run (WebSocket, SMS Gateway app) sent SMS, so
+  the promises above hold for each kind, not just for the mix;
 - every history is forward-only and begins with `queued`.
 
 "Final" for the soak: `delivered` or `failed`, or `sent` when `sent` was
@@ -66,6 +68,7 @@ class Evidence:
     rows: dict[str, Row] = field(default_factory=dict)
     history: dict[str, list[Step]] = field(default_factory=dict)
     sends: dict[str, Counter[str]] = field(default_factory=dict)  # device id -> id -> SMS sent
+    kinds: dict[str, str] = field(default_factory=dict)  # device id -> its transport
     outcomes: dict[str, str] = field(default_factory=dict)  # id -> what its phone reported
     answers: Counter[str] = field(default_factory=Counter)  # every HTTP answer, by kind
     unexpected: list[str] = field(default_factory=list)  # answers the soak cannot explain
@@ -180,8 +183,26 @@ def sent_once(e: Evidence) -> Verdict:
             problems.append(f"{mid} ({row.status}) sent {n} times, by {sorted(senders[mid])}")
         elif n == 0 and row.status in (lifecycle.SENT, lifecycle.DELIVERED):
             problems.append(f"{mid} is {row.status} but no phone sent it")
-    return problems, (f"{sum(total.values())} SMS for {len(e.rows)} messages;"
-                     f" max {max(total.values(), default=0)} per id")
+    return problems, (f"{sum(total.values())} SMS for {len(e.rows)} messages"
+                      f" ({_plain(_sent_by_kind(e))}); max {max(total.values(), default=0)} per id")
+
+
+def _sent_by_kind(e: Evidence) -> Counter[str]:
+    """SMS sent by the phones of each kind (every kind in the run, 0 too)."""
+    by_kind: Counter[str] = Counter(dict.fromkeys(e.kinds.values(), 0))
+    for device, counts in e.sends.items():
+        by_kind[e.kinds.get(device, "unknown")] += sum(counts.values())
+    return by_kind
+
+
+def every_kind_sent(e: Evidence) -> Verdict:
+    by_kind = _sent_by_kind(e)
+    problems = [f"no {kind} phone sent an SMS" for kind, n in sorted(by_kind.items()) if not n]
+    return problems, f"SMS sent by kind: {_plain(by_kind)}"
+
+
+def _plain(c: Counter[str]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in sorted(c.items())) or "none"
 
 
 def sent_by_owner(e: Evidence) -> Verdict:
@@ -222,6 +243,7 @@ CHECKS: Final[dict[str, Callable[[Evidence], Verdict]]] = {
     "nothing doubled": nothing_doubled,
     "every message final": all_final,
     "each SMS sent exactly once": sent_once,
+    "every kind of phone sent SMS": every_kind_sent,
     "sent by its owner, stored as reported": sent_by_owner,
     "history forward-only from queued": forward_only,
     "broker healthy after every fault": recovered,

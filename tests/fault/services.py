@@ -85,11 +85,21 @@ class Postgres:
 class Tenant:
     dsn: str  # the soak's database
     key: str  # an API key with messages:send
-    devices: list[tuple[str, str, str]]  # (id, name, token)
+    devices: list[tuple[str, str, str, str]]  # (id, name, token, transport)
 
 
-async def prepare(admin_dsn: str, phones: int) -> Tenant:
-    """A database with schema.sql, one account, one API key, `phones` devices."""
+def transports(phones: int, smsgate: int) -> list[str]:
+    """Which transport each phone speaks: `smsgate` of them the SMS Gateway
+    app, spread among the WebSocket ones (phone 2, 4, ... first)."""
+    smsgate = max(0, min(smsgate, phones))
+    picked = sorted(range(phones), key=lambda i: (i % 2 == 0, i))[:smsgate]
+    return [store.SMSGATE if i in picked else store.WEBSOCKET for i in range(phones)]
+
+
+async def prepare(admin_dsn: str, phones: int, smsgate: int = 0) -> Tenant:
+    """A database with schema.sql, one account, one API key, `phones`
+    devices of which `smsgate` are SMS Gateway phones (registered already,
+    as an app that has signed up)."""
     admin = await asyncpg.connect(admin_dsn, timeout=10)
     try:
         await admin.execute(f'CREATE DATABASE "{DATABASE}"')
@@ -105,12 +115,12 @@ async def prepare(admin_dsn: str, phones: int) -> Tenant:
         await store.insert_key(db, account.id, "soak", prefix, keys.digest(secret, key),
                                ["messages:send"], None, None)
         devices = []
-        for i in range(phones):
+        for i, transport in enumerate(transports(phones, smsgate)):
             token, prefix = keys.make_secret(keys.TOKEN_KIND)
             # send_rate 0: no pacing, so the soak's speed is its own choice.
             row = await store.insert_device(db, account.id, f"phone-{i + 1:02d}", prefix,
-                                            keys.digest(secret, token), 0)
-            devices.append((str(row.id), row.name, token))
+                                            keys.digest(secret, token), 0, transport)
+            devices.append((str(row.id), row.name, token, transport))
     finally:
         await db.close()
     return Tenant(dsn, key, devices)

@@ -4,10 +4,13 @@
 
 All real processes: an embedded PostgreSQL of its own in a temp dir (so it
 never touches another test's server), the broker as a subprocess
-(`python -m broker serve`), and P simulated phones (`DeviceSim`) in this
-event loop. It sends N messages over HTTP, each with its own
-Idempotency-Key, while the phones report random outcomes (delivered, sent,
-failed) and drop their sockets at random; meanwhile the broker is killed
+(`python -m broker serve`), and P simulated phones in this event loop, of
+both kinds: `--smsgate S` of them (default half) the SMS Gateway for
+Android app on the mobile API (`AppSim`, HTTP + SSE), the others our
+WebSocket protocol (`DeviceSim`). It sends N messages over HTTP, each with
+its own Idempotency-Key, while the phones report random outcomes
+(delivered, sent, failed) and drop their connections (the socket, the
+event stream) at random; meanwhile the broker is killed
 with SIGKILL K times (restarted at once on the same port) and PostgreSQL is
 stopped and started R times. Then it waits until every message is final and
 checks the promises of contract section 5 (tests/fault/invariants.py),
@@ -46,7 +49,7 @@ from broker import store
 from broker.device_sim import DeviceRejected
 from tests.conftest import free_port
 from tests.fault.invariants import Check, Evidence, Row, Step, check_all, final_counts, is_final
-from tests.fault.phones import SoakPhone, SoakSim
+from tests.fault.phones import SoakAppPhone, SoakAppSim, SoakPhone, SoakSim
 from tests.fault.services import (
     BrokerProcess,
     Postgres,
@@ -65,6 +68,7 @@ SLOW_S = 5.0  # issue 4: sends during an outage "answer 503 in the error shape w
 class SoakConfig:
     messages: int = 100
     phones: int = 5
+    smsgate: int | None = None  # of the phones, SMS Gateway apps; default half
     kills: int = 1
     pg_restarts: int = 1
     seed: int = 4
@@ -142,7 +146,7 @@ class Soak:
         self.evidence = Evidence(requested=cfg.messages)
         self.faults: list[Fault] = []
         self.outcomes: dict[str, str] = {}  # id -> what its phone reported (shared)
-        self.sims: list[SoakSim] = []
+        self.sims: list[SoakSim | SoakAppSim] = []
         self.retries: Counter[str] = Counter()
         self.slow = 0  # answers (or timeouts) after more than SLOW_S
         self.sends_done = asyncio.Event()
@@ -273,7 +277,7 @@ class Soak:
                     async with asyncio.timeout(3):
                         await sim.drop_connection()
 
-    def phone_done(self, sim: SoakSim, task: asyncio.Task[None]) -> None:
+    def phone_done(self, sim: SoakSim | SoakAppSim, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         err = task.exception()
@@ -318,7 +322,8 @@ class Soak:
             await db.close()
         if self.broker is not None and self.broker.exited() is not None:
             e.fault_problems.append(f"the broker exited by itself (code {self.broker.exited()})")
-        e.sends = {s.device_id: Counter(s.sent_count) for s in self.sims}
+        e.sends = {s.device_id or "": Counter(s.sent_count) for s in self.sims}
+        e.kinds = {s.device_id or "": s.kind for s in self.sims}
         e.outcomes = dict(self.outcomes)
         by_device = {s.device_id: s for s in self.sims}
         for mid, row in e.rows.items():
@@ -328,7 +333,9 @@ class Soak:
 
     async def run(self) -> tuple[float, float]:
         """Everything but clean-up; returns (send phase s, settle s)."""
-        tenant = await prepare(await asyncio.to_thread(self.pg.start_first), self.cfg.phones)
+        smsgate = self.cfg.phones // 2 if self.cfg.smsgate is None else self.cfg.smsgate
+        tenant = await prepare(await asyncio.to_thread(self.pg.start_first), self.cfg.phones,
+                               smsgate)
         self.dsn = tenant.dsn
         self.broker = BrokerProcess(self.workdir, tenant.dsn, free_port())
         self.broker.start()
@@ -342,10 +349,16 @@ class Soak:
             try:
                 if await wait_healthy(health, self.broker, self.cfg.recover_s) is None:
                     raise RuntimeError(f"no /health ok within {self.cfg.recover_s:g} s of start")
-                for device_id, name, token in tenant.devices:
-                    sim = SoakSim(self.broker.url, token, device_id, name,
-                                  SoakPhone(self.cfg.seed, self.outcomes),
-                                  delay_ms=self.rng.randint(0, 200))
+                for device_id, name, token, transport in tenant.devices:
+                    sim: SoakSim | SoakAppSim
+                    if transport == store.SMSGATE:
+                        sim = SoakAppSim(self.broker.url, token, device_id, name,
+                                         SoakAppPhone(self.cfg.seed, self.outcomes),
+                                         delay_ms=self.rng.randint(0, 200))
+                    else:
+                        sim = SoakSim(self.broker.url, token, device_id, name,
+                                      SoakPhone(self.cfg.seed, self.outcomes),
+                                      delay_ms=self.rng.randint(0, 200))
                     self.sims.append(sim)
                     task = loop.create_task(sim.run(), name=name)
                     task.add_done_callback(functools.partial(self.phone_done, sim))
@@ -376,8 +389,15 @@ class Soak:
         for s in self.sims:
             total.update(s.sent_count)
         reconnects = sum(s.connections for s in self.sims) - len(self.sims)
-        refused = Counter(d.split(":")[0] for s in self.sims
-                          for details in s.refused.values() for d in details)
+        kinds: dict[str, list[SoakSim | SoakAppSim]] = {}
+        for s in self.sims:
+            kinds.setdefault(s.kind, []).append(s)
+        apps = [s for s in self.sims if isinstance(s, SoakAppSim)]
+
+        def refused(sims: list[SoakSim | SoakAppSim]) -> str:
+            return _counts(Counter(d.split(":")[0] for s in sims
+                                   for details in s.refused.values() for d in details))
+
         return {
             "seed": cfg.seed,
             "messages (one key each)": cfg.messages,
@@ -390,10 +410,19 @@ class Soak:
             "PostgreSQL restarts": sum(f.kind == "pg restart" for f in self.faults),
             "final by status": _counts(final_counts(e.rows)),
             "phones reported": _counts(Counter(self.outcomes.values())),
-            "SMS sent per phone": " ".join(str(sum(s.sent_count.values())) for s in self.sims),
-            "SMS sent in all": sum(total.values()),
+            "phones": ", ".join(f"{len(sims)} {kind}" for kind, sims in sorted(kinds.items())),
+            "SMS sent per phone": " | ".join(
+                f"{kind}: " + " ".join(str(sum(s.sent_count.values())) for s in sims)
+                for kind, sims in sorted(kinds.items())),
+            "SMS sent in all": f"{sum(total.values())} (" + ", ".join(
+                f"{kind} {sum(sum(s.sent_count.values()) for s in sims)}"
+                for kind, sims in sorted(kinds.items())) + ")",
             "max SMS per id": max(total.values(), default=0),
-            "error frames to phones": _counts(refused),
+            "error frames to phones": refused(kinds.get(store.WEBSOCKET, [])),
+            "refusals seen by apps": refused(kinds.get(store.SMSGATE, [])),
+            "app jobs given back unsent": sum(j.state == "Cancelled" for s in apps
+                                              for j in s.jobs.values()),
+            "app PATCHes said again": sum(s.patch_retries for s in apps),
             "phone drops / reconnects": f"{sum(s.drops for s in self.sims)} / {reconnects}",
             "send phase": f"{send_s:.1f} s at {cfg.rate:g}/s, {cfg.concurrency} in flight",
             "settle (until all final)": f"{settle_s:.1f} s",
@@ -457,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--messages", type=int, default=d.messages)
     p.add_argument("--phones", type=int, default=d.phones)
+    p.add_argument("--smsgate", type=int, default=None, metavar="S",
+                   help="how many of the phones are SMS Gateway apps (default half)")
     p.add_argument("--kills", type=int, default=d.kills, help="broker SIGKILLs")
     p.add_argument("--pg-restarts", type=int, default=d.pg_restarts)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -469,11 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work dir after a pass")
     args = p.parse_args(argv)
     if (args.messages < 1 or args.phones < 1 or args.kills < 0 or args.pg_restarts < 0
-            or args.rate <= 0 or args.concurrency < 1):
+            or args.rate <= 0 or args.concurrency < 1
+            or not 0 <= (args.smsgate or 0) <= args.phones):
         p.error("--messages, --phones, --concurrency at least 1; --rate above 0;"
-                " --kills and --pg-restarts not negative")
+                " --kills and --pg-restarts not negative; --smsgate at most --phones")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    cfg = SoakConfig(messages=args.messages, phones=args.phones, kills=args.kills,
+    cfg = SoakConfig(messages=args.messages, phones=args.phones, smsgate=args.smsgate,
+                     kills=args.kills,
                      pg_restarts=args.pg_restarts, seed=args.seed, rate=args.rate,
                      concurrency=args.concurrency, pg_down_s=args.pg_down,
                      settle_s=args.settle, workdir=args.workdir, keep=args.keep)

@@ -1,11 +1,13 @@
 """Issue 4's proof, short form: nothing lost, nothing doubled, under faults.
 
 The soak (tests/fault/soak.py) sends 100 messages, each with its own
-Idempotency-Key, to 5 `device-sim` phones that report random outcomes and
-drop their sockets at random, while the broker (a real subprocess) is
+Idempotency-Key, to 5 `device-sim` phones (3 on our WebSocket protocol, 2
+SMS Gateway apps on the mobile API) that report random outcomes and drop
+their connections at random, while the broker (a real subprocess) is
 killed with SIGKILL once and PostgreSQL is stopped and started once. Each
 test below asserts one promise over that one run (fixture `short_soak`).
-The full form, 1,000 messages to 20 phones with 3 SIGKILLs, is `make soak`.
+The full form, 1,000 messages to 20 phones (10 of each kind) with 3
+SIGKILLs, is `make soak`.
 
 "Final", for the soak, is `delivered` or `failed`, or `sent` when `sent` was
 the phone's last report: a simulated carrier that answers `sent` never
@@ -44,6 +46,7 @@ def test_the_short_soak_ran_its_faults(short_soak: SoakReport) -> None:
     kinds = Counter(f.kind for f in short_soak.faults)
     assert kinds == {"kill": 1, "pg restart": 1}
     assert short_soak.figures["answered 201"] == 100
+    assert short_soak.figures["phones"] == "2 smsgate, 3 websocket"
     assert short_soak.duration_s < 60, short_soak.table()
 
 
@@ -107,7 +110,7 @@ def test_final_means_what_the_phone_last_said() -> None:
 
 def evidence() -> Evidence:
     """Two messages, each sent once by its owner, as a passing soak sees them."""
-    e = Evidence(requested=2)
+    e = Evidence(requested=2, kinds={"d1": "websocket", "d2": "smsgate"})
     for i, (status, device) in enumerate([("delivered", "d1"), ("failed", "d2")]):
         mid = f"m{i}"
         e.accepted[f"k{i}"] = mid
@@ -160,6 +163,15 @@ def test_a_report_never_stored_is_caught() -> None:
     e.rows["m1"] = Row("m1", "sending", "d2", "body 1")  # the phone said failed
     e.history["m1"] = steps("queued", "dispatching", "sending")
     assert failing(e) == {"every message final"}
+
+
+def test_a_kind_of_phone_that_sent_nothing_is_caught() -> None:
+    e = evidence()
+    e.kinds["d3"] = "smsgate"  # a third phone, idle: its kind sent through d2
+    assert failing(e) == set()
+    e.sends["d2"]["m1"] = 0  # no SMS from any smsgate phone
+    e.rows["m1"] = Row("m1", "failed", "d2", "body 1")  # failed before sending (expired)
+    assert "every kind of phone sent SMS" in failing(e)
 
 
 def test_a_500_and_an_unexplained_answer_are_caught() -> None:
