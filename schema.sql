@@ -6,6 +6,19 @@
 -- `smsdora migrate`, not this file: it is for reading.
 
 --
+-- Name: smsdora_key_added(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.smsdora_key_added() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_notify('smsdora_key_added', NEW.prefix);
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: smsdora_key_changed(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -17,6 +30,18 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+--
+-- Name: account_usage; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.account_usage (
+    account_id uuid NOT NULL,
+    month date NOT NULL,
+    used integer NOT NULL,
+    CONSTRAINT account_usage_used_check CHECK ((used >= 0))
+)
+WITH (fillfactor='50');
 
 --
 -- Name: accounts; Type: TABLE; Schema: public; Owner: -
@@ -172,6 +197,13 @@ CREATE TABLE public.schema_migrations (
 ALTER TABLE ONLY public.messages ALTER COLUMN seq SET DEFAULT nextval('public.messages_seq_seq'::regclass);
 
 --
+-- Name: account_usage account_usage_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.account_usage
+    ADD CONSTRAINT account_usage_pkey PRIMARY KEY (account_id, month);
+
+--
 -- Name: accounts accounts_email_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -275,6 +307,12 @@ CREATE INDEX api_keys_account ON public.api_keys USING btree (account_id);
 CREATE INDEX devices_account ON public.devices USING btree (account_id);
 
 --
+-- Name: idempotency_keys_created; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idempotency_keys_created ON public.idempotency_keys USING btree (created_at);
+
+--
 -- Name: messages_account_created; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -341,10 +379,23 @@ CREATE INDEX messages_unreported ON public.messages USING btree (updated_at) WHE
 CREATE INDEX pairing_codes_account ON public.pairing_codes USING btree (account_id);
 
 --
+-- Name: api_keys api_keys_added; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER api_keys_added AFTER INSERT OR UPDATE OF prefix ON public.api_keys FOR EACH ROW EXECUTE FUNCTION public.smsdora_key_added();
+
+--
 -- Name: api_keys api_keys_changed; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER api_keys_changed AFTER DELETE OR UPDATE ON public.api_keys FOR EACH ROW EXECUTE FUNCTION public.smsdora_key_changed();
+
+--
+-- Name: account_usage account_usage_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.account_usage
+    ADD CONSTRAINT account_usage_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
 
 --
 -- Name: accounts accounts_plan_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

@@ -39,23 +39,7 @@ class Sender:
         self.presence = presence
         self.queue = queue
         self.max_queued = max_queued
-        self._usage: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
         self._month = Month()
-
-    async def _check_quota(self, account_id: uuid.UUID, monthly: int, now: dt.datetime) -> None:
-        """Monthly plan volume, counted in memory after one count per month.
-        Per process: several nodes may together overshoot by what is in flight."""
-        month = self._month.of(now)
-        cached = self._usage.get(account_id)
-        if cached is None or cached[0] != month:
-            count = await store.messages_this_month(self.pool, account_id, month)
-            cached = self._usage[account_id] = (month, count)
-        if cached[1] >= monthly:
-            raise Forbidden("Monthly message quota exceeded")
-
-    def _count(self, account_id: uuid.UUID) -> None:
-        month, n = self._usage.get(account_id, (self._month.of(utcnow()), 0))
-        self._usage[account_id] = (month, n + 1)
 
     async def send(self, account_id: uuid.UUID, monthly: int, recipient: str, body: str,
                    ttl_s: int | None, idempotency_key: str | None, raw_body: bytes,
@@ -65,17 +49,15 @@ class Sender:
         now = utcnow()
         job = _NewJob(uuid.uuid4(), account_id, recipient, body,
                       now + dt.timedelta(seconds=ttl_s) if ttl_s else None, now, key_id,
-                      key_prefix)
+                      key_prefix, store.Quota(self._month.of(now).date(), monthly))
         accepted: _Accepted | None = None
         if idempotency_key is None:
-            await self._check_quota(account_id, monthly, now)
             accepted = await self._accept(self.pool, job)
         else:
             request_hash = hashlib.sha256(raw_body).digest()
             replay = await self._replay(account_id, idempotency_key, request_hash, now)
             if replay is not None:
                 return replay
-            await self._check_quota(account_id, monthly, now)
             # Claim the key first, in the message's own transaction: a twin
             # request blocks on the key until we commit and then replays our
             # response, so only one of them ever picks a device.
@@ -127,17 +109,11 @@ class Sender:
                     raise Unavailable("Too many queued messages",
                                       headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
             try:
-                written = await store.insert_message(
-                    db, job.id, job.account_id, conn.device_id, job.recipient, job.body, status,
-                    job.expires_at, job.created_at, job.key_id, job.key_prefix)
+                written = await self._insert(db, job, conn.device_id, status)
             except BaseException:
                 if has_room:
                     self._give_back(conn, mono)
                 raise
-            if written is store.Inserted.KEY_GONE:
-                if has_room:
-                    self._give_back(conn, mono)
-                raise KeyChanged()
             if written is store.Inserted.WRITTEN:
                 response = api_encoder.encode(SendResponse(
                     statusCode=201, message="SMS queued for delivery",
@@ -148,14 +124,31 @@ class Sender:
                 return _Accepted(conn, has_room, mono, response)
             if has_room:
                 self._give_back(conn, mono)  # nothing went to the phone
-            self.presence.unregister(conn)
+            if written is store.Inserted.KEY_GONE:
+                raise KeyChanged()
+            if written is store.Inserted.OVER_QUOTA:
+                raise Forbidden("Monthly message quota exceeded")
+            self.presence.unregister(conn)  # DEVICE_GONE
             await conn.channel.close(CloseReason.DEACTIVATED)
         metrics.SENDS.labels("no_device").inc()
         raise NoEligibleDevice()
 
+    async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID,
+                      status: str) -> store.Inserted:
+        """The message's INSERT, which takes its unit of the monthly quota in
+        the same statement (contract section 3, v2)."""
+        args = (db, job.id, job.account_id, device_id, job.recipient, job.body, status,
+                job.expires_at, job.created_at, job.key_id, job.key_prefix, job.quota)
+        written = await store.insert_message(*args)
+        if written is store.Inserted.MONTH_UNOPENED:
+            # The month's first send, in any process: make its usage row, then take from it.
+            await store.open_month(db, job.account_id, job.quota.month)
+            written = await store.insert_message(*args)
+            assert written is not store.Inserted.MONTH_UNOPENED, "the usage row vanished"
+        return written
+
     async def _deliver(self, job: _NewJob, accepted: _Accepted) -> None:
         """After the commit: the job frame to the phone, or a wake-up for the queue."""
-        self._count(job.account_id)
         metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
         if accepted.has_room:
             metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
@@ -192,6 +185,7 @@ class _NewJob(NamedTuple):
     created_at: dt.datetime
     key_id: uuid.UUID | None  # the API key, checked again in the INSERT itself
     key_prefix: str | None
+    quota: store.Quota  # the month's usage it takes a unit of
 
 
 class _Accepted(NamedTuple):

@@ -13,7 +13,6 @@ from broker.store.accounts import (
     account_by_email,
     account_by_id,
     create_account,
-    messages_this_month,
     password_hash,
     password_of,
     set_password,
@@ -77,11 +76,13 @@ from broker.store.messages import (
     idempotent_response,
     insert_message,
     list_messages,
+    purge_idempotency,
     set_idempotent_response,
 )
 from broker.store.migrate import SchemaTooNew
 from broker.store.pairing import claim_code, insert_code
 from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
+from broker.store.usage import Quota, open_month, used_in
 
 __all__ = [
     "DATABASE_DOWN",
@@ -107,6 +108,7 @@ __all__ = [
     "MessageRow",
     "OpenJobs",
     "Pool",
+    "Quota",
     "Released",
     "SchemaTooNew",
     "Stopped",
@@ -138,12 +140,13 @@ __all__ = [
     "list_keys",
     "list_messages",
     "lock_for_reports",
-    "messages_this_month",
     "migrate",
     "open_jobs",
+    "open_month",
     "password_hash",
     "password_of",
     "ping",
+    "purge_idempotency",
     "queued_count",
     "reassign",
     "release",
@@ -154,6 +157,7 @@ __all__ = [
     "set_password",
     "unacked_jobs",
     "update_app_info",
+    "used_in",
     "write_history",
     "write_moves",
 ]

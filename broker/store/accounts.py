@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
 import asyncpg
@@ -51,13 +50,6 @@ async def account_by_email(db: Db, email: str) -> Account | None:
 async def account_by_id(db: Db, account_id: uuid.UUID) -> Account | None:
     r = await db.fetchrow(_ACCOUNT + " WHERE a.id = $1", account_id)
     return Account(**dict(r)) if r else None
-
-
-async def messages_this_month(db: Db, account_id: uuid.UUID, month_start: dt.datetime) -> int:
-    return int(await db.fetchval(
-        "SELECT count(*) FROM messages WHERE account_id = $1 AND created_at >= $2",
-        account_id, month_start,
-    ))
 
 
 async def password_of(db: Db, email: str) -> tuple[Account, str | None] | None:

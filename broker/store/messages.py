@@ -9,6 +9,7 @@ import uuid
 import msgspec
 
 from broker.store.pool import Db, rows_of
+from broker.store.usage import Quota
 
 
 class MessageRow(msgspec.Struct, frozen=True):
@@ -33,9 +34,14 @@ class Idempotent(msgspec.Struct, frozen=True):
     response: bytes
 
 
-# One statement, one round trip: the message and its first history rows.
-# `queued` is always the first row ("the history of every message begins with
-# queued, the moment it was accepted").
+# One statement, one round trip: the month's quota unit, the message and its
+# first history rows. `queued` is always the first row ("the history of every
+# message begins with queued, the moment it was accepted"). The quota is an
+# UPDATE of the month's usage row under its row lock (`used < limit`, checked
+# again on the newest version of the row when a concurrent send held it), so
+# concurrent sends, in one process or many, never overshoot it; it is taken
+# only when the message is written, and a failure of the statement (or of the
+# caller's transaction) gives it back with everything else.
 _INSERT_MESSAGE = """
 WITH ok AS (
     SELECT ($9::uuid IS NULL OR EXISTS (
@@ -43,10 +49,16 @@ WITH ok AS (
                AND (expires_at IS NULL OR expires_at > $8))) AS key_ok,
            EXISTS (SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active)
                AS device_ok
+), q AS (
+    UPDATE account_usage u SET used = u.used + 1 FROM ok
+     WHERE ok.key_ok AND ok.device_ok AND u.account_id = $2 AND u.month = $11
+       AND u.used < $12
+    RETURNING 1
 ), m AS (
     INSERT INTO messages (id, account_id, device_id, recipient, body, status, expires_at, created_at,
                           updated_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8 FROM ok WHERE ok.key_ok AND ok.device_ok
+       AND ($11::date IS NULL OR EXISTS (SELECT 1 FROM q))
     RETURNING id, created_at
 ), h AS (
     INSERT INTO message_history (message_id, status, at, device_id)
@@ -54,8 +66,13 @@ WITH ok AS (
            unnest(CASE WHEN $6 = 'queued' THEN ARRAY['queued'] ELSE ARRAY['queued', $6] END)
            AS s(status)
 )
-SELECT key_ok, device_ok FROM ok
+SELECT key_ok, device_ok,
+       CASE WHEN $11::date IS NULL OR EXISTS (SELECT 1 FROM q) THEN 'taken'
+            WHEN EXISTS (SELECT 1 FROM account_usage WHERE account_id = $2 AND month = $11)
+            THEN 'over' ELSE 'unopened' END AS quota
+  FROM ok
 """
+
 
 class Inserted(enum.Enum):
     """What `insert_message` did."""
@@ -63,23 +80,34 @@ class Inserted(enum.Enum):
     WRITTEN = "written"
     KEY_GONE = "key"  # the API key was revoked, rotated or expired meanwhile: nothing written
     DEVICE_GONE = "device"  # the device was deactivated meanwhile: nothing written
+    OVER_QUOTA = "over"  # the month's usage is at the plan's limit: nothing written
+    MONTH_UNOPENED = "unopened"  # the month has no usage row yet: `open_month`, then again
 
 
 async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
                          device_id: uuid.UUID, recipient: str, body: str, status: str,
                          expires_at: dt.datetime | None, created_at: dt.datetime,
                          key_id: uuid.UUID | None = None,
-                         key_prefix: str | None = None) -> Inserted:
+                         key_prefix: str | None = None, quota: Quota | None = None) -> Inserted:
     """The message and its first history rows, in one statement, checked in
     the same statement against what presence and the key cache may not have
     heard of yet: the API key (revoked, rotated, expired: KEY_GONE) and the
-    device (deactivated: DEVICE_GONE). Nothing is written unless WRITTEN."""
+    device (deactivated: DEVICE_GONE); with a `quota`, a unit of the month's
+    usage is taken in it too (OVER_QUOTA, MONTH_UNOPENED). Nothing is written
+    unless WRITTEN. Without a quota (tests, tools) nothing is counted."""
+    month, limit = quota if quota is not None else (None, None)
     r = await db.fetchrow(_INSERT_MESSAGE, message_id, account_id, device_id, recipient, body,
-                          status, expires_at, created_at, key_id, key_prefix)
+                          status, expires_at, created_at, key_id, key_prefix, month, limit)
     assert r is not None  # the statement always answers one row
     if not r["key_ok"]:
         return Inserted.KEY_GONE
-    return Inserted.WRITTEN if r["device_ok"] else Inserted.DEVICE_GONE
+    if not r["device_ok"]:
+        return Inserted.DEVICE_GONE
+    return _QUOTA[r["quota"]]
+
+
+_QUOTA = {"taken": Inserted.WRITTEN, "over": Inserted.OVER_QUOTA,
+          "unopened": Inserted.MONTH_UNOPENED}
 
 
 async def idempotent_response(db: Db, account_id: uuid.UUID, key: str,
@@ -116,6 +144,18 @@ async def set_idempotent_response(db: Db, account_id: uuid.UUID, key: str,
         "UPDATE idempotency_keys SET response = $3 WHERE account_id = $1 AND key = $2",
         account_id, key, response,
     )
+
+
+async def purge_idempotency(db: Db, before: dt.datetime, batch: int) -> int:
+    """Delete at most `batch` idempotency rows created before `before`, oldest
+    first; how many went. Rows a send holds locked are skipped, not waited for."""
+    status = await db.execute(
+        "DELETE FROM idempotency_keys WHERE (account_id, key) IN ("
+        " SELECT account_id, key FROM idempotency_keys WHERE created_at < $1"
+        " ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        before, batch,
+    )
+    return int(status.rsplit(" ", 1)[1])
 
 
 _MESSAGE_COLS = """

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
 
 from broker import keys, store
+from broker.store import usage
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -400,14 +403,64 @@ async def test_list_messages_keyset(conn: asyncpg.Connection) -> None:
     assert all(m.device_name == "phone" for m in page1)
 
 
-async def test_messages_this_month(conn: asyncpg.Connection) -> None:
+async def test_a_send_takes_its_quota_unit_in_the_insert(conn: asyncpg.Connection,
+                                                          db: asyncpg.Connection) -> None:
+    """The month's usage row (migration 0004): opened with the messages the
+    month already holds, taken from in the INSERT while under the limit,
+    never by a message that is not written."""
     acc = await account(conn)
     dev = await device(conn, acc)
+    march = dt.date(2030, 3, 1)
     start = dt.datetime(2030, 3, 1, tzinfo=UTC)
-    await message(conn, acc, dev, created_at=start - dt.timedelta(seconds=1))
-    await message(conn, acc, dev, created_at=start)
-    await message(conn, acc, dev, created_at=start + dt.timedelta(days=3))
-    assert await store.messages_this_month(conn, acc.id, start) == 2
+    await message(conn, acc, dev, created_at=start - dt.timedelta(seconds=1))  # February
+    await message(conn, acc, dev, created_at=start)  # before the month's row: counted
+    quota = store.Quota(march, 3)
+    _, k = await key(conn, acc)
+
+    async def send(key_prefix: str = k.prefix) -> store.Inserted:
+        return await store.insert_message(conn, uuid.uuid4(), acc.id, dev.id, "+16502530000",
+                                          "x", "dispatching", None, start + dt.timedelta(days=3),
+                                          k.id, key_prefix, quota)
+
+    async def written_in_march() -> int:
+        return int(await db.fetchval("SELECT count(*) FROM messages WHERE created_at >= $1",
+                                     start))
+
+    assert await send() is store.Inserted.MONTH_UNOPENED
+    assert await written_in_march() == 1
+    await store.open_month(conn, acc.id, march)
+    await store.open_month(conn, acc.id, march)  # a second opener leaves the row alone
+    assert await store.used_in(conn, acc.id, march) == 1
+    assert await send("00000000") is store.Inserted.KEY_GONE  # nothing written, nothing taken
+    await store.deactivate_device(conn, dev.id)
+    assert await send() is store.Inserted.DEVICE_GONE
+    await db.execute("UPDATE devices SET active = true WHERE id = $1", dev.id)
+    assert await store.used_in(conn, acc.id, march) == 1
+    assert [await send(), await send()] == [store.Inserted.WRITTEN] * 2
+    assert await send() is store.Inserted.OVER_QUOTA
+    assert (await store.used_in(conn, acc.id, march), await written_in_march()) == (3, 3)
+    assert await store.used_in(conn, acc.id, dt.date(2030, 2, 1)) is None
+
+
+async def test_opening_a_month_counts_only_when_its_row_is_missing(
+        conn: asyncpg.Connection) -> None:
+    """The count of the month's messages is the expensive part: with the row
+    there (a second process's first send of the month), it must not run."""
+    acc = await account(conn)
+    march = dt.date(2030, 3, 1)
+    await store.open_month(conn, acc.id, march)
+    plan = await conn.fetchval(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF, FORMAT JSON) " + usage.OPEN_MONTH,
+        acc.id, march, *usage.month_bounds(march))
+
+    def scans(node: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [node] if node.get("Relation Name") == "messages" else []
+        for child in node.get("Plans", []):
+            found += scans(child)
+        return found
+
+    (count_scan,) = scans(json.loads(plan)[0]["Plan"])
+    assert count_scan["Actual Loops"] == 0  # planned, never run
 
 
 async def test_open_jobs(conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
