@@ -49,6 +49,10 @@ async def events(request: Request) -> Response:
     """Authenticated like every other call (401 for an unknown token), then
     the stream."""
     device = await auth.device_of(request)
+    if request.method == "HEAD":
+        # Starlette answers HEAD on a GET route: the headers alone. A stream
+        # would never end (its body is dropped) and show the phone online.
+        return Response(headers={k.decode(): v.decode() for k, v in _HEADERS})
     return EventStream(request.app.state.broker, device)
 
 
