@@ -113,6 +113,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                         " then every 60 s) instead of 0.5 s doubling to 10 s")
     p.add_argument("--url", default=url,
                    help="the broker (smsgate: /api/mobile/v1 is added to a URL without a path)")
+    p.add_argument("--ca-file", type=Path, metavar="PEM",
+                   help="smsgate over https: trust this CA too, as one installed on the phone"
+                        " (the one smsdora tls made)")
     p.add_argument("--outcome", choices=("delivered", "sent", "failed"), default="delivered",
                    help="what the simulated carrier reports (default delivered)")
     p.add_argument("--delay-ms", type=nonnegative, default=500, metavar="N",

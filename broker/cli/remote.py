@@ -77,8 +77,9 @@ def device_sim(args: argparse.Namespace, settings: Settings) -> Output:
                              code=args.code, name=args.name, outcome=args.outcome,
                              delay_ms=args.delay_ms, on_event=show,
                              reconnect=sim.app_reconnect_s if args.app_timing
-                             else sim.fast_reconnect_s)
-        except ValueError as err:
+                             else sim.fast_reconnect_s,
+                             ca_file=str(args.ca_file) if args.ca_file else None)
+        except (ValueError, OSError) as err:  # a bad URL, an unreadable CA file
             raise CliError(str(err)) from None
         print(f"device-sim: the SMS Gateway app on {app.url}", flush=True)
     else:

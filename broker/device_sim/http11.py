@@ -119,9 +119,9 @@ class Exchange:
 
 class Client:
     """Requests to one origin; `prefix` (the base URL's path) goes before
-    every path. TLS checks the server against the system's CAs."""
+    every path."""
 
-    def __init__(self, base_url: str, user_agent: str) -> None:
+    def __init__(self, base_url: str, user_agent: str, ca_file: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -130,7 +130,10 @@ class Client:
         self.netloc = parts.netloc
         self.prefix = parts.path.rstrip("/")
         self.user_agent = user_agent
+        # The system's CAs, and `ca_file` as a CA the user installed on the phone.
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        if self._ssl is not None and ca_file is not None:
+            self._ssl.load_verify_locations(cafile=ca_file)
 
     def _headers(self, authorization: str | None, extra: list[tuple[str, str]],
                  ) -> list[tuple[str, str]]:

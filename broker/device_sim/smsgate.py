@@ -76,22 +76,25 @@ class AppSim:
 
     Give it `token` and `device_id` (a registered phone), or `key` / `code`
     to register (both: a registered phone that registers again on a 401).
+    Over HTTPS it trusts the system's CAs and `ca_file` (as a CA installed
+    on the phone, e.g. the one `smsdora tls` made).
     """
 
     def __init__(self, url: str, *, token: str | None = None, device_id: str | None = None,
                  key: str | None = None, code: str | None = None, name: str = DEFAULT_NAME,
                  outcome: Outcome = "delivered", delay_ms: int = 0,
-                 reconnect: Callable[[int], float] = fast_reconnect_s,
+                 reconnect: Callable[[int], float] = fast_reconnect_s, ca_file: str | None = None,
                  phone: AppPhone | None = None,
                  on_event: Callable[[Event], None] | None = None) -> None:
         if (token is None) != (device_id is None):
             raise ValueError("a device token and its device id go together")
-        if token is None and key is None and code is None:
-            raise ValueError("a device token and id, an API key or a one-time code is needed")
         self.url = mobile_base(url)
-        self.client = Client(self.url, USER_AGENT)
+        self.client = Client(self.url, USER_AGENT, ca_file)
         self.phone = phone or AppPhone(outcome)
-        self.phone.token, self.phone.device_id = token, device_id
+        if token is not None:
+            self.phone.token, self.phone.device_id = token, device_id
+        if self.phone.token is None and key is None and code is None:
+            raise ValueError("a device token and id, an API key or a one-time code is needed")
         self._key, self._code, self.name = key, code, name
         self.delay_s = max(0, delay_ms) / 1000
         self.reconnect = reconnect

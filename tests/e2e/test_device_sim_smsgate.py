@@ -6,6 +6,7 @@ outcome, a cancel before sending, a re-listed job, a broker restart."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -218,3 +219,29 @@ async def test_a_broker_restart_loses_no_report(
         await asyncio.gather(task, return_exceptions=True)
         if second is not None:
             await stop_server(second)
+
+
+async def test_over_https_it_trusts_the_ca_it_is_given(
+        tmp_path: Path, database_url: str, account: Account, db: asyncpg.Connection,
+        broker_settings: Settings) -> None:
+    from broker.ops import tls
+
+    made = tls.make(tmp_path / "tls", ["127.0.0.1"])
+    server = await start_server(broker_settings.with_(tls_cert=made.cert, tls_key=made.key),
+                                database_url)
+    url = server.url.replace("http://", "https://")
+    try:
+        untrusting = AppSim(url, key=account.key)  # the system's CAs only: no TLS handshake
+        task = asyncio.get_running_loop().create_task(untrusting.run())
+        await asyncio.sleep(0.5)
+        assert untrusting.device_id is None and not task.done()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        async with running(AppSim(url, key=account.key, ca_file=str(made.ca_cert))) as sim:
+            trusted = ssl.create_default_context(cafile=str(made.ca_cert))
+            async with httpx.AsyncClient(base_url=url, verify=trusted) as http:
+                mid = await send(http, account)
+            await wait_status(db, mid, "delivered")
+            assert sim.sent_count[mid] == 1
+    finally:
+        await stop_server(server)
