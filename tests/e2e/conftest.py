@@ -249,9 +249,9 @@ def logging_to(handler: logging.Handler, logger: logging.Logger) -> Iterator[Non
 # tests/e2e/test_contract.py drives phones through tests/e2e/drivers.py only;
 # imported here, at the end, because the drivers are built on the helpers above.
 
-from tests.e2e.drivers import PhoneDriver, WsDriver  # noqa: E402
+from tests.e2e.drivers import PhoneDriver, SmsGateDriver, WsDriver  # noqa: E402
 
-TRANSPORTS = ["ws"]
+TRANSPORTS = ["ws", "smsgate"]
 HISTORY_ORDER = ["queued", "dispatching", "sending", "sent", "delivered", "failed"]
 
 
@@ -276,6 +276,8 @@ async def driver(transport: str, http: httpx.AsyncClient,
         d: PhoneDriver
         if transport == "ws":
             d = WsDriver(await account.make_device(name, send_rate), account, http, phone)
+        elif transport == "smsgate":
+            d = await SmsGateDriver.register(account, http, name, send_rate)
         else:
             raise AssertionError(f"no phone driver for transport {transport!r}")
         made.append(d)
