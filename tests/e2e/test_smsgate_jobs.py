@@ -268,16 +268,14 @@ async def test_msg_2_a_job_is_listed_with_every_field_the_app_reads(
                          "withDeliveryReport", "state", "createdAt"}, item
     # Listed is held, still `dispatching` until the phone reports.
     assert await stored(db, mid) == Stored("dispatching", None, app.id)
-
-
-async def test_msg_2_the_ttl_reaches_the_phone_as_valid_until(
-        http: httpx.AsyncClient, account: Account, apps: AppFactory) -> None:
-    app = await apps()
-    mid = await send_to(http, account, app, ttl=600)
-    item = await held_by(app, mid)
+    # A ttl reaches the phone as validUntil, which the app enforces itself.
+    timed = await send_to(http, account, app, ttl=600)
+    item = await held_by(app, timed)
     assert DATE_MS_RE.match(item["validUntil"]), item
     until = parse_date(item["validUntil"]) - parse_date(item["createdAt"])
     assert abs(until - dt.timedelta(seconds=600)) < dt.timedelta(milliseconds=2), item
+
+
 
 
 # --- MSG-3: order and page --------------------------------------------------------------
@@ -350,6 +348,18 @@ async def test_msg_5_processed_sent_delivered_show_in_the_api_with_phone_offsets
         assert got["device"]["id"] == app.id, got
     assert [h["status"] for h in got["history"]] == [
         "queued", "dispatching", "sending", "sent", "delivered"]
+    # Android 5-6 writes `+-5:00` offsets (SMSGATE.md 2): a bad date in
+    # `states` must not cost the report (MUST 5); unknown fields are ignored
+    # (as Gson does). And two items in one PATCH are both taken.
+    odd = await send_to(http, account, app)
+    other = await send_to(http, account, app)
+    await app.list()
+    item = snapshot(odd, "Sent", Pending="2024-05-13T04:49:17.357+-5:00", Sent=12345,
+                    Processed="yesterday")
+    item["unknownField"] = {"x": 1}
+    assert_2xx(await patch_raw(app, [item, snapshot(other, "Failed", error="no SIM")]))
+    assert await stored(db, odd) == Stored("sent", None, app.id)
+    assert await stored(db, other) == Stored("failed", "no SIM", app.id)
 
 
 async def test_msg_5_regressions_change_nothing_and_a_late_sent_is_history_only(
@@ -393,6 +403,8 @@ async def test_msg_6_unknown_ids_are_2xx_and_change_nothing(
     for unknown in (str(uuid.uuid4()), "PyDmBQZZXYmyxMwED8Fzy", "x" * 36):
         for state in ("Pending", "Processed", "Sent", "Delivered", "Failed", "Cancelled"):
             assert_2xx(await app.patch(unknown, state))
+    # A full batch (100 items, the most a PATCH may carry) of them too.
+    assert_2xx(await patch_raw(app, [snapshot(str(uuid.uuid4()), "Sent") for _ in range(100)]))
     assert await stored(db, mid) == Stored("dispatching", None, app.id)
     assert [i["id"] for i in await app.list()] == [mid]
     assert await db.fetchval("SELECT count(*) FROM messages") == 1
@@ -433,21 +445,6 @@ async def test_msg_7_an_empty_list_and_other_bodies_the_app_never_sends_are_400(
                  [{"id": "", "state": "Sent"}], [snapshot(mid, "Sent")] * 101):
         assert_error(await patch_raw(app, body), 400)
     assert await stored(db, mid) == Stored("dispatching", None, app.id)
-
-
-async def test_msg_7_states_dates_are_read_leniently(
-        http: httpx.AsyncClient, account: Account, apps: AppFactory,
-        db: asyncpg.Connection) -> None:
-    """Android 5-6 writes `+-5:00` offsets (SMSGATE.md 2): a bad date in
-    `states` must not cost the report (MUST 5)."""
-    app = await apps()
-    mid = await send_to(http, account, app)
-    await app.list()
-    body = [snapshot(mid, "Sent", Pending="2024-05-13T04:49:17.357+-5:00", Sent=12345,
-                     Processed="yesterday")]
-    body[0]["unknownField"] = {"x": 1}  # Gson ignores unknown fields; so do we
-    assert_2xx(await patch_raw(app, body))
-    assert await stored(db, mid) == Stored("sent", None, app.id)
 
 
 # --- MSG-8: failures --------------------------------------------------------------------
@@ -566,7 +563,7 @@ async def test_hold_a_phone_that_polls_is_not_away(
     mid = await send_to(http, account, app)
     await held_by(app, mid)
     await app.close_events()
-    deadline = time.monotonic() + REASSIGN_S + 0.6
+    deadline = time.monotonic() + REASSIGN_S + 0.4
     while time.monotonic() < deadline:
         r = await app.http.get(f"{API}/settings", headers=app.headers)
         assert r.status_code == 200
@@ -656,7 +653,7 @@ async def test_sse_1_a_stream_is_unbuffered_event_stream_with_keepalives(
     # OkHttp asked for gzip (SSE_HEADERS): an event stream is never compressed.
     assert "content-encoding" not in headers, headers
     # Past the request deadline (1 s here): the stream lives on, kept alive.
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.1)
     assert not stream.ended.is_set()
     assert len(stream.comments) >= 4 and set(stream.comments) == {"keepalive"}, stream.comments
     await no_event(stream, 0.05)  # comments are not events
@@ -679,25 +676,17 @@ async def test_sse_1_head_answers_the_headers_and_holds_nothing(
     assert r.status_code == 401
 
 
-async def test_sse_2_a_new_job_is_announced_within_a_second_with_a_data_line(
-        http: httpx.AsyncClient, account: Account, apps: AppFactory) -> None:
-    app = await apps()
-    stream = app.streams[0]
-    started = time.monotonic()
-    await send_to(http, account, app)
-    event = await stream.next(timeout=1.0)
-    assert event == Event("MessageEnqueued", "null")
-    assert time.monotonic() - started < 1.0
-
-
-async def test_sse_2_announcements_wait_for_the_phone_to_look(
+async def test_sse_2_a_new_job_is_announced_at_once_and_again_only_once_the_phone_looked(
         http: httpx.AsyncClient, account: Account, apps: AppFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(broker.transports.smsgate.channel, "REANNOUNCE_S", 0.5)
     app = await apps()
     stream = app.streams[0]
+    started = time.monotonic()
     await send_to(http, account, app, "one")
-    assert (await stream.next()).name == "MessageEnqueued"
+    # Announced within milliseconds, with the `data:` line OkHttp needs.
+    assert await stream.next(timeout=1.0) == Event("MessageEnqueued", "null")
+    assert time.monotonic() - started < 1.0
     await send_to(http, account, app, "two")  # the phone has not looked yet: no second event
     await no_event(stream)
     assert [i["message"] for i in await app.list("fifo")] == ["one", "two"]
@@ -858,7 +847,7 @@ async def test_alias_1_messages_answers_like_message(
 # --- the other clocks of a listed job ------------------------------------------------
 
 
-@settings_for(no_report_after_s=1)
+@settings_for(no_report_after_s=0.5)
 async def test_hold_a_listed_job_with_no_report_fails_as_no_report(
         http: httpx.AsyncClient, account: Account, apps: AppFactory,
         db: asyncpg.Connection) -> None:
@@ -1079,7 +1068,7 @@ async def test_shutdown_ends_every_open_stream_promptly(
 
 @pytest.mark.xfail(strict=True, reason="reported: the sweeper's 'no report' failure of a listed"
                    " job leaves it in the phone's in-flight window (broker/delivery/sweeper.py)")
-@settings_for(no_report_after_s=1, inflight_window=1)
+@settings_for(no_report_after_s=0.5, inflight_window=1)
 async def test_hold_a_job_failed_as_no_report_frees_the_phones_window(
         http: httpx.AsyncClient, account: Account, apps: AppFactory,
         db: asyncpg.Connection) -> None:
@@ -1117,12 +1106,12 @@ async def test_hold_listings_and_reports_racing_all_succeed(
     lock the phone's jobs while reports lock them for the group commit."""
     app = await apps("a")
     other = await apps("b")
-    for _ in range(3):
-        await app.list()  # the freshest: the next 15 are its own
-        mine = await asyncio.gather(*(send_to(http, account, app, f"a{n}") for n in range(15)))
+    for _ in range(2):
+        await app.list()  # the freshest: the next 10 are its own
+        mine = await asyncio.gather(*(send_to(http, account, app, f"a{n}") for n in range(10)))
         await other.list()
         theirs = await asyncio.gather(*(send_to(http, account, other, f"b{n}")
-                                        for n in range(15)))
+                                        for n in range(10)))
         await app.list()
         await other.list()
         answers = await asyncio.gather(
@@ -1134,4 +1123,4 @@ async def test_hold_listings_and_reports_racing_all_succeed(
         assert [(r.status_code, r.text) for r in answers if not r.is_success] == []
         assert await app.list() == [] and await other.list() == []
     counts = dict(await db.fetch("SELECT status, count(*) FROM messages GROUP BY status"))
-    assert sum(counts.values()) == 90 and set(counts) <= {"sending", "sent"}, counts
+    assert sum(counts.values()) == 40 and set(counts) <= {"sending", "sent"}, counts
