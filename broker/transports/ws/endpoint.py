@@ -5,6 +5,10 @@ The token is checked before the upgrade: a bad one gets an HTTP 401 denial
 response and no socket is ever opened. After `hello`/`welcome` the handler's
 own task (the one uvicorn gives every connection) reads frames; jobs are
 written to the socket from the sending request's task.
+
+Before `hello` the limits are those after it (contract section 12): the
+frame budget from the first frame, and one pending handshake per device
+token (`PendingHellos`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
@@ -21,9 +26,16 @@ from broker.clock import iso, utcnow
 from broker.delivery.channel import CloseReason
 from broker.delivery.presence import Connection
 from broker.http.responses import error_response
+from broker.limits import FrameThrottle
 from broker.ops import metrics
 from broker.transports.ws import session
-from broker.transports.ws.channel import CLOSE_POLICY, CLOSE_PROTOCOL, WsChannel, error_frame
+from broker.transports.ws.channel import (
+    CLOSE_POLICY,
+    CLOSE_PROTOCOL,
+    SEND_TIMEOUT_S,
+    WsChannel,
+    error_frame,
+)
 from protocol import frames
 
 if TYPE_CHECKING:
@@ -55,7 +67,8 @@ async def device_socket(ws: WebSocket) -> None:
         return
     await ws.accept()
     channel = WsChannel(ws)
-    hello = await _await_hello(broker.settings.hello_timeout_s, ws, channel)
+    throttle = session.frame_throttle(broker.settings)
+    hello = await _handshake(broker, ws, device.id, channel, throttle)
     if hello is None:
         return
     presence = broker.presence
@@ -80,7 +93,7 @@ async def device_socket(ws: WebSocket) -> None:
             # Its jobs could not be read: come back later and get them all.
             await channel.close(CloseReason.UNAVAILABLE)
             return
-        await session.serve(presence, broker.dispatcher, broker.settings, ws, conn, channel)
+        await session.serve(presence, broker.dispatcher, ws, conn, channel, throttle)
     finally:
         if presence.unregister(conn):
             metrics.DEVICES_CONNECTED.set(presence.online_count())
@@ -88,34 +101,109 @@ async def device_socket(ws: WebSocket) -> None:
         channel.closed = True
 
 
-async def _await_hello(timeout_s: float, ws: WebSocket,
-                       channel: WsChannel) -> frames.Hello | None:
-    """Frames before `hello` get `error` frames; no hello in time closes 1008."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            message = await asyncio.wait_for(session.receive(ws), deadline - time.monotonic())
-        except (TimeoutError, ValueError):
-            await channel.close_with(CLOSE_POLICY, "no hello in time")
-            return None
-        if message is None:
-            return None
-        data = session.payload(message)
-        if data is None:
-            await channel.send_frame(error_frame(frames.BINARY_FRAME, "frames are JSON text"))
-            continue
-        try:
-            frame = frames.decode_device(data)
-        except frames.FrameError as err:
-            await channel.send_frame(error_frame(err.code, err.detail))
-            continue
-        if not isinstance(frame, frames.Hello):
-            await channel.send_frame(error_frame(frames.HELLO_FIRST,
-                                                 "the first frame must be hello"))
-            continue
-        if frame.protocol != frames.PROTOCOL_VERSION:
-            await channel.send_frame(error_frame(
-                frames.BAD_PROTOCOL, f"protocol {frames.PROTOCOL_VERSION} only"))
-            await channel.close_with(CLOSE_PROTOCOL, "unsupported protocol version")
-            return None
-        return frame
+class PendingHellos:
+    """Each device's socket that is open but has not said `hello` yet: one
+    per device token. A newer one replaces the older, which is closed 4000
+    as a newer connection replaces a connected phone (contract section 4):
+    so a token holds one pending socket however many are opened with it, and
+    a phone whose last socket died before its `hello` (the broker still
+    waiting for it) reconnects at once rather than after that deadline."""
+
+    def __init__(self) -> None:
+        self._channels: dict[uuid.UUID, WsChannel] = {}
+
+    def add(self, device_id: uuid.UUID, channel: WsChannel) -> WsChannel | None:
+        """`channel` is the device's pending socket now; the one it replaces."""
+        old = self._channels.get(device_id)
+        self._channels[device_id] = channel
+        return old
+
+    def holds(self, device_id: uuid.UUID, channel: WsChannel) -> bool:
+        return self._channels.get(device_id) is channel
+
+    def remove(self, device_id: uuid.UUID, channel: WsChannel) -> None:
+        if self._channels.get(device_id) is channel:
+            del self._channels[device_id]
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+
+def pending_hellos(ws: WebSocket) -> PendingHellos:
+    """The app's `PendingHellos` (app.state: one per broker, as presence is)."""
+    state = ws.app.state
+    pending: PendingHellos | None = getattr(state, "pending_hellos", None)
+    if pending is None:
+        pending = state.pending_hellos = PendingHellos()
+    return pending
+
+
+async def _handshake(broker: Broker, ws: WebSocket, device_id: uuid.UUID, channel: WsChannel,
+                     throttle: FrameThrottle) -> frames.Hello | None:
+    """The device's `hello`, as its one pending socket; None if the socket
+    ended, was closed or was replaced first."""
+    pending = pending_hellos(ws)
+    old = pending.add(device_id, channel)
+    try:
+        if old is not None:
+            try:
+                # Bounded: an old socket that does not read must not hold
+                # the new one up; its own handler stops at its next frame.
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await old.close(CloseReason.REPLACED)
+            except TimeoutError:
+                log.info("replaced pending socket not closed in time",
+                         extra={"device_id": str(device_id)})
+        return await _await_hello(broker.settings.hello_timeout_s, ws, channel, throttle,
+                                  device_id, pending)
+    finally:
+        pending.remove(device_id, channel)
+
+
+async def _await_hello(timeout_s: float, ws: WebSocket, channel: WsChannel,
+                       throttle: FrameThrottle, device_id: uuid.UUID,
+                       pending: PendingHellos) -> frames.Hello | None:
+    """Frames before `hello` get `error` frames, within the socket's frame
+    budget (a flood is closed 1008, as after `welcome`); no hello in time
+    closes 1008; a socket replaced meanwhile ends."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await session.receive(ws)
+                if message is None or not pending.holds(device_id, channel):
+                    return None
+                if not await session.within_budget(throttle, channel, device_id):
+                    return None
+                frame = await _decode_before_hello(channel, message)
+                if frame is not None:
+                    return frame if await _protocol_ok(channel, frame) else None
+    except TimeoutError:
+        await channel.close_with(CLOSE_POLICY, "no hello in time")
+        return None
+
+
+async def _decode_before_hello(channel: WsChannel, message: object) -> frames.Hello | None:
+    """The frame if it is a `hello`; anything else is answered with its
+    `error` frame (None)."""
+    data = session.payload(message)
+    if data is None:
+        await channel.send_frame(error_frame(frames.BINARY_FRAME, "frames are JSON text"))
+        return None
+    try:
+        frame = frames.decode_device(data)
+    except frames.FrameError as err:
+        await channel.send_frame(error_frame(err.code, err.detail))
+        return None
+    if not isinstance(frame, frames.Hello):
+        await channel.send_frame(error_frame(frames.HELLO_FIRST, "the first frame must be hello"))
+        return None
+    return frame
+
+
+async def _protocol_ok(channel: WsChannel, hello: frames.Hello) -> bool:
+    if hello.protocol == frames.PROTOCOL_VERSION:
+        return True
+    await channel.send_frame(error_frame(
+        frames.BAD_PROTOCOL, f"protocol {frames.PROTOCOL_VERSION} only"))
+    await channel.close_with(CLOSE_PROTOCOL, "unsupported protocol version")
+    return False

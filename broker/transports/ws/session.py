@@ -111,26 +111,40 @@ def _ignore_result(future: asyncio.Future[Result]) -> None:
         future.exception()  # retrieved: no "exception was never retrieved"
 
 
-async def serve(presence: Presence, dispatcher: Dispatcher, settings: Settings, ws: WebSocket,
-                conn: Connection, channel: WsChannel) -> None:
+def frame_throttle(settings: Settings) -> FrameThrottle:
+    """A socket's frame budget, from its first frame (before `hello`) to its
+    last: one bucket, so a phone cannot spend a burst before `hello` and get
+    a fresh one with `welcome` (contract section 12)."""
+    return FrameThrottle(settings.frame_rate, settings.frame_burst, time.monotonic())
+
+
+async def within_budget(throttle: FrameThrottle, channel: WsChannel, device_id: object) -> bool:
+    """Take one frame from the budget: wait while the phone is over its rate
+    (TCP then throttles it); False once it floods, the socket closed 1008."""
+    wait = throttle.take(time.monotonic())
+    if wait is None:
+        metrics.FRAMES.labels("flood").inc()
+        log.warning("frame flood: closing", extra={"device_id": str(device_id)})
+        await channel.close_with(CLOSE_POLICY, "too many frames")
+        return False
+    if wait > 0:
+        metrics.FRAMES.labels("throttled").inc()
+        await asyncio.sleep(wait)
+    return True
+
+
+async def serve(presence: Presence, dispatcher: Dispatcher, ws: WebSocket, conn: Connection,
+                channel: WsChannel, throttle: FrameThrottle) -> None:
     """Read the phone's frames until its socket ends or a newer one replaces it."""
     answers: Answers | None = None  # made at the phone's first report
-    throttle = FrameThrottle(settings.frame_rate, settings.frame_burst, time.monotonic())
     while True:
         message = await receive(ws)
         if message is None:
             return
         if not presence.is_current(conn):
             return  # replaced: the new connection owns the device now
-        wait = throttle.take(time.monotonic())
-        if wait is None:
-            metrics.FRAMES.labels("flood").inc()
-            log.warning("frame flood: closing", extra={"device_id": str(conn.device_id)})
-            await channel.close_with(CLOSE_POLICY, "too many frames")
+        if not await within_budget(throttle, channel, conn.device_id):
             return
-        if wait > 0:
-            metrics.FRAMES.labels("throttled").inc()
-            await asyncio.sleep(wait)
         presence.touch(conn)
         data = payload(message)
         if data is None:
