@@ -63,6 +63,7 @@ class Sweeper:
                                                 "no report"):
                 metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
                 log.info("no report: failed", extra={"message_id": str(stopped.id)})
+                await self._stopped(stopped, "no report")
 
     async def _expire(self, now: dt.datetime) -> None:
         # A job an SMS Gateway phone listed carries its ttl as `validUntil`
@@ -73,13 +74,18 @@ class Sweeper:
                 "expired",
                 listed_before=now - dt.timedelta(seconds=self.settings.reassign_after_s)):
             metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
-            if stopped.was != lifecycle.DISPATCHING or stopped.device_id is None:
-                continue
-            conn = self.presence.get(stopped.device_id)
-            if conn is not None:
-                conn.inflight.discard(stopped.id)
-                self.presence.room_freed(conn, time.monotonic())
-                await conn.channel.cancel(str(stopped.id), "expired")
+            await self._stopped(stopped, "expired")
+
+    async def _stopped(self, stopped: store.Stopped, reason: str) -> None:
+        """A job failed while its phone may still hold it unsent: out of the
+        phone's in-flight window (room for the next), and cancelled there."""
+        if stopped.was != lifecycle.DISPATCHING or stopped.device_id is None:
+            return
+        conn = self.presence.get(stopped.device_id)
+        if conn is not None:
+            conn.inflight.discard(stopped.id)
+            self.presence.room_freed(conn, time.monotonic())
+            await conn.channel.cancel(str(stopped.id), reason)
 
     async def _reassign(self, now: dt.datetime) -> None:
         delay_s = self.settings.reassign_after_s

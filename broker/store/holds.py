@@ -26,13 +26,19 @@ class Listed(msgspec.Struct, frozen=True):
 def _listing(order: str) -> str:
     # The page is the oldest (fifo) or newest (lifo) of the phone's open jobs;
     # the 101st row only says there are more. Locked, so that a sweeper
-    # moving a job that was never listed and this listing cannot both win.
+    # moving a job that was never listed and this listing cannot both win;
+    # locked in id order, as the reports' group commit locks (no deadlock).
     return f"""
-        WITH c AS (
-            SELECT id, seq FROM messages
+        WITH cand AS (
+            SELECT id FROM messages
             WHERE device_id = $1 AND status = 'dispatching'
               AND handback IS DISTINCT FROM 'released'
-            ORDER BY seq {order} LIMIT $2 + 1 FOR UPDATE
+            ORDER BY seq {order} LIMIT $2 + 1
+        ), c AS (
+            SELECT id, seq FROM messages
+            WHERE id IN (SELECT id FROM cand) AND device_id = $1 AND status = 'dispatching'
+              AND handback IS DISTINCT FROM 'released'
+            ORDER BY id FOR UPDATE
         ), page AS (
             SELECT id, seq FROM c ORDER BY seq {order} LIMIT $2
         ), u AS (
@@ -69,8 +75,10 @@ class Released(msgspec.Struct, frozen=True):
 async def release(db: Db, device_id: uuid.UUID, message_id: uuid.UUID) -> Released | None:
     """The phone confirmed it cancelled a job it had not sent (`PATCH
     Cancelled`): free for another phone, never for this one again."""
+    # No longer listed: its expiry and the no-report clock are those of a job
+    # no phone holds.
     r = await db.fetchrow(
-        "UPDATE messages SET handback = 'released', updated_at = now()"
+        "UPDATE messages SET handback = 'released', listed_at = NULL, updated_at = now()"
         " WHERE id = $2 AND device_id = $1 AND status = 'dispatching'"
         " RETURNING id, account_id, recipient, body", device_id, message_id)
     return Released(**dict(r)) if r is not None else None

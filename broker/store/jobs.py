@@ -33,6 +33,7 @@ async def open_jobs(db: Db, device_ids: list[uuid.UUID],
         "SELECT d.id AS device_id, d.active, m.id, m.recipient, m.body, m.status"
         " FROM devices d LEFT JOIN messages m"
         "   ON m.device_id = d.id AND m.status = ANY($2::text[])"
+        "   AND m.handback IS DISTINCT FROM 'released'"  # given back: not this phone's now
         " WHERE d.id = ANY($1::uuid[]) ORDER BY d.id, m.seq",
         device_ids, statuses,
     )

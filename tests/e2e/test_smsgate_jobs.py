@@ -1066,8 +1066,6 @@ async def test_shutdown_ends_every_open_stream_promptly(
 # (`inflight_window`): these jobs are no longer in flight and must not.
 
 
-@pytest.mark.xfail(strict=True, reason="reported: the sweeper's 'no report' failure of a listed"
-                   " job leaves it in the phone's in-flight window (broker/delivery/sweeper.py)")
 @settings_for(no_report_after_s=0.5, inflight_window=1)
 async def test_hold_a_job_failed_as_no_report_frees_the_phones_window(
         http: httpx.AsyncClient, account: Account, apps: AppFactory,
@@ -1080,9 +1078,6 @@ async def test_hold_a_job_failed_as_no_report_frees_the_phones_window(
     await send_to(http, account, app, "next")
 
 
-@pytest.mark.xfail(strict=True, reason="reported: a job the phone gave back is offered to it"
-                   " again when its first stream opens (store.open_jobs includes handback ="
-                   " 'released'), announced and counted in its window")
 @settings_for(inflight_window=1)
 async def test_hold_a_job_given_back_is_not_offered_again_when_the_phone_returns(
         http: httpx.AsyncClient, account: Account, apps: AppFactory,
