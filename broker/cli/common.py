@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import asyncpg
 
 from broker import store
+from broker.settings import Settings
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 SHOWN_ONCE = "It is shown only once: store it now."
 
 
@@ -32,6 +33,25 @@ class Output:
     data: Any  # the --json object (or a response body, as bytes)
     text: str  # the prose
     exit_code: int = 0
+
+
+def broker_url(settings: Settings, url: str | None) -> str:
+    """Where `send` and `device-sim` find the broker: `url` (SMSDORA_URL)
+    if given, else where `serve` listens with the same settings:
+    SMSDORA_HOST (a wildcard address reached over loopback), SMSDORA_PORT,
+    and https when SMSDORA_TLS_CERT is set."""
+    if url:
+        return url
+    scheme = "https" if settings.tls_cert is not None else "http"
+    host = settings.host.strip("[]") or "0.0.0.0"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{scheme}://{host}:{settings.port}"  # a name
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"{scheme}://{shown}:{settings.port}"
 
 
 def parse_id(raw: str, what: str) -> uuid.UUID:

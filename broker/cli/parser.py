@@ -9,7 +9,7 @@ from typing import Any
 
 from broker.cli import commands as db_commands
 from broker.cli import remote
-from broker.cli.common import DEFAULT_URL, nonnegative, positive
+from broker.cli.common import broker_url, nonnegative, positive
 from broker.settings import Settings
 
 
@@ -23,7 +23,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", default=False,
                         help="print one JSON object instead of prose")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    url = os.environ.get("SMSDORA_URL") or DEFAULT_URL
+    # Secrets come from the environment first: argv is visible to every
+    # user of the machine (ps, /proc/PID/cmdline); the flags are for tests.
+    env = os.environ
+    url = broker_url(settings, env.get("SMSDORA_URL"))
+    url_help = (f"the broker (default {url.replace('%', '%%')}: SMSDORA_URL, else where serve listens with"
+                " SMSDORA_HOST, SMSDORA_PORT and SMSDORA_TLS_CERT)")
 
     def leaf(group: Any, name: str, help_: str, run: Any, db: bool = True) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = group.add_parser(name, parents=[child], help=help_)
@@ -84,9 +89,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
          db_commands.devices_code).add_argument("--account", required=True, metavar="EMAIL")
 
     p = leaf(commands, "send", "send an SMS through a running broker", remote.send, db=False)
-    p.add_argument("--key", default=os.environ.get("SMSDORA_API_KEY"),
-                   required=not os.environ.get("SMSDORA_API_KEY"), help="API key")
-    p.add_argument("--url", default=url)
+    p.add_argument("--key", default=env.get("SMSDORA_API_KEY"),
+                   help="API key: set SMSDORA_API_KEY instead (argv is visible in ps)")
+    p.add_argument("--url", default=url, help=url_help)
     p.add_argument("--ttl", type=positive, metavar="SECONDS")
     p.add_argument("--idempotency-key")
     p.add_argument("recipient")
@@ -97,22 +102,26 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--app", choices=("ws", "smsgate"), default="ws",
                    help="ws: our WebSocket protocol (default); smsgate: the SMS Gateway for"
                         " Android app's mobile API (HTTP + SSE)")
-    p.add_argument("--token", default=os.environ.get("SMSDORA_DEVICE_TOKEN"),
-                   help="device token (ws: required; smsgate: with --device-id, a phone"
-                        " registered before)")
-    p.add_argument("--device-id", default=os.environ.get("SMSDORA_DEVICE_ID"), metavar="ID",
-                   help="smsgate: the device id its token belongs to")
-    p.add_argument("--key", help="smsgate: register with this API key (scope devices:register),"
-                                 " as the app's Sign Up; again if its token is refused")
-    p.add_argument("--code", help="smsgate: register with a one-time code (smsdora devices"
-                                  " code), as the app's By code")
+    p.add_argument("--token", default=env.get("SMSDORA_DEVICE_TOKEN"),
+                   help="device token: set SMSDORA_DEVICE_TOKEN instead (argv is visible in"
+                        " ps); ws: required; smsgate: with --device-id, a phone registered"
+                        " before")
+    p.add_argument("--device-id", default=env.get("SMSDORA_DEVICE_ID"), metavar="ID",
+                   help="smsgate: the device id its token belongs to (SMSDORA_DEVICE_ID)")
+    p.add_argument("--key", default=env.get("SMSDORA_REGISTER_KEY"),
+                   help="smsgate: register with this API key (scope devices:register), as the"
+                        " app's Sign Up, and again if its token is refused: set"
+                        " SMSDORA_REGISTER_KEY instead")
+    p.add_argument("--code", default=env.get("SMSDORA_REGISTER_CODE"),
+                   help="smsgate: register with a one-time code (smsdora devices code), as the"
+                        " app's By code: set SMSDORA_REGISTER_CODE instead")
     p.add_argument("--name", default="smsdora/device-sim",
                    help="smsgate: the device name it registers with")
     p.add_argument("--app-timing", action="store_true",
                    help="smsgate: reconnect the event stream as the app does (5 s x5, 30 s x5,"
                         " then every 60 s) instead of 0.5 s doubling to 10 s")
     p.add_argument("--url", default=url,
-                   help="the broker (smsgate: /api/mobile/v1 is added to a URL without a path)")
+                   help=url_help + "; smsgate: /api/mobile/v1 is added to a URL without a path")
     p.add_argument("--ca-file", type=Path, metavar="PEM",
                    help="smsgate over https: trust this CA too, as one installed on the phone"
                         " (the one smsdora tls made)")

@@ -22,6 +22,8 @@ _encoder = msgspec.json.Encoder()
 
 
 def send(args: argparse.Namespace, settings: Settings) -> Output:
+    if not args.key:
+        raise CliError("SMSDORA_API_KEY (or --key) is required")
     body: dict[str, Any] = {"recipient": args.recipient, "message": args.message}
     if args.ttl is not None:
         body["ttl"] = args.ttl
@@ -63,15 +65,19 @@ def device_sim(args: argparse.Namespace, settings: Settings) -> Output:
         job = f" {event.id}" if event.id else ""
         print(f"{event.kind}{job}: {event.detail}", flush=True)
         if event.kind == "registered" and app is not None:
-            print(f"  (the token is shown once; to run this phone again: smsdora device-sim"
-                  f" --app smsgate --url {args.url} --device-id {app.device_id}"
-                  f" --token {app.phone.token})", flush=True)
+            # The token in the environment, not in a command line (ps shows those).
+            print(f"  (the token is shown once; to run this phone again:\n"
+                  f"   export SMSDORA_DEVICE_TOKEN={app.phone.token}\n"
+                  f"   smsdora device-sim --app smsgate --url {args.url}"
+                  f" --device-id {app.device_id})", flush=True)
 
     if args.app == "smsgate":
         if (args.token is None) != (args.device_id is None):
-            raise CliError("--token and --device-id go together (a phone registered before)")
+            raise CliError("--token and --device-id (SMSDORA_DEVICE_TOKEN and SMSDORA_DEVICE_ID)"
+                           " go together: a phone registered before")
         if args.token is None and args.key is None and args.code is None:
-            raise CliError("--key or --code to register, or --token and --device-id")
+            raise CliError("--key or --code to register (SMSDORA_REGISTER_KEY,"
+                           " SMSDORA_REGISTER_CODE), or --token and --device-id")
         try:
             app = sim.AppSim(args.url, token=args.token, device_id=args.device_id, key=args.key,
                              code=args.code, name=args.name, outcome=args.outcome,
@@ -84,7 +90,7 @@ def device_sim(args: argparse.Namespace, settings: Settings) -> Output:
         print(f"device-sim: the SMS Gateway app on {app.url}", flush=True)
     else:
         if not args.token:
-            raise CliError("--token (or SMSDORA_DEVICE_TOKEN) is required")
+            raise CliError("SMSDORA_DEVICE_TOKEN (or --token) is required")
         try:
             sim.ws_url(args.url)
         except ValueError as err:

@@ -30,6 +30,7 @@ from argon2 import PasswordHasher
 
 from broker import cli, device_sim, keys
 from broker.app import create_app
+from broker.cli import common
 from broker.ops import server
 from broker.services import pairing
 from broker.settings import Settings
@@ -37,6 +38,12 @@ from broker.store import migrate
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
+
+# What `send` and `device-sim` read from the environment: none may leak in
+# from the shell that runs the tests.
+CLIENT_ENV = ("SMSDORA_URL", "SMSDORA_HOST", "SMSDORA_PORT", "SMSDORA_TLS_CERT", "SMSDORA_TLS_KEY",
+              "SMSDORA_API_KEY", "SMSDORA_DEVICE_TOKEN", "SMSDORA_DEVICE_ID",
+              "SMSDORA_REGISTER_KEY", "SMSDORA_REGISTER_CODE")
 
 
 def _sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -78,8 +85,7 @@ def run(db: asyncpg.Connection, database_url: str, tmp_path: Path,
     # `db` empties the tables; the CLI then uses the same database.
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("SMSDORA_HOME", str(tmp_path))
-    for name in ("SMSDORA_SECRET", "SMSDORA_URL", "SMSDORA_API_KEY", "SMSDORA_DEVICE_TOKEN",
-                 "SMSDORA_DEVICE_ID", "SMSDORA_SEND_RATE"):
+    for name in (*CLIENT_ENV, "SMSDORA_SECRET", "SMSDORA_SEND_RATE"):
         monkeypatch.delenv(name, raising=False)
     return Cli(capsys, tmp_path)
 
@@ -415,7 +421,7 @@ def test_device_sim_with_a_refused_token_exits_2(run: Cli, broker_url: str) -> N
 
 
 def test_device_sim_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SMSDORA_DEVICE_TOKEN", "SMSDORA_DEVICE_ID"):
+    for name in CLIENT_ENV:
         monkeypatch.delenv(name, raising=False)
     parser = cli.build_parser(Settings(home=Path("/nonexistent")))
     ws = parser.parse_args(["device-sim", "--token", "t"])
@@ -432,6 +438,90 @@ def test_device_sim_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
                                                                             False)
     with pytest.raises(SystemExit):
         parser.parse_args(["device-sim", "--app", "android"])
+
+
+# --- the environment first: secrets out of argv, the URL serve listens at ----------
+
+
+@pytest.mark.parametrize(("env", "url"), [
+    ({}, "http://127.0.0.1:8000"),
+    ({"SMSDORA_PORT": "8001"}, "http://127.0.0.1:8001"),
+    ({"SMSDORA_PORT": "8443", "SMSDORA_TLS_CERT": "/t/server.pem",
+      "SMSDORA_TLS_KEY": "/t/server.key"}, "https://127.0.0.1:8443"),
+    ({"SMSDORA_HOST": "0.0.0.0", "SMSDORA_PORT": "9000"}, "http://127.0.0.1:9000"),
+    ({"SMSDORA_HOST": "::"}, "http://[::1]:8000"),
+    ({"SMSDORA_HOST": "192.168.1.5"}, "http://192.168.1.5:8000"),
+    ({"SMSDORA_HOST": "fd00::5"}, "http://[fd00::5]:8000"),
+    ({"SMSDORA_HOST": "gw.lan", "SMSDORA_TLS_CERT": "/t/c", "SMSDORA_TLS_KEY": "/t/k"},
+     "https://gw.lan:8000"),
+    ({"SMSDORA_URL": "https://gw.example.com", "SMSDORA_PORT": "8001"},
+     "https://gw.example.com"),
+], ids=["default", "port", "tls", "wildcard", "wildcard-v6", "address", "address-v6", "name",
+        "url-wins"])
+def test_send_and_device_sim_find_the_broker_where_serve_listens(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str) -> None:
+    """Issue 11 item 11: with the settings `serve` reads (SMSDORA_HOST,
+    SMSDORA_PORT, SMSDORA_TLS_CERT) the clients reach it, unless
+    SMSDORA_URL says otherwise; a wildcard address is reached over loopback."""
+    for name in CLIENT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert common.broker_url(Settings.from_env(env), env.get("SMSDORA_URL")) == url
+    parser = cli.build_parser(Settings.from_env())
+    assert parser.parse_args(["send", "+16502530000", "hi"]).url == url
+    assert parser.parse_args(["device-sim"]).url == url
+    assert parser.parse_args(["device-sim", "--app", "smsgate"]).url == url
+    assert parser.parse_args(["send", "--url", "http://h:1", "+1", "x"]).url == "http://h:1"
+
+
+def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every secret a client command takes has its environment variable, so
+    no example needs it in argv; a flag still overrides it."""
+    for name in CLIENT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    env = {"SMSDORA_API_KEY": "smsgw_k", "SMSDORA_DEVICE_TOKEN": "smsdev_t",
+           "SMSDORA_DEVICE_ID": "d-1", "SMSDORA_REGISTER_KEY": "smsgw_r",
+           "SMSDORA_REGISTER_CODE": "abc234"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parser = cli.build_parser(Settings(home=Path("/nonexistent")))
+    assert parser.parse_args(["send", "+16502530000", "hi"]).key == "smsgw_k"
+    sim = parser.parse_args(["device-sim", "--app", "smsgate"])
+    assert (sim.token, sim.device_id, sim.key, sim.code) == ("smsdev_t", "d-1", "smsgw_r",
+                                                              "abc234")
+    assert parser.parse_args(["send", "--key", "other", "+1", "x"]).key == "other"
+    assert parser.parse_args(["device-sim", "--key", "other"]).key == "other"
+
+
+def test_help_names_the_environment_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser(Settings(home=Path("/nonexistent")))
+    for argv, names in ((["send", "--help"], ["SMSDORA_API_KEY", "SMSDORA_URL", "SMSDORA_PORT"]),
+                        (["device-sim", "--help"], ["SMSDORA_DEVICE_TOKEN",
+                                                    "SMSDORA_REGISTER_KEY",
+                                                    "SMSDORA_REGISTER_CODE", "SMSDORA_PORT"])):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for name in names:
+            assert name in out, (argv, name)
+
+
+def test_send_without_a_key_names_the_environment_variable(run: Cli) -> None:
+    run("send", "+16502530000", "hi", code=2)
+    assert "SMSDORA_API_KEY" in run.err
+
+
+def test_send_with_only_smsdora_port_reaches_that_port(
+        run: Cli, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's case: SMSDORA_PORT alone (as `serve` was started with),
+    the key in SMSDORA_API_KEY, no flag at all."""
+    run("accounts", "create", "a@example.com")
+    monkeypatch.setenv("SMSDORA_API_KEY", run.json("keys", "create", "--account",
+                                                   "a@example.com")["key"])
+    monkeypatch.setenv("SMSDORA_PORT", broker_url.rsplit(":", 1)[1])
+    body = run.json("send", "+16502530000", "hi", code=1)  # reached it: no phone, a 400
+    assert body["message"] == "No eligible device available"
 
 
 def test_device_sim_smsgate_needs_credentials_and_an_http_url(run: Cli) -> None:
@@ -468,7 +558,9 @@ def test_device_sim_smsgate_registers_sends_and_stops_on_sigint(
                 break
         out = "".join(lines)
         assert f"on {broker_url}/api/mobile/v1" in out and "registered: device " in out
-        assert "--device-id " in out and "--token smsdev_" in out
+        # The token to run it again goes in the environment, not in argv.
+        assert "--device-id " in out and "export SMSDORA_DEVICE_TOKEN=smsdev_" in out
+        assert "--token" not in out
         text = run("send", "--key", key, "--url", broker_url, "+16502530000", "via the app")
         message_id = text.split()[1]
         for line in proc.stdout:
