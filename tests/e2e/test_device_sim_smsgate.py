@@ -38,10 +38,11 @@ pytestmark = pytest.mark.timeout(40)
 
 @pytest.fixture
 def broker_settings(tmp_path: Path) -> Settings:
-    # A quick sweeper and reassign delay: the cancel test waits for both.
+    # A quick sweeper and reassign delay: the cancel test waits for both. No
+    # pacing of the phones it registers: a burst reaches the phone at once.
     return Settings(home=tmp_path / "home", secret=SECRET, heartbeat_s=20, hello_timeout_s=2,
                     last_seen_flush_s=0.2, sweep_s=0.2, reassign_after_s=1, pool_min=1,
-                    pool_max=10)
+                    pool_max=10, default_send_rate=0)
 
 
 @asynccontextmanager
@@ -245,3 +246,39 @@ async def test_over_https_it_trusts_the_ca_it_is_given(
             assert sim.sent_count[mid] == 1
     finally:
         await stop_server(server)
+
+
+async def test_a_job_held_past_its_valid_until_fails_unsent(
+        server: Server, http: httpx.AsyncClient, account: Account,
+        db: asyncpg.Connection) -> None:
+    async with running(AppSim(server.url, key=account.key)) as sim:
+        sim.pause_radio()
+        mid = await send(http, account, ttl=1)
+        await sim.wait_until(lambda: mid in sim.jobs)
+        assert sim.jobs[mid].valid_until is not None
+        await asyncio.sleep(1.2)  # past validUntil, before the broker's own expiry (+ 1 s)
+        sim.resume_radio()
+        await wait_status(db, mid, "failed")
+        assert sim.sent_count[mid] == 0 and sim.jobs[mid].patches == ["Failed"]
+    assert await db.fetchval("SELECT error FROM messages WHERE id = $1",
+                             uuid.UUID(mid)) == "TTL expired"
+
+
+async def test_a_burst_is_sent_once_each(server: Server, http: httpx.AsyncClient,
+                                         account: Account, db: asyncpg.Connection) -> None:
+    async with running(AppSim(server.url, key=account.key)) as sim:
+        sim.pause_radio()  # listings overlap, jobs listed again and again are only reported
+        ids: list[str] = []
+        for batch in range(30):  # 5 at a time: within the account's share of the pool
+            ids += await asyncio.gather(*(send(http, account, message=f"burst {batch}.{n}")
+                                          for n in range(5)))
+        # At least the broker's in-flight window (100, a page) is held; the
+        # rest waits in the queue for room, made by the phone's reports.
+        await sim.wait_until(lambda: len(sim.jobs) >= 100)
+        sim.resume_radio()
+
+        async def all_delivered() -> bool:
+            return await db.fetchval("SELECT count(*) FROM messages WHERE status = 'delivered'"
+                                     ) == len(ids)
+        await wait_for(all_delivered, 20, "every message delivered")
+        assert set(sim.sent_count) == set(ids) and set(sim.sent_count.values()) == {1}
