@@ -92,14 +92,16 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
     nextCursor: str | None = None
 
 
-class HealthBody(msgspec.Struct, frozen=True):
-    """`GET /health` (contract section 3, Operations); 503 when degraded."""
+class HealthBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`GET /health` (contract section 3, Operations); 503 when degraded.
+    For anyone, `status` and `database` only; the rest on the metrics
+    listener or with the metrics token (section 12)."""
 
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unreachable"]
-    node: str
-    devicesOnline: int
-    uptimeSeconds: int
+    node: str | None = None
+    devicesOnline: int | None = None
+    uptimeSeconds: int | None = None
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

@@ -87,12 +87,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         wrap=Wrap.ONE, errors=(400, 401, 403, 405, 413)),
     Endpoint(
         "GET", "/health", health, "health", "Liveness and database reachability",
-        "The database answers.", scope=None, response=HealthBody, errors=(405,),
+        "The database answers. `node`, `devicesOnline` and `uptimeSeconds` only with "
+        "`Authorization: Bearer` and the metrics token.", scope=None, response=HealthBody,
+        errors=(405,),
         # Degraded; or, in the error shape, shutting down or past the deadline.
         also=((503, "Degraded: the database cannot be reached."),)),
     Endpoint(
         "GET", "/metrics", metrics_endpoint, "metrics", "Prometheus text exposition format",
-        "The metrics.", scope=None, media_type="text/plain", errors=(405,)),
+        "The metrics, for `Authorization: Bearer` and the metrics token (SMSDORA_METRICS_TOKEN);"
+        " without that setting, 404: they are on the metrics listener.", scope=None,
+        media_type="text/plain", errors=(401, 404, 405)),
     Endpoint(
         "GET", "/openapi.json", openapi_endpoint, "openapi", "This document",
         "The OpenAPI document.", scope=None, errors=(405,)),

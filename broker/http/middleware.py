@@ -1,7 +1,7 @@
-"""Around every request: its id, its deadline, one structured log line and
-the latency histogram; every failure answered in the contract's error shape
-(section 3, Errors); and the hot paths handed to their handlers without
-Starlette's router."""
+"""Around every request: its id, its deadline (and its body's), one
+structured log line with the client address and the latency histogram;
+every failure answered in the contract's error shape (section 3, Errors);
+and the hot paths handed to their handlers without Starlette's router."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -21,7 +21,8 @@ from starlette.websockets import WebSocket
 
 from broker import store
 from broker.errors import BrokerError
-from broker.http.responses import error_response
+from broker.http.client import Network, client_address
+from broker.http.responses import BODY_DEADLINE_S, DEADLINE, error_response
 from broker.ops import logs, metrics
 
 # The logger docs/OPERATIONS.md shows the request line under.
@@ -38,9 +39,13 @@ class RequestContext:
 
     def __init__(self, app: ASGIApp, deadline_s: float = 5.0,
                  fast_http: Mapping[tuple[str, str], ASGIApp] | None = None,
-                 websocket: Mapping[str, WebSocketHandler] | None = None) -> None:
+                 websocket: Mapping[str, WebSocketHandler] | None = None,
+                 body_deadline_s: float = 30.0,
+                 trusted_proxies: Sequence[Network] = ()) -> None:
         self.app = app
         self.deadline_s = deadline_s
+        self.body_deadline_s = body_deadline_s
+        self.trusted_proxies = tuple(trusted_proxies)
         # Two string comparisons per request, as when the path was written
         # here: a dict probe would hash every request's path. One is all
         # there is (the send); a second would want that probe after all.
@@ -78,7 +83,10 @@ class RequestContext:
                 # Every request answers within the deadline: a database that
                 # hangs becomes a 503 in the error shape, never a stuck client.
                 async with asyncio.timeout(self.deadline_s) as deadline:
-                    scope[_DEADLINE] = deadline
+                    scope[DEADLINE] = deadline
+                    # The body's own, longer deadline (responses.read_body):
+                    # a slow client is a 408, not a database fault.
+                    scope[BODY_DEADLINE_S] = self.body_deadline_s
                     if (scope["method"] == self._fast_method
                             and scope["path"] == self._fast_path):
                         await self._fast_app(scope, receive, send_with_id)
@@ -97,18 +105,16 @@ class RequestContext:
             route = getattr(endpoint, "__name__", "unmatched")
             metrics.HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(elapsed)
             log.info("request", extra={"method": scope["method"], "route": route,
-                                       "status": status, "ms": round(elapsed * 1000, 2)})
+                                       "status": status, "ms": round(elapsed * 1000, 2),
+                                       "client": client_address(scope, self.trusted_proxies)})
             logs.request_id.reset(token)
-
-
-_DEADLINE = "smsdora.deadline"
 
 
 def lift_deadline(scope: Scope) -> None:
     """For a stream that lives past the request deadline (`GET /events`):
     called once its headers are written, so the deadline still covers
     everything before them (authentication, the database)."""
-    deadline = scope.get(_DEADLINE)
+    deadline = scope.get(DEADLINE)
     if deadline is not None:
         deadline.reschedule(None)
 

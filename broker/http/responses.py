@@ -4,17 +4,35 @@ edge, every failure of which becomes one of the contract's errors."""
 
 from __future__ import annotations
 
+import asyncio
 import http
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from broker.errors import BadRequest, PayloadTooLarge
+from broker.errors import BadRequest, BrokerError, PayloadTooLarge
 from protocol.api import MAX_BODY_BYTES, Envelope, ErrorBody, encoder
 
 JSON = "application/json"
+
+# The request's deadline, an asyncio.Timeout (broker/http/middleware.py),
+# and how long its body may take to arrive.
+DEADLINE = "smsdora.deadline"
+BODY_DEADLINE_S = "smsdora.body_deadline_s"
+DEFAULT_BODY_DEADLINE_S = 30.0
+
+
+class BodyTimeout(BrokerError):
+    """The client did not send its body in time (contract section 12): its
+    problem, answered 408, and the connection closed (what is left of the
+    body would be read as the next request)."""
+
+    status = 408
+
+    def __init__(self) -> None:
+        super().__init__("Request body not received in time", headers={"Connection": "close"})
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -36,29 +54,82 @@ def bare(body: Any, status: int = 200) -> Response:
 
 
 async def read_body(request: Request) -> bytes:
-    """The body, refused with 413 past 64 KiB without reading it all."""
+    """The body, refused with 413 past 64 KiB without reading it all, and
+    with 408 when it does not arrive within the body deadline. The time it
+    takes is the client's: the request deadline (our own work, the
+    database) is held while it arrives, and runs on after."""
+    scope = request.scope
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise PayloadTooLarge("Request body exceeds 64 KiB")
+    deadline: asyncio.Timeout | None = scope.get(DEADLINE)
+    resume_at = deadline.when() if deadline is not None else None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    if deadline is not None:
+        deadline.reschedule(None)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge("Request body exceeds 64 KiB")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(scope.get(BODY_DEADLINE_S, DEFAULT_BODY_DEADLINE_S)):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise PayloadTooLarge("Request body exceeds 64 KiB")
+                chunks.append(chunk)
+    except TimeoutError:  # our own timeout's, just above: the body was late
+        raise BodyTimeout() from None
+    except ClientDisconnect:
+        # Nobody to answer; the request line says 400, not an unexpected error.
+        raise BadRequest("Client disconnected before its body was complete") from None
+    finally:
+        if deadline is not None and resume_at is not None:
+            deadline.reschedule(resume_at + (loop.time() - started))
     return b"".join(chunks)
 
 
 def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     """The body as the decoder's Struct; a 400 naming the field otherwise
     ("body not valid JSON (whatever its Content-Type), missing or mistyped
-    field")."""
+    field"). Any other encoding than UTF-8 is not JSON (RFC 8259 section
+    8.1) and is refused like it; so is nesting past msgspec's recursion
+    limit, and a NUL in any string, which PostgreSQL text cannot hold."""
     try:
-        return decoder.decode(body)
+        value = decoder.decode(body)
     except msgspec.ValidationError as err:
         raise BadRequest(validation_text(str(err))) from None
     except msgspec.DecodeError:
         raise BadRequest("Body must be a JSON object") from None
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
+    if b"\\u0000" in body:  # rare: then look for the string that holds it
+        try:
+            where = _nul_at(msgspec.to_builtins(value))
+        except RecursionError:
+            raise BadRequest(_TOO_DEEP) from None
+        if where is not None:
+            raise BadRequest(f"{where or 'body'} must not contain NUL characters")
+    return value
+
+
+_TOO_DEEP = "Body is nested too deeply"
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """The path (`name`, `[0].recipients[1].error`) of a string with a NUL."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        if any("\x00" in str(k) for k in value):
+            return path
+        children = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    for where, child in children:
+        if (found := _nul_at(child, where)) is not None:
+            return found
+    return None
 
 
 def validation_text(raw: str) -> str:

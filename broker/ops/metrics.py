@@ -23,6 +23,12 @@ GC_FREEZES = Counter("smsdora_gc_freezes_total",
                      "Freezes of the garbage collector's survivors (broker/ops/collector.py)",
                      ["cause"])
 FRAMES = Counter("smsdora_device_frames_total", "Frames received from phones", ["type"])
+CONNECTIONS_OPEN = Gauge("smsdora_connections_open",
+                         "Connections the listeners hold (HTTP and WebSocket)")
+CONNECTIONS_CLOSED = Counter(
+    "smsdora_connections_closed_total",
+    "Connections refused or closed at the edge (broker/ops/connections.py, server.py)",
+    ["reason"])
 
 
 def render() -> tuple[bytes, str]:

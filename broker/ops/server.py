@@ -1,14 +1,27 @@
 """How `smsdora serve` runs uvicorn: its one configuration (also used by
-the tests and the benchmark), the graceful shutdown, and the garbage
-collector's schedule (broker/ops/collector.py)."""
+the tests and the benchmark) with the edges of an exposed broker (contract
+section 12: header deadline and size, connection caps), the metrics
+listener, the graceful shutdown, and the garbage collector's schedule
+(broker/ops/collector.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import http
+import logging
 import signal
+import socket
 from typing import TYPE_CHECKING, Any
 
+from broker.ops import metrics
 from broker.ops.collector import Collector
+from broker.ops.connections import (
+    RESERVED_DESCRIPTORS,
+    ConnectionGate,
+    RateLimitedLog,
+    Refusal,
+    descriptor_cap,
+)
 from broker.settings import Settings
 from protocol.api import ErrorBody
 from protocol.api import encoder as api_encoder
@@ -16,9 +29,21 @@ from protocol.api import encoder as api_encoder
 if TYPE_CHECKING:
     import uvicorn
 
+log = logging.getLogger("smsdora.server")
+# After a refusal (400, 431): how long, and how much, of what the client
+# still sends is read and dropped before the socket is closed.
+LINGER_S = 2.0
+LINGER_BYTES = 1 << 20
+# Refused and timed-out connections, rate-limited (connections.RateLimitedLog).
+connections_log = logging.getLogger("smsdora.connections")
+
 
 def run(app: Any, settings: Settings, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+    cap = max_connections(settings)
+    if cap != settings.max_connections:
+        log.warning("connection cap lowered to what the descriptor limit holds",
+                    extra={"max_connections": cap, "wanted": settings.max_connections})
     DrainingServer = _draining_server()
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the handlers
     # it found and raises the signal again. Found handlers that end `main`
@@ -45,6 +70,7 @@ def _draining_server() -> type:
 
         collector: Collector | None = None
         collector_task: asyncio.Task[None] | None = None
+        metrics_server: uvicorn.Server | None = None
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
@@ -54,6 +80,9 @@ def _draining_server() -> type:
             self.collector = Collector(broker.settings.gc_freeze_s)
             self.collector.start()
             self.collector_task = asyncio.get_running_loop().create_task(self.collector.run())
+            metrics_app = getattr(self.config.app.state, "metrics_app", None)  # type: ignore[union-attr]
+            if self.started and metrics_app is not None:
+                self.metrics_server = await start_metrics_listener(metrics_app, broker.settings)
 
         async def shutdown(self, sockets: Any = None) -> None:
             # No new connections, then the phones' end (event streams are
@@ -66,12 +95,44 @@ def _draining_server() -> type:
             if self.collector is not None:
                 self.collector.stop()
             await super().shutdown(sockets)
+            if self.metrics_server is not None:
+                await self.metrics_server.shutdown()
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             self.config.app.state.broker.draining = True  # type: ignore[union-attr]
             super().handle_exit(sig, frame)
 
     return DrainingServer
+
+
+async def start_metrics_listener(app: Any, settings: Settings) -> uvicorn.Server | None:
+    """`app` (GET /metrics and the detailed /health, broker/app.py) on
+    SMSDORA_METRICS_ADDR, in this loop, with the edges of the main port.
+    None when off, or when the address cannot be bound: logged as an
+    error, and the API still serves (phones need it; a scrape does not)."""
+    import uvicorn
+    from uvicorn.lifespan.off import LifespanOff
+
+    if settings.metrics_addr is None:
+        return None
+    host, port = settings.metrics_addr
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        sock = socket.create_server((host, port), family=family)
+    except OSError as err:
+        log.error("metrics listener not started", extra={"address": address, "error": str(err)})
+        return None
+    config = uvicorn.Config(app, http=_listener_protocols(settings)[0], ws="none",
+                            lifespan="off", log_config=None, timeout_graceful_shutdown=2,
+                            proxy_headers=False)
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = LifespanOff(config)
+    await server.startup(sockets=[sock])
+    log.info("metrics listener", extra={"address": address})
+    return server
 
 
 class _Stopped(Exception):
@@ -82,38 +143,212 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped()
 
 
-def _http_protocol() -> type:
+def _protocols(settings: Settings, gate: ConnectionGate, refusals: RateLimitedLog) -> tuple[type, type]:
+    """The HTTP and WebSocket protocol classes of one listener, sharing its
+    connection gate."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    header_timeout_s = settings.header_timeout_s
+    max_head = settings.max_header_bytes
+
+    class BrokerWebSocketProtocol(WebSocketsSansIOProtocol):
+        """uvicorn's, giving back the connection's place in the gate when
+        the socket ends (BrokerHttpProtocol hands it over at the upgrade)."""
+
+        gate_key: str | None = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                if self.gate_key is not None:
+                    gate.release(self.gate_key)
+                    self.gate_key = None
 
     class BrokerHttpProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol, letting go of its parser once a
-        phone's connection is upgraded to a WebSocket. The parser and the
-        protocol refer to each other; after the upgrade that cycle is garbage
-        only the cyclic collector can free, one per phone that connects, and
-        a freeze by broker/ops/collector.py while a handshake is in flight would
-        keep it for good (measured: 573 of 2,000 handshakes, 20 objects
-        each). `connection_lost` already does the same for plain HTTP."""
+        """uvicorn's httptools protocol with the edges of an exposed broker
+        (contract section 12), which uvicorn's httptools path lacks:
+
+        - a connection past the gate's caps is closed at once;
+        - a request head must be complete within `header_timeout_s` of the
+          moment the client owes us one: from the connection, and on a
+          kept-alive connection from the end of the previous answer (idle
+          time counts; uvicorn's own keep-alive timer stops at the first
+          byte, ours does not) or of the previous request, if the client
+          pipelines. After an answer given before its request's body was
+          all in, the rest of the body has as long;
+        - a request head is at most `max_header_bytes`, counted as it
+          arrives (httptools buffers a header line whole before any
+          callback): past it, 431. A head that starts in the middle of a
+          read, after a pipelined body, is counted from the next piece, so
+          it may take up to twice the limit before the 431.
+
+        And it lets go of its parser once a phone's connection is upgraded
+        to a WebSocket. The parser and the protocol refer to each other;
+        after the upgrade that cycle is garbage only the cyclic collector can
+        free, one per phone that connects, and a freeze by
+        broker/ops/collector.py while a handshake is in flight would keep it
+        for good (measured: 573 of 2,000 handshakes, 20 objects each).
+        `connection_lost` already does the same for plain HTTP."""
+
+        _gate_key: str | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _in_head = True  # the next bytes are (part of) a request head
+        _head_bytes = 0
+        _lingering: int | None = None  # after a refusal: the bytes dropped since
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            peer = self.client[0] if self.client else None
+            admitted = gate.admit(peer)
+            if isinstance(admitted, Refusal):
+                metrics.CONNECTIONS_CLOSED.labels(admitted.value).inc()
+                refusals.warning("connection refused", peer or "-", reason=admitted.value)
+                transport.close()
+                return
+            self._gate_key = admitted
+            self._owed()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._not_owed()
+            if self._gate_key is not None:
+                gate.release(self._gate_key)
+                self._gate_key = None
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._gate_key is None:
+                return  # refused: closing
+            if self._lingering is not None:
+                self._lingering += len(data)
+                if self._lingering > LINGER_BYTES:
+                    self.transport.close()
+                return
+            if self._in_head:
+                if self._head_bytes + len(data) <= max_head:
+                    self._head_bytes += len(data)
+                    super().data_received(data)
+                    return
+            elif len(data) <= max_head:
+                super().data_received(data)
+                return
+            self._feed_in_pieces(memoryview(data))
+
+        def _feed_in_pieces(self, view: memoryview) -> None:
+            """At most what the head may still take while in a head, else
+            `max_head` at a time (httptools takes a memoryview as is)."""
+            while view:
+                if self._in_head:
+                    room = max_head - self._head_bytes
+                    if room <= 0:
+                        self._refuse_head()
+                        return
+                    piece = view[:room]
+                    self._head_bytes += len(piece)
+                else:
+                    piece = view[:max_head]
+                view = view[len(piece):]
+                super().data_received(piece)  # type: ignore[arg-type]
+                if (self._lingering is not None or self.parser is None
+                        or self.transport.is_closing()):
+                    return
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._owed()  # also while our answer to an earlier request is pending
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._not_owed()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            if self.parser is not None and self.parser.should_upgrade() and self._should_upgrade():
+                return  # a WebSocket: handle_websocket_upgrade comes next
+            self._in_head, self._head_bytes = True, 0
+            if self.cycle is None or self.cycle.response_complete:
+                self._owed()  # answered before the body was all in: now the next head
+            # else: the client may wait for our answer before its next request
+
+        def on_response_complete(self) -> None:
+            more = bool(self.pipeline)
+            super().on_response_complete()
+            if not more and not self.transport.is_closing():
+                self._owed()
 
         def handle_websocket_upgrade(self) -> None:
+            self._not_owed()
             super().handle_websocket_upgrade()
             self.parser = None  # type: ignore[assignment]
+            socket_protocol = self.transport.get_protocol()
+            if isinstance(socket_protocol, BrokerWebSocketProtocol):
+                socket_protocol.gate_key, self._gate_key = self._gate_key, None
+
+        def _owed(self) -> None:
+            """The client owes us bytes: start the clock, unless running."""
+            if self._timer is None:
+                self._timer = self.loop.call_later(header_timeout_s, self._late)
+
+        def _not_owed(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _late(self) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            reason = "header_timeout" if self._in_head else "body_timeout"
+            metrics.CONNECTIONS_CLOSED.labels(reason).inc()
+            refusals.warning("request head not complete in time" if self._in_head
+                             else "request body not complete in time", self._peer())
+            self.transport.close()
+
+        def _refuse_head(self) -> None:
+            metrics.CONNECTIONS_CLOSED.labels("header_too_large").inc()
+            refusals.warning("request head too large", self._peer())
+            self._refuse(431, "Request header fields too large")
+
+        def _peer(self) -> str:
+            return self.client[0] if self.client else "-"
 
         def send_400_response(self, msg: str) -> None:
             """A request httptools cannot parse (a malformed header, say)
             answered in the contract's error shape, not uvicorn's plain
             text: every error is JSON (contract section 3, Errors)."""
-            body = api_encoder.encode(ErrorBody(statusCode=400, message=msg,
-                                                error="Bad Request"))
-            content = [b"HTTP/1.1 400 Bad Request\r\n"]
+            self._refuse(400, msg)
+
+        def _refuse(self, status: int, message: str) -> None:
+            """The error shape, then a lingering close: closing a socket
+            with unread bytes sends a reset, which can wipe the answer out
+            of the client's buffers before it reads it. So: our side shut
+            (FIN), what still comes discarded, and the socket closed when
+            the client closes, after `LINGER_S`, or past `LINGER_BYTES`.
+            Only the close while an answer to an earlier request is being
+            written (it would be cut)."""
+            self._not_owed()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()
+                return
+            body = api_encoder.encode(ErrorBody(statusCode=status, message=message,
+                                                error=http.HTTPStatus(status).phrase))
+            content = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
             for name, value in self.server_state.default_headers:
                 content.extend([name, b": ", value, b"\r\n"])
             content.extend([b"content-type: application/json\r\n",
                             b"content-length: " + str(len(body)).encode() + b"\r\n",
                             b"connection: close\r\n\r\n", body])
             self.transport.write(b"".join(content))
-            self.transport.close()
+            if not self.transport.can_write_eof():  # TLS
+                self.transport.close()
+                return
+            self.transport.write_eof()
+            self._lingering = 0  # bytes dropped since; the client's EOF closes the socket
+            self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
-    return BrokerHttpProtocol
+    return BrokerHttpProtocol, BrokerWebSocketProtocol
 
 
 def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
@@ -124,14 +359,31 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
     answer within as long (section 4 presence). The accept queue holds 4,096
     connections (uvicorn's default, 2,048, overflowed when 10k phones came
     back at once after a restart; the kernel caps it at net.core.somaxconn).
+    Each listener has its own connection gate (`max_connections`).
     """
     import uvicorn
 
+    http_protocol, ws_protocol = _listener_protocols(settings)
     return uvicorn.Config(
-        app, host=host, port=port, http=_http_protocol(), ws="websockets-sansio",
+        app, host=host, port=port, http=http_protocol, ws=ws_protocol,
         ws_max_size=65536,
         ws_per_message_deflate=False, ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=settings.heartbeat_s, loop="uvloop",
         log_config=None, lifespan="on", timeout_graceful_shutdown=8, backlog=4096,
+        # Forwarded headers are read by broker/http/client.py, from the
+        # configured trusted proxies only; uvicorn's would believe any
+        # loopback peer and rewrite the client address before we see it.
+        proxy_headers=False,
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
     )
+
+
+def max_connections(settings: Settings) -> int:
+    """`SMSDORA_MAX_CONNECTIONS`, lowered to what the descriptor limit holds."""
+    return descriptor_cap(settings.max_connections, settings.pool_max + RESERVED_DESCRIPTORS)
+
+
+def _listener_protocols(settings: Settings) -> tuple[type, type]:
+    gate = ConnectionGate(max_connections(settings), settings.max_connections_per_address,
+                          settings.trusted_proxies)
+    return _protocols(settings, gate, RateLimitedLog(connections_log))

@@ -15,10 +15,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.ops import logs
+from broker.settings import Settings
 from tests.conftest import error
 from tests.e2e.conftest import Account, PhoneFactory, Server, logging_to, send_sms, wait_for
 
 pytestmark = pytest.mark.timeout(20)
+
+# /metrics and the detailed /health on the main port (contract section 12).
+METRICS_TOKEN = "e2e-metrics-token"
+METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+@pytest.fixture
+def broker_settings(broker_settings: Settings) -> Settings:
+    return broker_settings.with_(metrics_token=METRICS_TOKEN)
 
 
 
@@ -30,22 +40,22 @@ async def test_health_needs_no_key_and_counts_connected_phones(
         http: httpx.AsyncClient, server: Server, account: Account,
         phone: PhoneFactory) -> None:
     r = await http.get("/health")
-    assert r.status_code == 200, r.text
-    body = r.json()
+    assert (r.status_code, r.json()) == (200, {"status": "ok", "database": "ok"})
+    body = (await http.get("/health", headers=METRICS)).json()  # the detailed form
     assert body == {"status": "ok", "database": "ok", "node": server.broker.settings.node,
                     "devicesOnline": 0, "uptimeSeconds": body["uptimeSeconds"]}
     assert isinstance(body["node"], str) and body["node"]
     assert isinstance(body["uptimeSeconds"], int) and body["uptimeSeconds"] >= 0
 
     p = await phone(await account.make_device())
-    assert (await http.get("/health")).json()["devicesOnline"] == 1
+    assert (await http.get("/health", headers=METRICS)).json()["devicesOnline"] == 1
     second = await phone(await account.make_device("Second"))
-    assert (await http.get("/health")).json()["devicesOnline"] == 2
+    assert (await http.get("/health", headers=METRICS)).json()["devicesOnline"] == 2
     await p.close()
     await second.close()
 
     async def none_online() -> bool:
-        return (await http.get("/health")).json()["devicesOnline"] == 0
+        return (await http.get("/health", headers=METRICS)).json()["devicesOnline"] == 0
     await wait_for(none_online, what="devicesOnline back to 0 after the phones left")
 
 
@@ -80,7 +90,7 @@ def value(snapshot: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
 async def test_metrics_are_prometheus_text_and_move_with_a_send(
         http: httpx.AsyncClient, account: Account, phone: PhoneFactory) -> None:
     p = await phone(await account.make_device())
-    r = await http.get("/metrics")
+    r = await http.get("/metrics", headers=METRICS)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     for name in ("smsdora_sends_total", "smsdora_status_transitions_total",
@@ -94,7 +104,7 @@ async def test_metrics_are_prometheus_text_and_move_with_a_send(
     assert (await send_sms(http, account.key)).status_code == 201
     mid = (await p.expect("send"))["id"]
     assert (await p.ask({"type": "ack", "id": mid}))["type"] == "receipt"
-    after = samples((await http.get("/metrics")).text)
+    after = samples((await http.get("/metrics", headers=METRICS)).text)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -110,11 +120,11 @@ async def test_metrics_are_prometheus_text_and_move_with_a_send(
     await p.close()
 
     async def gone() -> bool:
-        return value(samples((await http.get("/metrics")).text),
+        return value(samples((await http.get("/metrics", headers=METRICS)).text),
                      "smsdora_devices_connected") == 0
     await wait_for(gone, what="smsdora_devices_connected back to 0")
     assert (await send_sms(http, account.key)).status_code == 400
-    last = samples((await http.get("/metrics")).text)
+    last = samples((await http.get("/metrics", headers=METRICS)).text)
     assert value(last, "smsdora_sends_total", result="no_device") - \
         value(before, "smsdora_sends_total", result="no_device") == 1
 
@@ -261,7 +271,7 @@ async def test_every_response_carries_a_request_id(http: httpx.AsyncClient, acco
                                headers=account.headers),
         "200 read": await http.get("/messages", headers=account.headers),
         "health": await http.get("/health"),
-        "metrics": await http.get("/metrics"),
+        "metrics": await http.get("/metrics", headers=METRICS),
     }
     assert [(k, r.status_code) for k, r in responses.items()] == [
         ("201", 201), ("400", 400), ("401", 401), ("403 scope", 403), ("403 rate", 403),

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from broker import keys, store
 from broker.settings import Settings
 from tests.e2e.conftest import SECRET, Account, Device, PhoneFactory, Server, send_sms, wait_for
+from tests.e2e.test_api_ops import METRICS, METRICS_TOKEN
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -31,7 +32,8 @@ HEARTBEAT_S = 7  # not the default 20, so the welcome provably carries the setti
 @pytest.fixture
 def broker_settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home", secret=SECRET, heartbeat_s=HEARTBEAT_S,
-                    hello_timeout_s=1, last_seen_flush_s=0.1, pool_min=1, pool_max=10)
+                    hello_timeout_s=1, last_seen_flush_s=0.1, pool_min=1, pool_max=10,
+                    metrics_token=METRICS_TOKEN)
 
 
 # --- helpers ------------------------------------------------------------------
@@ -43,7 +45,7 @@ async def raw_connect(server: Server, headers: dict[str, str] | None = None) -> 
 
 
 async def connected_gauge(http: httpx.AsyncClient) -> float:
-    text = (await http.get("/metrics")).text
+    text = (await http.get("/metrics", headers=METRICS)).text
     for line in text.splitlines():
         if line.startswith("smsdora_devices_connected "):
             return float(line.split()[1])

@@ -10,10 +10,16 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from broker.settings import Settings
 from tests.e2e.conftest import Account, PhoneFactory, send_sms
-from tests.e2e.test_api_ops import samples, value
+from tests.e2e.test_api_ops import METRICS, METRICS_TOKEN, samples, value
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def broker_settings(broker_settings: Settings) -> Settings:
+    return broker_settings.with_(metrics_token=METRICS_TOKEN)
 
 JOBS = 30
 
@@ -26,7 +32,7 @@ async def test_reports_sent_in_a_row_share_commits_and_keep_their_order(
         r = await send_sms(http, account.key)
         assert r.status_code == 201, r.text
         ids.append((await p.expect("send"))["id"])
-    before = samples((await http.get("/metrics")).text)
+    before = samples((await http.get("/metrics", headers=METRICS)).text)
 
     for mid in ids:  # every ack at once, as a phone that works through its outbox
         await p.send({"type": "ack", "id": mid})
@@ -40,7 +46,7 @@ async def test_reports_sent_in_a_row_share_commits_and_keep_their_order(
     assert answers == [{"type": "receipt", "id": mid, "status": status}
                        for mid in ids for status in ("sent", "delivered")]
 
-    after = samples((await http.get("/metrics")).text)
+    after = samples((await http.get("/metrics", headers=METRICS)).text)
     reports = (value(after, "smsdora_report_batch_size_sum")
                - value(before, "smsdora_report_batch_size_sum"))
     commits = (value(after, "smsdora_report_batch_size_count")
