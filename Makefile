@@ -21,8 +21,21 @@ run: $(STAMP)
 	$(BIN)/smsdora migrate && $(BIN)/smsdora serve
 
 # Extra pytest arguments: make test ARGS='-k lifecycle -x'
-test: lint typecheck
+test: lint typecheck nginx
 	$(BIN)/pytest -q $(ARGS)
+
+# tests/proxy runs docs/nginx/smsdora.conf through a real nginx: Debian's
+# package, installed when missing (as root, or through sudo -n). A machine
+# that cannot install it fails here, loudly: the proxy tests are never skipped.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+.PHONY: nginx
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
+	  echo "make nginx: installing Debian's nginx for tests/proxy"; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -qq nginx >/dev/null; } || { \
+	  echo "make nginx: could not install nginx (apt-get install -y nginx, as root);" \
+	       "tests/proxy needs it" >&2; exit 1; }; }
 
 # STYLE.md: strict typing (pyproject.toml [tool.mypy]; asyncpg through asyncpg-stubs).
 typecheck: $(STAMP)
