@@ -3,7 +3,8 @@
 Keys are high-entropy, so the stored hash is HMAC-SHA256 with a server
 secret and a check costs microseconds (contract section 3); argon2id is only
 for human passwords. Lookups go by the public prefix; the comparison is
-constant-time.
+constant-time. Prefixes that matched nothing are remembered a while
+(`UnknownPrefixes`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Final, Generic, TypeVar
 
+from broker.errors import BadRequest
 from protocol.api import SCOPES
 
 KEY_KIND: Final = "smsgw"
@@ -70,19 +72,87 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
+class AmbiguousCredentials(BadRequest):
+    """Two different credentials in one request (RFC 6750 section 2: "Clients
+    MUST NOT use more than one method to transmit the token in each request",
+    and section 3.1: such a request is `invalid_request`, a 400)."""
+
+    def __init__(self) -> None:
+        super().__init__("Ambiguous credentials: send one key, in one header")
+
+
 def bearer(headers: Mapping[str, str], *, api: bool) -> str | None:
-    """The secret from `x-api-key` (API only) or `Authorization: Bearer`."""
-    get = headers.get
-    if api:
-        value = get("x-api-key")
-        if value:
-            return str(value).strip()
-    auth = get("authorization")
-    if auth:
-        scheme, _, value = str(auth).partition(" ")
+    """The one secret from `x-api-key` (API only) or `Authorization: Bearer`;
+    None without one. Every such header counts, repeated ones too: two
+    different secrets are `AmbiguousCredentials`, so no proxy in front can
+    judge the request by one and the broker by the other; the same secret
+    twice is one credential. Empty values and other schemes (`Basic` for a
+    proxy in front) are no credential of ours."""
+    found = [v.strip() for v in _every(headers, "x-api-key") if v.strip()] if api else []
+    for auth in _every(headers, "authorization"):
+        scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    return None
+            found.append(value.strip())
+    if not found:
+        return None
+    first = found[0]
+    if any(other != first for other in found[1:]):
+        raise AmbiguousCredentials()
+    return first
+
+
+def _every(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of header `name` (Starlette's Headers keep repeated ones)."""
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None:
+        return list(getlist(name))
+    value = headers.get(name)
+    return [str(value)] if value is not None else []
+
+
+class UnknownPrefixes:
+    """API-key prefixes that matched no key, remembered for `ttl_s`, so that a
+    key that does not exist, sent again and again (a client of a deleted
+    key, a scanner repeating itself), costs a set lookup and not a query. At
+    most `max_size` (the oldest forgotten first). Trusted, like the key
+    cache, only while the LISTEN connection is up: a key created, or rotated
+    onto a prefix, is announced (`smsdora_key_added`) and dropped here at
+    once; `generation` keeps a miss read before an announcement from being
+    remembered after it. Fresh random prefixes are never here: those are
+    for the failure throttle (broker/http/auth.py)."""
+
+    def __init__(self, ttl_s: float = 30.0, max_size: int = 100_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_size = max_size
+        self.generation = 0
+        self._since: dict[str, float] = {}
+
+    def has(self, prefix: str, now: float) -> bool:
+        since = self._since.get(prefix)
+        if since is None:
+            return False
+        if now - since > self.ttl_s:
+            del self._since[prefix]
+            return False
+        return True
+
+    def add(self, prefix: str, now: float, generation: int) -> None:
+        if generation != self.generation or self.ttl_s <= 0:
+            return  # a key was announced while the miss was being read
+        if prefix not in self._since and len(self._since) >= self.max_size:
+            del self._since[next(iter(self._since))]
+        self._since[prefix] = now
+
+    def drop(self, prefix: str) -> None:
+        self.generation += 1
+        self._since.pop(prefix, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._since.clear()
+
+    def __len__(self) -> int:
+        return len(self._since)
 
 
 class KeyCache(Generic[T]):

@@ -7,6 +7,8 @@ seconds), so every rule is testable without a clock.
 key). A window holds at most `limit` timestamps, and none while nothing
 happened within its span (an idle phone's windows cost a few bytes, not a
 deque each). `FrameThrottle` is the token bucket of a phone's frames.
+`Buckets` are token buckets by name, bounded in number: failed credentials
+per client address and per email, and each account's request budget.
 """
 
 from __future__ import annotations
@@ -141,3 +143,68 @@ class FrameThrottle:
         if self.strikes > self.burst:
             return None
         return -self.tokens / self.rate
+
+
+class Bucket:
+    """A token bucket: `burst` units at once, refilled at `rate` a second."""
+
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens, self.at = burst, now
+
+    def refill(self, rate: float, burst: float, now: float) -> float:
+        if now > self.at:  # a caller's `now` may be older than the last one's
+            self.tokens = min(burst, self.tokens + (now - self.at) * rate)
+            self.at = now
+        return self.tokens
+
+
+class Buckets:
+    """A token bucket per name (a client address, an email, an account): at
+    most `burst` units at once, then `rate` a second. At most `max_names`
+    buckets are kept, the least recently charged forgotten first, so memory
+    is bounded whatever the number of names (a forgotten name starts again
+    with a full bucket). `burst` 0: no limit.
+
+    For "N failures within W seconds": `Buckets(N / W, N)`: N at once, then
+    one more every W/N seconds."""
+
+    def __init__(self, rate: float, burst: int, max_names: int = 50_000) -> None:
+        self.rate, self.burst, self.max_names = rate, float(burst), max_names
+        self._buckets: dict[object, Bucket] = {}
+
+    def retry_after(self, name: object, now: float) -> int | None:
+        """None while `name` has a unit left; else the whole seconds (at
+        least 1) until it has one. Charges nothing."""
+        bucket = self._buckets.get(name)
+        if bucket is None or self.burst <= 0 or bucket.refill(self.rate, self.burst, now) >= 1:
+            return None
+        return self._wait(bucket)
+
+    def charge(self, name: object, now: float) -> None:
+        """Take one unit (none left: the bucket stays empty)."""
+        self.hit(name, now)
+
+    def hit(self, name: object, now: float) -> int | None:
+        """Take one unit if there is one (None); else the `Retry-After`."""
+        if self.burst <= 0:
+            return None
+        bucket = self._buckets.pop(name, None)  # put back last: the most recent
+        if bucket is None:
+            bucket = Bucket(self.burst, now)
+            if len(self._buckets) >= self.max_names:
+                del self._buckets[next(iter(self._buckets))]
+        self._buckets[name] = bucket
+        if bucket.refill(self.rate, self.burst, now) >= 1:
+            bucket.tokens -= 1
+            return None
+        return self._wait(bucket)
+
+    def _wait(self, bucket: Bucket) -> int:
+        if self.rate <= 0:
+            return NO_LIMIT  # never refilled (a test's setting)
+        return max(1, math.ceil((1 - bucket.tokens) / self.rate))
+
+    def __len__(self) -> int:
+        return len(self._buckets)

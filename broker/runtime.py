@@ -17,8 +17,8 @@ from broker.delivery.channel import CloseReason
 from broker.delivery.dispatch import Dispatcher
 from broker.delivery.presence import Presence
 from broker.delivery.sweeper import Sweeper
-from broker.keys import KeyCache
-from broker.limits import RateWindow
+from broker.keys import KeyCache, UnknownPrefixes
+from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
 from broker.settings import Settings
 from broker.store.listener import Listener
@@ -37,6 +37,16 @@ class Broker:
         self.presence = Presence()
         self.rate_window = RateWindow()
         self.key_cache: KeyCache[store.KeyRow] = KeyCache()
+        self.unknown_keys = UnknownPrefixes(ttl_s=settings.unknown_key_ttl_s)
+        # Failed credentials per client address (every kind) and per email
+        # (passwords); each account's requests; its share of the pool.
+        self.auth_failures = _per_window(settings.auth_failures, settings.auth_failure_window_s)
+        self.login_failures = _per_window(settings.login_failures,
+                                          settings.login_failure_window_s)
+        self.account_budget = Buckets(settings.account_rate, settings.account_burst)
+        self.pool_shares = store.PoolShares(
+            max(1, round(settings.pool_max * settings.account_pool_share))
+            if settings.account_pool_share > 0 else 0, settings.account_pool_wait_s)
         self.started_mono = time.monotonic()
         self.draining = False  # set on SIGTERM: no new sends
         self.pool: store.Pool = None  # type: ignore[assignment]  # set by start()
@@ -59,13 +69,19 @@ class Broker:
         self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
         self._listener = Listener(
             self.database_url,
-            {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop},
-            on_connect=self.key_cache.clear)
+            {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop,
+             store.KEY_ADDED: self.unknown_keys.drop},
+            on_connect=self._forget_keys)
         self._listener.start()
         await asyncio.wait_for(self._listener.connected.wait(), 10)
 
     async def _devices_by_token(self, prefixes: list[str]) -> dict[str, store.DeviceRow]:
         return await store.devices_by_token_prefix(self.pool, prefixes)
+
+    def _forget_keys(self) -> None:
+        """Notices may have been missed while the LISTEN connection was away."""
+        self.key_cache.clear()
+        self.unknown_keys.clear()
 
     def keys_cached(self) -> bool:
         """The key cache is trusted only while change notices can reach us."""
@@ -121,3 +137,11 @@ class Broker:
                 log.warning("last-seen flush failed", extra={"error": type(err).__name__})
             except Exception:
                 log.exception("last-seen flush failed: batch dropped")
+
+
+def _per_window(failures: int, window_s: float) -> Buckets:
+    """At most `failures` within `window_s`: that many at once, then one
+    every `window_s / failures` (0 of either: no limit)."""
+    if failures <= 0 or window_s <= 0:
+        return Buckets(0.0, 0)
+    return Buckets(failures / window_s, failures)

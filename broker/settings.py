@@ -99,6 +99,18 @@ class Settings:
     metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464)
     # With it, GET /metrics and the detailed /health on the main port too.
     metrics_token: str | None = field(default=None, repr=False)
+    # Accounts and credentials of an exposed broker (docs/OPERATIONS.md
+    # "Failed credentials", "Fairness between accounts"); 0 turns each off.
+    auth_failures: int = 30  # failed credentials per client address ...
+    auth_failure_window_s: float = 60.0  # ... within this, then 429
+    login_failures: int = 10  # failed passwords per email ...
+    login_failure_window_s: float = 900.0  # ... within this, then 429
+    unknown_key_ttl_s: float = 30.0  # how long a prefix that matched no key is remembered
+    account_rate: float = 2000.0  # an account's requests a second, all its keys together ...
+    account_burst: int = 5000  # ... and at once
+    account_pool_share: float = 0.5  # of SMSDORA_POOL_MAX, the connections one account may hold
+    account_pool_wait_s: float = 1.0  # waited for one of them, then 429
+    idempotency_purge_batch: int = 1000  # idempotency rows past 24 h deleted per sweep
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -138,6 +150,16 @@ class Settings:
             trusted_proxies=_networks(e, "SMSDORA_TRUSTED_PROXIES"),
             metrics_addr=_listen_address(e, "SMSDORA_METRICS_ADDR", "127.0.0.1:9464"),
             metrics_token=e.get("SMSDORA_METRICS_TOKEN") or None,
+            auth_failures=_int(e, "SMSDORA_AUTH_FAILURES", 30),
+            auth_failure_window_s=_float(e, "SMSDORA_AUTH_FAILURE_WINDOW", 60.0),
+            login_failures=_int(e, "SMSDORA_LOGIN_FAILURES", 10),
+            login_failure_window_s=_float(e, "SMSDORA_LOGIN_FAILURE_WINDOW", 900.0),
+            unknown_key_ttl_s=_float(e, "SMSDORA_UNKNOWN_KEY_TTL", 30.0),
+            account_rate=_float(e, "SMSDORA_ACCOUNT_RATE", 2000.0),
+            account_burst=_int(e, "SMSDORA_ACCOUNT_BURST", 5000),
+            account_pool_share=_float(e, "SMSDORA_ACCOUNT_POOL_SHARE", 0.5),
+            account_pool_wait_s=_float(e, "SMSDORA_ACCOUNT_POOL_WAIT", 1.0),
+            idempotency_purge_batch=_int(e, "SMSDORA_IDEMPOTENCY_PURGE_BATCH", 1000),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -10,7 +10,9 @@ only in memory and a restarted broker picks up where the last one stopped:
   SMS Gateway phone has listed is asked back instead (`handback`), and
   moves once the phone confirmed the cancel;
 - a job in `sending`, or listed by an SMS Gateway phone, with no report
-  within `no_report_after_s` fails as `no report`.
+  within `no_report_after_s` fails as `no report`;
+- idempotency rows older than 24 h (each holds a whole response) are
+  deleted, at most `idempotency_purge_batch` a sweep (contract section 12).
 Every move is a conditional UPDATE, so a phone's report that lands at the
 same moment wins or loses cleanly, and several nodes may sweep at once.
 """
@@ -27,6 +29,7 @@ from broker.clock import utcnow
 from broker.delivery.channel import Job
 from broker.delivery.handoff import move
 from broker.delivery.presence import Presence
+from broker.delivery.sending import IDEMPOTENCY_WINDOW
 from broker.ops import metrics
 from broker.settings import Settings
 from protocol import lifecycle
@@ -64,6 +67,16 @@ class Sweeper:
                 metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
                 log.info("no report: failed", extra={"message_id": str(stopped.id)})
                 await self._stopped(stopped, "no report")
+        await self._purge_idempotency(now)
+
+    async def _purge_idempotency(self, now: dt.datetime) -> None:
+        """One bounded DELETE a sweep: a backlog (a broker that was down, an
+        upgrade from before the purge) drains over several sweeps, never in
+        one long statement."""
+        purged = await store.purge_idempotency(self.pool, now - IDEMPOTENCY_WINDOW,
+                                               self.settings.idempotency_purge_batch)
+        if purged:
+            log.debug("idempotency rows purged", extra={"rows": purged})
 
     async def _expire(self, now: dt.datetime) -> None:
         # A job an SMS Gateway phone listed carries its ttl as `validUntil`

@@ -1,19 +1,93 @@
 """The caller's API key (contract section 3, Authentication): found, checked,
-in scope and within its rate, or a named error."""
+in scope and within its rate and its account's budget, or a named error.
+
+An exposed broker meets strangers (contract section 12): a client address
+whose credentials keep failing is refused with 429 before any lookup
+(`Throttled`, per address, for every kind of credential: API keys here,
+device tokens and passwords in the transports); a key prefix that matched no
+key is remembered a while, so the same unknown key again costs no query;
+and one request carries one credential (`keys.AmbiguousCredentials`, 400).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import time
 from typing import TYPE_CHECKING
 
-from starlette.requests import Request
+from prometheus_client import Counter
+from starlette.requests import HTTPConnection, Request
 
 from broker import keys, store
-from broker.errors import Forbidden, RateLimited, Unauthorized
+from broker.errors import BrokerError, Forbidden, RateLimited, Unauthorized
+from broker.http.client import client_address
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
+
+# Beside broker/ops/metrics.py's: what failed credentials cost the database.
+KEY_LOOKUPS = Counter("smsdora_key_lookups_total",
+                      "API-key checks that were not answered from the key cache", ["result"])
+_FOUND = KEY_LOOKUPS.labels("found")  # read from PostgreSQL
+_NONE = KEY_LOOKUPS.labels("none")  # read from PostgreSQL: no such prefix
+_REMEMBERED = KEY_LOOKUPS.labels("remembered")  # no such prefix, known without a query
+THROTTLED = Counter("smsdora_credentials_throttled_total",
+                    "Requests refused with 429 after repeated failed credentials", ["per"])
+
+
+class Throttled(BrokerError):
+    """Too many failed credentials from this client address (or for this
+    email): refused before the credential is even looked at."""
+
+    status = 429
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("Too many failed attempts",
+                         headers={"Retry-After": str(retry_after_s)})
+
+
+class AccountOverBudget(BrokerError):
+    """The account's request budget, all its keys together (beside a key's
+    own per-minute limit, contract section 3)."""
+
+    status = 429
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("Too many requests for this account",
+                         headers={"Retry-After": str(retry_after_s)})
+
+
+def address_of(conn: HTTPConnection) -> str:
+    """The client address the failure throttle counts by: the peer, or
+    behind a trusted proxy the address it reports (broker/http/client.py).
+    IPv6 by its /64, which one host is usually given whole."""
+    broker: Broker = conn.app.state.broker
+    address = client_address(conn.scope, broker.settings.trusted_proxies)
+    return _per_host(address) if ":" in address else address
+
+
+def _per_host(address: str) -> str:
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:  # an IPv4 client on a dual-stack socket
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
+def check_throttle(broker: Broker, address: str, now: float) -> None:
+    """429 for an address over its budget of failed credentials."""
+    retry = broker.auth_failures.retry_after(address, now)
+    if retry is not None:
+        THROTTLED.labels("address").inc()
+        raise Throttled(retry)
+
+
+def failed(broker: Broker, address: str) -> None:
+    """One more failed credential from `address`, now (after its lookup)."""
+    broker.auth_failures.charge(address, time.monotonic())
 
 
 async def authenticate(request: Request, scope: str, *, cached: bool = False) -> store.KeyRow:
@@ -21,28 +95,55 @@ async def authenticate(request: Request, scope: str, *, cached: bool = False) ->
     (the send path, whose INSERT checks the key again in the same statement);
     every other endpoint reads PostgreSQL."""
     broker: Broker = request.app.state.broker
-    raw = keys.bearer(request.headers, api=True)
-    prefix = keys.parse_prefix(keys.KEY_KIND, raw) if raw else None
-    if raw is None or prefix is None:
-        raise Unauthorized("Invalid API key")
     now = time.monotonic()
-    cached = cached and broker.keys_cached()
-    key = broker.key_cache.get(prefix, now) if cached else None
-    if key is None:
-        generation = broker.key_cache.generation
-        key = await store.key_by_prefix(broker.pool, prefix)
-        if key is not None and cached:
-            broker.key_cache.put(prefix, str(key.id), key, now, generation)
-    if key is None or not keys.matches(broker.secret, raw, key.secret_hash):
-        raise Unauthorized("Invalid API key")
-    if key.revoked:
-        raise Unauthorized("API key revoked")
-    if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
-        raise Unauthorized("API key expired")
+    address = address_of(request)
+    check_throttle(broker, address, now)
+    raw = keys.bearer(request.headers, api=True)
+    if raw is None:
+        raise Unauthorized("Invalid API key")  # no credential, no guess: not counted
+    try:
+        key = await _known_key(broker, raw, cached, now)
+    except Unauthorized:
+        failed(broker, address)
+        raise
     if not keys.has_scope(key.scopes, scope):
         raise Forbidden(f"Missing {scope} scope")
     if key.rate_limit is not None:
         retry = broker.rate_window.hit(str(key.id), key.rate_limit, now)
         if retry is not None:
             raise RateLimited(retry)
+    retry = broker.account_budget.hit(key.account_id, now)
+    if retry is not None:
+        raise AccountOverBudget(retry)
+    return key
+
+
+async def _known_key(broker: Broker, raw: str, cached: bool, now: float) -> store.KeyRow:
+    """The key row of a valid, current key `raw`, or Unauthorized."""
+    prefix = keys.parse_prefix(keys.KEY_KIND, raw)
+    if prefix is None:
+        raise Unauthorized("Invalid API key")
+    trusted = broker.keys_cached()
+    key = broker.key_cache.get(prefix, now) if cached and trusted else None
+    if key is None:
+        if trusted and broker.unknown_keys.has(prefix, now):
+            _REMEMBERED.inc()
+            raise Unauthorized("Invalid API key")
+        generation = broker.key_cache.generation
+        unknown_generation = broker.unknown_keys.generation
+        key = await store.key_by_prefix(broker.pool, prefix)
+        if key is None:
+            _NONE.inc()
+            if trusted:
+                broker.unknown_keys.add(prefix, now, unknown_generation)
+            raise Unauthorized("Invalid API key")
+        _FOUND.inc()
+        if cached and trusted:
+            broker.key_cache.put(prefix, str(key.id), key, now, generation)
+    if not keys.matches(broker.secret, raw, key.secret_hash):
+        raise Unauthorized("Invalid API key")
+    if key.revoked:
+        raise Unauthorized("API key revoked")
+    if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
+        raise Unauthorized("API key expired")
     return key

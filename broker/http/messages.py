@@ -70,18 +70,22 @@ async def send_message_body(request: Request) -> bytes:
     idem = request.headers.get(_IDEMPOTENCY_HEADER)
     if idem is not None and not _IDEMPOTENCY_MIN <= len(idem) <= _IDEMPOTENCY_MAX:
         raise IDEMPOTENCY_KEY.refusal()
+    account = key.account_id
+    await broker.pool_shares.acquire(account)
     try:
-        result = await broker.dispatcher.send(key.account_id, key.monthly_messages, recipient,
-                                              req.message, req.ttl, idem, body, key.id,
-                                              key.prefix)
-    except KeyChanged:
-        # The cache had not heard yet: the database's answer is the one given.
-        broker.key_cache.drop(str(key.id))
-        key = await authenticate(request, "messages:send")
-        result = await broker.dispatcher.send(key.account_id, key.monthly_messages, recipient,
-                                              req.message, req.ttl, idem, body, key.id,
-                                              key.prefix)
-    return result
+        try:
+            return await broker.dispatcher.send(account, key.monthly_messages, recipient,
+                                                req.message, req.ttl, idem, body, key.id,
+                                                key.prefix)
+        except KeyChanged:
+            # The cache had not heard yet: the database's answer is the one given.
+            broker.key_cache.drop(str(key.id))
+            key = await authenticate(request, "messages:send")
+            return await broker.dispatcher.send(key.account_id, key.monthly_messages,
+                                                recipient, req.message, req.ttl, idem, body,
+                                                key.id, key.prefix)
+    finally:
+        broker.pool_shares.release(account)
 
 
 _CREATED_HEADERS = [(b"content-type", JSON.encode())]
@@ -108,16 +112,20 @@ async def get_message(request: Request) -> Response:
         # `/messages/send` is a route of its own that only takes POST.
         raise MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
     key = await authenticate(request, "messages:read")
-    found = await store.get_message(broker.pool, key.account_id,
-                                    MESSAGE_ID.read(request.path_params))
-    if found is None:
-        raise NotFound("Message not found")
-    row, history = found
-    return ok(MessageDetail(
-        id=str(row.id), recipient=row.recipient, message=row.body, status=row.status,
-        device=_device_ref(row), error=row.error, createdAt=iso(row.created_at) or "",
-        history=[HistoryEntry(status=h.status, at=iso(h.at) or "") for h in history],
-    ))
+    message_id = MESSAGE_ID.read(request.path_params)
+    await broker.pool_shares.acquire(key.account_id)
+    try:
+        found = await store.get_message(broker.pool, key.account_id, message_id)
+        if found is None:
+            raise NotFound("Message not found")
+        row, history = found
+        return ok(MessageDetail(
+            id=str(row.id), recipient=row.recipient, message=row.body, status=row.status,
+            device=_device_ref(row), error=row.error, createdAt=iso(row.created_at) or "",
+            history=[HistoryEntry(status=h.status, at=iso(h.at) or "") for h in history],
+        ))
+    finally:
+        broker.pool_shares.release(key.account_id)
 
 
 def _device_ref(row: store.MessageRow) -> DeviceRef | None:
@@ -133,9 +141,15 @@ async def list_messages(request: Request) -> Response:
     status = STATUS.read(q)
     limit = LIMIT.read(q)
     before = CURSOR.read(q)
-    rows = await store.list_messages(broker.pool, key.account_id, status, limit + 1, before)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    data = [MessageData(id=str(r.id), recipient=r.recipient, message=r.body, status=r.status,
-                        device=_device_ref(r)) for r in rows]
-    return ok(data, next_cursor=str(rows[-1].seq) if more else None)
+    # The page is built while the share is held too: an account's requests
+    # take their turn for the event loop's time as for the pool's connections.
+    await broker.pool_shares.acquire(key.account_id)
+    try:
+        rows = await store.list_messages(broker.pool, key.account_id, status, limit + 1, before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        data = [MessageData(id=str(r.id), recipient=r.recipient, message=r.body,
+                            status=r.status, device=_device_ref(r)) for r in rows]
+        return ok(data, next_cursor=str(rows[-1].seq) if more else None)
+    finally:
+        broker.pool_shares.release(key.account_id)

@@ -58,6 +58,7 @@ from broker.store.jobs import (
     write_moves,
 )
 from broker.store.keys import (
+    KEY_ADDED,
     KEY_CHANGED,
     KeyRow,
     insert_key,
@@ -82,17 +83,20 @@ from broker.store.messages import (
 from broker.store.migrate import SchemaTooNew
 from broker.store.pairing import claim_code, insert_code
 from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
+from broker.store.share import AccountBusy, PoolShares
 from broker.store.usage import Quota, open_month, used_in
 
 __all__ = [
     "DATABASE_DOWN",
     "DEVICE_DEACTIVATED",
+    "KEY_ADDED",
     "KEY_CHANGED",
     "MAX_LISTED",
     "SCHEMA_PATH",
     "SMSGATE",
     "WEBSOCKET",
     "Account",
+    "AccountBusy",
     "Conn",
     "Db",
     "DeviceLimitReached",
@@ -108,6 +112,7 @@ __all__ = [
     "MessageRow",
     "OpenJobs",
     "Pool",
+    "PoolShares",
     "Quota",
     "Released",
     "SchemaTooNew",

@@ -26,6 +26,9 @@ class KeyRow(msgspec.Struct, frozen=True):
 
 # Sent by a trigger on api_keys (schema.sql) with the key's id.
 KEY_CHANGED = "smsdora_key_changed"
+# Sent by a trigger on api_keys (migration 0004) with the prefix of a key
+# created, or rotated onto a new prefix.
+KEY_ADDED = "smsdora_key_added"
 
 _KEY_COLS = "k.id, k.account_id, k.name, k.prefix, k.secret_hash, k.scopes, k.rate_limit, " \
             "k.expires_at, k.revoked, k.created_at"

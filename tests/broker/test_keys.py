@@ -172,13 +172,28 @@ def test_bearer_none_without_headers() -> None:
     assert keys.bearer({"x-api-key": ""}, api=True) is None
 
 
-def test_bearer_x_api_key_first_then_authorization() -> None:
+def test_bearer_refuses_two_different_credentials() -> None:
+    """RFC 6750 section 2: one method per request; two different secrets are
+    a 400 (x-api-key used to win silently). The same secret twice is one."""
+    from starlette.datastructures import Headers
+
     other = "smsgw_11111111_" + "b" * 32
     headers = {"x-api-key": GOOD, "authorization": f"Bearer {other}"}
-    assert keys.bearer(headers, api=True) == GOOD
-    assert keys.bearer(headers, api=False) == other
-    # An empty x-api-key does not hide a Bearer header.
+    with pytest.raises(keys.AmbiguousCredentials):
+        keys.bearer(headers, api=True)
+    assert keys.bearer(headers, api=False) == other  # x-api-key is no device credential
+    for raw in ([(b"x-api-key", GOOD.encode()), (b"x-api-key", other.encode())],
+                [(b"authorization", f"Bearer {GOOD}".encode()),
+                 (b"authorization", f"Bearer {other}".encode())]):
+        with pytest.raises(keys.AmbiguousCredentials):
+            keys.bearer(Headers(raw=raw), api=True)
+    same = Headers(raw=[(b"x-api-key", GOOD.encode()), (b"authorization", f"Bearer {GOOD}".encode()),
+                        (b"x-api-key", f" {GOOD}".encode())])
+    assert keys.bearer(same, api=True) == GOOD
+    # An empty x-api-key is no credential and does not hide a Bearer header;
+    # another scheme (a proxy's Basic) is none of ours.
     assert keys.bearer({"x-api-key": "", "authorization": f"Bearer {other}"}, api=True) == other
+    assert keys.bearer({"x-api-key": GOOD, "authorization": "Basic dTpw"}, api=True) == GOOD
 
 
 def test_bearer_reads_starlette_headers_case_insensitively() -> None:
@@ -208,3 +223,33 @@ def test_key_cache_refuses_a_row_read_before_a_change_was_announced() -> None:
     assert cache.get("abcd0123", now=0.0) is None
     cache.clear()
     assert cache.generation == before + 2
+
+
+def test_unknown_prefixes_are_remembered_for_their_ttl() -> None:
+    unknown = keys.UnknownPrefixes(ttl_s=30)
+    unknown.add("abcd0123", now=0.0, generation=unknown.generation)
+    assert unknown.has("abcd0123", now=30.0)
+    assert not unknown.has("abcd0123", now=30.1)  # aged out: asked again
+    assert len(unknown) == 0
+
+
+def test_unknown_prefixes_forget_a_prefix_a_key_took() -> None:
+    unknown = keys.UnknownPrefixes()
+    unknown.add("abcd0123", now=0.0, generation=unknown.generation)
+    unknown.drop("abcd0123")  # smsdora_key_added: a key with that prefix now exists
+    assert not unknown.has("abcd0123", now=0.0)
+    before = unknown.generation  # a lookup starts and finds nothing ...
+    unknown.drop("abcd0123")  # ... while the key is created
+    unknown.add("abcd0123", now=0.0, generation=before)
+    assert not unknown.has("abcd0123", now=0.0)  # the stale miss is not remembered
+
+
+def test_unknown_prefixes_are_bounded() -> None:
+    unknown = keys.UnknownPrefixes(max_size=2)
+    for i, prefix in enumerate(("00000001", "00000002", "00000003")):
+        unknown.add(prefix, now=float(i), generation=unknown.generation)
+    assert len(unknown) == 2
+    assert not unknown.has("00000001", now=3.0)  # the oldest went first
+    assert unknown.has("00000003", now=3.0)
+    unknown.clear()
+    assert len(unknown) == 0

@@ -1,4 +1,4 @@
-"""broker/limits.py: the one rate limiter (a rolling window), as a device's
+"""broker/limits.py: the rolling window, as a device's
 send rate, a key's request limit and a phone's frame throttle. Pure: times
 are passed in."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from broker.delivery.presence import PACING_WINDOW_S
-from broker.limits import FrameThrottle, RateWindow, Window
+from broker.limits import Buckets, FrameThrottle, RateWindow, Window
 
 
 def pacer(rate: int) -> Window:
@@ -155,3 +155,53 @@ def test_frame_throttle_forgives_a_burst_once_the_phone_slows_down() -> None:
     assert throttle.take(0.0) == pytest.approx(0.1)  # one strike
     assert throttle.take(1.0) == 0.0  # tokens again: the strikes are forgotten
     assert throttle.strikes == 0
+
+
+# --- Buckets: failed credentials, an account's request budget ---------------------------
+
+
+def test_buckets_give_the_burst_then_the_rate() -> None:
+    b = Buckets(rate=0.5, burst=3)  # "3 within 6 s": 3 at once, then one every 2 s
+    assert [b.hit("a", 0.0) for _ in range(3)] == [None, None, None]
+    assert b.hit("a", 0.0) == 2  # Retry-After: whole seconds until one is back
+    assert b.retry_after("a", 1.5) == 1
+    assert b.hit("a", 2.0) is None
+    assert b.hit("a", 2.0) == 2
+    assert b.retry_after("b", 0.0) is None  # every name has its own
+    assert b.retry_after("a", 100.0) is None  # refilled, never past the burst
+    assert [b.hit("a", 100.0) for _ in range(4)] == [None, None, None, 2]
+
+
+def test_buckets_charge_without_asking_and_never_go_below_empty() -> None:
+    b = Buckets(rate=1.0, burst=2)
+    for _ in range(10):
+        b.charge("a", 0.0)
+    assert b.retry_after("a", 0.0) == 1
+    assert b.retry_after("a", 1.0) is None  # one back after 1 s, not 9 s
+
+
+def test_buckets_ignore_a_now_older_than_the_last() -> None:
+    """Concurrent requests charge with the times they started: one that
+    started earlier and failed later must not move the clock back."""
+    b = Buckets(rate=1.0, burst=1)
+    b.charge("a", 10.0)
+    b.charge("a", 5.0)
+    assert b.retry_after("a", 10.5) == 1
+    assert b.retry_after("a", 11.0) is None
+
+
+def test_buckets_are_bounded_by_forgetting_the_least_recently_charged() -> None:
+    b = Buckets(rate=0.0, burst=1, max_names=3)
+    for name in ("a", "b", "c"):
+        b.charge(name, 0.0)
+    b.charge("a", 1.0)  # a is the most recent now
+    b.charge("d", 2.0)
+    assert len(b) == 3
+    assert b.retry_after("b", 3.0) is None  # forgotten: a fresh bucket
+    assert b.retry_after("a", 3.0) is not None and b.retry_after("d", 3.0) is not None
+
+
+def test_buckets_with_no_burst_limit_nothing() -> None:
+    b = Buckets(rate=0.0, burst=0)
+    assert all(b.hit("a", 0.0) is None for _ in range(100))
+    assert len(b) == 0

@@ -24,9 +24,19 @@ from argon2 import PasswordHasher
 
 from broker import keys
 from broker.services import pairing
+from broker.settings import Settings
 from tests.e2e.conftest import SECRET, Account
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def broker_settings(broker_settings: Settings) -> Settings:
+    """Without the failed-credential throttle (contract section 12; its own
+    tests are in tests/hostile/): these send dozens of bad credentials from
+    one address on purpose, each to see its 401."""
+    return broker_settings.with_(auth_failures=0, login_failures=0)
+
 AccountFactory = Callable[[str], Awaitable[Account]]  # the `make_account` fixture
 
 API = "/api/mobile/v1"  # the base the app's docs tell users to type

@@ -3,18 +3,26 @@ device token, or, to register one, an account by an API key with
 `devices:register`, its email and password, or a one-time code.
 
 The app reacts to 401 only (a 401 on `PATCH /device` makes it register
-again), so every failed credential is a 401 here."""
+again), so every failed credential is a 401 here. One refusal is not: an
+address whose credentials keep failing (and an email whose passwords do) is
+answered 429 with `Retry-After` before anything is checked (contract
+section 12). A 401 there would tell a phone with a good token, behind the
+same address as an attacker, that its registration is gone; a 429 is an
+error the app retries later, registration kept."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import time
+import uuid
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
 from broker import keys, store
 from broker.errors import BrokerError, Unauthorized
+from broker.http import auth
 from broker.http.auth import authenticate
 from broker.services import pairing, passwords
 
@@ -38,13 +46,14 @@ async def device_of(request: Request) -> store.DeviceRow:
     of it moves its last-seen (and so the freshest-device pick), not the
     keepalives the broker writes (CONTRACT section 8)."""
     broker: Broker = request.app.state.broker
+    address, now = auth.address_of(request), time.monotonic()
+    auth.check_throttle(broker, address, now)
     scheme, token = _authorization(request)
     prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if scheme == "bearer" else None
-    if prefix is None:
-        raise Unauthorized("Invalid device token")
-    device = await broker.devices_by_token.get(prefix)
+    device = await broker.devices_by_token.get(prefix) if prefix is not None else None
     if (device is None or not keys.matches(broker.secret, token, device.token_hash)
             or not device.active or device.transport != store.SMSGATE):
+        auth.failed(broker, address)
         raise Unauthorized("Invalid device token")
     conn = broker.presence.get(device.id)
     if conn is not None:
@@ -58,16 +67,31 @@ async def account_by_password(request: Request) -> store.Account:
     """`Basic base64(email:password)`: the account, its password checked
     off the event loop."""
     broker: Broker = request.app.state.broker
+    address, now = auth.address_of(request), time.monotonic()
+    auth.check_throttle(broker, address, now)
     scheme, value = _authorization(request)
-    if scheme != "basic":
-        raise Unauthorized("Invalid email or password")
     try:
-        email, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise Unauthorized("Invalid email or password") from None
-    found = await store.password_of(broker.pool, email.strip().lower())
+        if scheme != "basic":
+            raise Unauthorized("Invalid email or password")
+        try:
+            email, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("Invalid email or password") from None
+    except Unauthorized:
+        auth.failed(broker, address)
+        raise
+    email = email.strip().lower()
+    # Each guess costs an argon2 verify (about 90 ms of CPU): guesses at one
+    # email are counted too, from every address together.
+    retry = broker.login_failures.retry_after(email, now)
+    if retry is not None:
+        auth.THROTTLED.labels("email").inc()
+        raise auth.Throttled(retry)
+    found = await store.password_of(broker.pool, email)
     # An unknown email costs the same verify as a wrong password (passwords.verify).
     if not await passwords.verify(found[1] if found is not None else None, password):
+        auth.failed(broker, address)
+        broker.login_failures.charge(email, time.monotonic())
         raise Unauthorized("Invalid email or password")
     assert found is not None  # verified, so found
     return found[0]
@@ -81,15 +105,21 @@ async def account_to_register_into(request: Request) -> store.Account:
     scheme, value = _authorization(request)
     if scheme == "basic":
         return await account_by_password(request)
-    if scheme == "code":
-        account_id = await pairing.claim(broker.pool, broker.secret, value)
-    elif scheme == "bearer":
-        try:
+    account_id: uuid.UUID | None
+    if scheme == "bearer":
+        try:  # authenticate counts its own failures
             account_id = (await authenticate(request, REGISTER_SCOPE)).account_id
+        except auth.Throttled:
+            raise
         except BrokerError as err:  # a missing scope or a rate limit: the app knows 401 only
             raise Unauthorized(err.message) from None
     else:
-        account_id = None
+        address, now = auth.address_of(request), time.monotonic()
+        auth.check_throttle(broker, address, now)
+        account_id = (await pairing.claim(broker.pool, broker.secret, value)
+                      if scheme == "code" else None)
+        if account_id is None:
+            auth.failed(broker, address)
     account = await store.account_by_id(broker.pool, account_id) if account_id else None
     if account is None:
         raise Unauthorized("Invalid credentials")

@@ -19,12 +19,15 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from broker import keys, store
 from broker.clock import iso, utcnow
 from broker.delivery.channel import CloseReason
 from broker.delivery.presence import Connection
+from broker.errors import BrokerError
+from broker.http import auth
 from broker.http.responses import error_response
 from broker.limits import FrameThrottle
 from broker.ops import metrics
@@ -44,15 +47,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("smsdora.devices")
 
 
-async def _authenticate(broker: Broker, ws: WebSocket) -> store.DeviceRow | None:
-    token = keys.bearer(ws.headers, api=False)
-    prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if token else None
-    if token is None or prefix is None:
-        return None
-    device = await broker.devices_by_token.get(prefix)
-    if device is None or not keys.matches(broker.secret, token, device.token_hash):
-        return None
-    return device if device.active else None
+async def _authenticate(broker: Broker, ws: WebSocket) -> store.DeviceRow | Response:
+    """The active device of the Bearer token, or the denial to answer: 401,
+    400 for two tokens, 429 for an address whose tokens keep failing
+    (contract section 12; counted with every other failed credential)."""
+    address, now = auth.address_of(ws), time.monotonic()
+    try:
+        auth.check_throttle(broker, address, now)
+        token = keys.bearer(ws.headers, api=False)
+    except BrokerError as err:
+        return error_response(err.status, err.message, err.headers)
+    if token is None:
+        return error_response(401, "Invalid device token")  # no guess: not counted
+    prefix = keys.parse_prefix(keys.TOKEN_KIND, token)
+    device = await broker.devices_by_token.get(prefix) if prefix is not None else None
+    if device is None or not keys.matches(broker.secret, token, device.token_hash) \
+            or not device.active:
+        auth.failed(broker, address)
+        return error_response(401, "Invalid device token")
+    return device
 
 
 async def device_socket(ws: WebSocket) -> None:
@@ -62,8 +75,8 @@ async def device_socket(ws: WebSocket) -> None:
     except store.DATABASE_DOWN:
         await ws.send_denial_response(error_response(503, "Database unavailable"))
         return
-    if device is None:
-        await ws.send_denial_response(error_response(401, "Invalid device token"))
+    if not isinstance(device, store.DeviceRow):
+        await ws.send_denial_response(device)
         return
     await ws.accept()
     channel = WsChannel(ws)
