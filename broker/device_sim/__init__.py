@@ -42,12 +42,12 @@ from broker.device_sim.phone import (
     Outcome,
     Phone,
 )
-from broker.device_sim.smsgate import AppSim, fast_reconnect_s, run_app
+from broker.device_sim.smsgate import AppSim, fast_reconnect_s
 from broker.device_sim.ws import DeviceRejected, DeviceSim, run, ws_url
 
 __all__ = [
     "ACKED", "APP_VERSION", "CANCELLED", "DELIVERED", "DROPPED", "FAILED", "FAILURE_TEXT",
     "OUTCOMES", "SENDING", "SENT", "AppJob", "AppPhone", "AppSim", "DeviceRejected", "DeviceSim",
     "Event", "Job", "Outcome", "Phone", "app_reconnect_s", "fast_reconnect_s", "mobile_base", "run",
-    "run_app", "ws_url",
+    "ws_url",
 ]

@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+import msgspec
+
 from broker.device_sim.app import PENDING, PROCESSED, AppJob, AppPhone, Fetch, ListingRefused
 from broker.device_sim.http11 import Answer, Client, Exchange, Unreachable
 from broker.device_sim.mobile import (
@@ -152,8 +154,9 @@ class AppSim:
         self._want("message")
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        workers = [loop.create_task(self._fetcher()), loop.create_task(self._sender())]
+        workers: dict[str, asyncio.Task[None]] = {}
+        self._spawn(workers, "fetcher", self._fetcher())
+        self._spawn(workers, "sender", self._sender())
         try:
             self._resume_radio()
             await self._start()
@@ -169,7 +172,7 @@ class AppSim:
                 self._emit(Event("disconnected", None, f"reconnecting in {delay:g} s"))
                 await asyncio.sleep(delay)
         finally:
-            tasks = [*workers, *self._patching.values(), *self._radio.values()]
+            tasks = [*workers.values(), *self._patching.values(), *self._radio.values()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -220,7 +223,10 @@ class AppSim:
         if not answer.ok:
             log.warning("POST /device failed", extra={"status": answer.status})
             return False
-        self.phone.on_registered(registered_decoder.decode(answer.body))
+        try:
+            self.phone.on_registered(registered_decoder.decode(answer.body))
+        except msgspec.DecodeError as err:  # the app could not store this either
+            raise DeviceRejected(f"POST /device answered {answer.detail()}: {err}") from None
         self._code = None  # a one-time code is used up
         self._flush()
         return True
@@ -373,16 +379,17 @@ class AppSim:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _spawn(self, tasks: dict[str, asyncio.Task[None]], message_id: str,
+    def _spawn(self, tasks: dict[str, asyncio.Task[None]], name: str,
                work: Coroutine[Any, Any, None]) -> None:
+        """A task kept in `tasks` under `name` (a message id) until it ends."""
         task = asyncio.get_running_loop().create_task(work)
-        tasks[message_id] = task
-        task.add_done_callback(functools.partial(self._done, tasks, message_id))
+        tasks[name] = task
+        task.add_done_callback(functools.partial(self._done, tasks, name))
 
-    def _done(self, tasks: dict[str, asyncio.Task[None]], message_id: str,
+    def _done(self, tasks: dict[str, asyncio.Task[None]], name: str,
               task: asyncio.Task[None]) -> None:
-        if tasks.get(message_id) is task:
-            del tasks[message_id]
+        if tasks.get(name) is task:
+            del tasks[name]
         if not task.cancelled() and task.exception() is not None:
             log.error("device-sim task failed", exc_info=task.exception())
         self._outbox_changed.set()
@@ -403,10 +410,3 @@ class AppSim:
             self.on_event(event)
         self._changed.set()
 
-
-async def run_app(url: str, *, on_event: Callable[[Event], None] | None = None,
-                  **options: Any) -> AppSim:
-    """Run a simulated SMS Gateway app until cancelled; returns it."""
-    sim = AppSim(url, on_event=on_event, **options)
-    await sim.run()
-    return sim

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -84,7 +85,7 @@ class Postgres:
 @dataclass(frozen=True)
 class Tenant:
     dsn: str  # the soak's database
-    key: str  # an API key with messages:send
+    keys: list[str]  # an API key with messages:send per account, one account per phone kind
     devices: list[tuple[str, str, str, str]]  # (id, name, token, transport)
 
 
@@ -97,9 +98,13 @@ def transports(phones: int, smsgate: int) -> list[str]:
 
 
 async def prepare(admin_dsn: str, phones: int, smsgate: int = 0) -> Tenant:
-    """A database with schema.sql, one account, one API key, `phones`
-    devices of which `smsgate` are SMS Gateway phones (registered already,
-    as an app that has signed up)."""
+    """A database with schema.sql and `phones` devices, `smsgate` of them SMS
+    Gateway phones (registered already, as an app that has signed up). Each
+    kind of phone is an account of its own with its own API key: the broker
+    picks the freshest phone of an account, and an app, which makes a request
+    for every step of every job, would be the freshest of a mixed account
+    almost always; one account per kind gives each kind its share of the
+    messages, so that each promise is kept by each kind."""
     admin = await asyncpg.connect(admin_dsn, timeout=10)
     try:
         await admin.execute(f'CREATE DATABASE "{DATABASE}"')
@@ -110,20 +115,26 @@ async def prepare(admin_dsn: str, phones: int, smsgate: int = 0) -> Tenant:
     db = await store.connect(dsn)
     try:
         await store.migrate.migrate(db)
-        account = await store.create_account(db, "soak@example.com", "default", None)
-        key, prefix = keys.make_secret(keys.KEY_KIND)
-        await store.insert_key(db, account.id, "soak", prefix, keys.digest(secret, key),
-                               ["messages:send"], None, None)
+        kinds = transports(phones, smsgate)
+        accounts: dict[str, uuid.UUID] = {}
+        api_keys = []
+        for kind in sorted(set(kinds), reverse=True):  # websocket first
+            account = await store.create_account(db, f"soak-{kind}@example.com", "default", None)
+            key, prefix = keys.make_secret(keys.KEY_KIND)
+            await store.insert_key(db, account.id, "soak", prefix, keys.digest(secret, key),
+                                   ["messages:send"], None, None)
+            accounts[kind] = account.id
+            api_keys.append(key)
         devices = []
-        for i, transport in enumerate(transports(phones, smsgate)):
+        for i, transport in enumerate(kinds):
             token, prefix = keys.make_secret(keys.TOKEN_KIND)
             # send_rate 0: no pacing, so the soak's speed is its own choice.
-            row = await store.insert_device(db, account.id, f"phone-{i + 1:02d}", prefix,
-                                            keys.digest(secret, token), 0, transport)
+            row = await store.insert_device(db, accounts[transport], f"phone-{i + 1:02d}",
+                                            prefix, keys.digest(secret, token), 0, transport)
             devices.append((str(row.id), row.name, token, transport))
     finally:
         await db.close()
-    return Tenant(dsn, key, devices)
+    return Tenant(dsn, api_keys, devices)
 
 
 

@@ -7,11 +7,12 @@ never touches another test's server), the broker as a subprocess
 (`python -m broker serve`), and P simulated phones in this event loop, of
 both kinds: `--smsgate S` of them (default half) the SMS Gateway for
 Android app on the mobile API (`AppSim`, HTTP + SSE), the others our
-WebSocket protocol (`DeviceSim`). It sends N messages over HTTP, each with
-its own Idempotency-Key, while the phones report random outcomes
-(delivered, sent, failed) and drop their connections (the socket, the
-event stream) at random; meanwhile the broker is killed
-with SIGKILL K times (restarted at once on the same port) and PostgreSQL is
+WebSocket protocol (`DeviceSim`), each kind an account of its own
+(services.prepare says why). It sends N messages over HTTP, each with its
+own Idempotency-Key, by turns through each account, while the phones report
+random outcomes (delivered, sent, failed) and drop their connections (the
+socket, the event stream) at random; meanwhile the broker is killed with
+SIGKILL K times (restarted at once on the same port) and PostgreSQL is
 stopped and started R times. Then it waits until every message is final and
 checks the promises of contract section 5 (tests/fault/invariants.py),
 prints a table, and exits 1 if any failed.
@@ -160,7 +161,8 @@ class Soak:
 
     # -- sending --
 
-    async def send_all(self, http: httpx.AsyncClient, key: str) -> None:
+    async def send_all(self, http: httpx.AsyncClient, api_keys: list[str]) -> None:
+        """Message i through account i mod the accounts (one per phone kind)."""
         gate = asyncio.Semaphore(self.cfg.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         start = time.monotonic()
@@ -169,7 +171,8 @@ class Soak:
             if delay > 0:
                 await asyncio.sleep(delay)
             await gate.acquire()
-            task = asyncio.get_running_loop().create_task(self.send_one(http, key, i))
+            task = asyncio.get_running_loop().create_task(
+                self.send_one(http, api_keys[i % len(api_keys)], i))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             task.add_done_callback(lambda _: gate.release())
@@ -369,7 +372,7 @@ class Soak:
                 faults = loop.create_task(self.run_faults(health))
                 tasks += [dropper, faults]
                 sending = time.monotonic()
-                await self.send_all(http, tenant.key)
+                await self.send_all(http, tenant.keys)
                 send_s = time.monotonic() - sending
                 await faults
                 # No more drops: from here a report must arrive without the

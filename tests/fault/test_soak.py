@@ -2,10 +2,11 @@
 
 The soak (tests/fault/soak.py) sends 100 messages, each with its own
 Idempotency-Key, to 5 `device-sim` phones (3 on our WebSocket protocol, 2
-SMS Gateway apps on the mobile API) that report random outcomes and drop
-their connections at random, while the broker (a real subprocess) is
-killed with SIGKILL once and PostgreSQL is stopped and started once. Each
-test below asserts one promise over that one run (fixture `short_soak`).
+SMS Gateway apps on the mobile API; an account each kind, half the messages
+each) that report random outcomes and drop their connections at random,
+while the broker (a real subprocess) is killed with SIGKILL once and
+PostgreSQL is stopped and started once. Each test below asserts one promise
+over that one run (fixture `short_soak`).
 The full form, 1,000 messages to 20 phones (10 of each kind) with 3
 SIGKILLs, is `make soak`.
 
