@@ -5,7 +5,6 @@ and the hot paths handed to their handlers without Starlette's router."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
@@ -22,7 +21,8 @@ from starlette.websockets import WebSocket
 from broker import store
 from broker.errors import BrokerError
 from broker.http.client import Network, client_address
-from broker.http.responses import BODY_DEADLINE_S, DEADLINE, error_response
+from broker.http.deadline import SCOPE_KEY, Deadline
+from broker.http.responses import BodyTimeout, error_response
 from broker.ops import logs, metrics
 
 # The logger docs/OPERATIONS.md shows the request line under.
@@ -78,15 +78,14 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
+        # Every request answers within the deadline: a database that hangs
+        # becomes a 503 in the error shape, never a stuck client. Its body has
+        # a deadline of its own (responses.read_body): a slow client is a 408,
+        # not a database fault.
+        deadline = scope[SCOPE_KEY] = Deadline(self.deadline_s, self.body_deadline_s)
         try:
             try:
-                # Every request answers within the deadline: a database that
-                # hangs becomes a 503 in the error shape, never a stuck client.
-                async with asyncio.timeout(self.deadline_s) as deadline:
-                    scope[DEADLINE] = deadline
-                    # The body's own, longer deadline (responses.read_body):
-                    # a slow client is a 408, not a database fault.
-                    scope[BODY_DEADLINE_S] = self.body_deadline_s
+                async with deadline:
                     if (scope["method"] == self._fast_method
                             and scope["path"] == self._fast_path):
                         await self._fast_app(scope, receive, send_with_id)
@@ -95,7 +94,11 @@ class RequestContext:
             except Exception as exc:
                 # Here rather than in Starlette's outermost handler, so that the
                 # answer and the log line both carry the request id.
-                response = unexpected(exc)
+                if isinstance(exc, TimeoutError) and deadline.body_late:
+                    late = BodyTimeout()  # the client's slowness, not the database's
+                    response = error_response(late.status, late.message, late.headers)
+                else:
+                    response = unexpected(exc)
                 if status_started:
                     raise
                 await response(scope, receive, send_with_id)
@@ -114,9 +117,9 @@ def lift_deadline(scope: Scope) -> None:
     """For a stream that lives past the request deadline (`GET /events`):
     called once its headers are written, so the deadline still covers
     everything before them (authentication, the database)."""
-    deadline = scope.get(DEADLINE)
-    if deadline is not None:
-        deadline.reschedule(None)
+    deadline = scope.get(SCOPE_KEY)
+    if isinstance(deadline, Deadline):
+        deadline.lift()
 
 
 # Request ids: a random prefix per process and a counter, 16 hex digits

@@ -13,14 +13,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from broker.errors import BadRequest, BrokerError, PayloadTooLarge
+from broker.http import deadline as request_deadline
 from protocol.api import MAX_BODY_BYTES, Envelope, ErrorBody, encoder
 
 JSON = "application/json"
 
-# The request's deadline, an asyncio.Timeout (broker/http/middleware.py),
-# and how long its body may take to arrive.
-DEADLINE = "smsdora.deadline"
-BODY_DEADLINE_S = "smsdora.body_deadline_s"
+# The body's deadline when no middleware set one (a unit test).
 DEFAULT_BODY_DEADLINE_S = 30.0
 
 
@@ -56,34 +54,37 @@ def bare(body: Any, status: int = 200) -> Response:
 async def read_body(request: Request) -> bytes:
     """The body, refused with 413 past 64 KiB without reading it all, and
     with 408 when it does not arrive within the body deadline. The time it
-    takes is the client's: the request deadline (our own work, the
-    database) is held while it arrives, and runs on after."""
-    scope = request.scope
+    takes is the client's: the request's own deadline (our work, the
+    database) is held while it arrives (broker/http/deadline.py), and past
+    the body's the middleware answers the request's TimeoutError with 408."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise PayloadTooLarge("Request body exceeds 64 KiB")
-    deadline: asyncio.Timeout | None = scope.get(DEADLINE)
-    resume_at = deadline.when() if deadline is not None else None
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    if deadline is not None:
-        deadline.reschedule(None)
+    deadline = request_deadline.of(request.scope)
+    if deadline is None:
+        try:
+            async with asyncio.timeout(DEFAULT_BODY_DEADLINE_S):
+                return await _read(request)
+        except TimeoutError:  # our own, just above
+            raise BodyTimeout() from None
+    deadline.body_started()
+    try:
+        return await _read(request)
+    finally:
+        deadline.body_done()
+
+
+async def _read(request: Request) -> bytes:
     chunks, size = [], 0
     try:
-        async with asyncio.timeout(scope.get(BODY_DEADLINE_S, DEFAULT_BODY_DEADLINE_S)):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise PayloadTooLarge("Request body exceeds 64 KiB")
-                chunks.append(chunk)
-    except TimeoutError:  # our own timeout's, just above: the body was late
-        raise BodyTimeout() from None
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise PayloadTooLarge("Request body exceeds 64 KiB")
+            chunks.append(chunk)
     except ClientDisconnect:
         # Nobody to answer; the request line says 400, not an unexpected error.
         raise BadRequest("Client disconnected before its body was complete") from None
-    finally:
-        if deadline is not None and resume_at is not None:
-            deadline.reschedule(resume_at + (loop.time() - started))
     return b"".join(chunks)
 
 
