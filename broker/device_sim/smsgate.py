@@ -68,6 +68,12 @@ def _retry_s(attempt: int) -> float:
     return float(min(RETRY_FIRST_S * 2 ** min(attempt, 16), RETRY_MAX_S))
 
 
+def _refused(answer: Answer) -> bool:
+    """A 4xx that asking again would not change; 408 and 429 (the broker's
+    throttles) are asked again, as the app's workers retry them."""
+    return 400 <= answer.status < 500 and answer.status not in (408, 429)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now().astimezone()  # the phone's own time zone
 
@@ -205,7 +211,7 @@ class AppSim:
                                                           " registering again with the key"))
                         self.phone.token = None
                         continue
-                    if 400 <= answer.status < 500:
+                    if _refused(answer):
                         raise DeviceRejected(f"PATCH /device refused: {answer.detail()}")
                     log.warning("PATCH /device failed", extra={"status": answer.status})
             except Unreachable as err:
@@ -218,7 +224,7 @@ class AppSim:
         credential = f"Bearer {self._key}" if self._key is not None else f"Code {self._code}"
         answer = await self.client.call("POST", "/device", credential,
                                         encode(DeviceRegister(self.name, SIM_CARDS)))
-        if 400 <= answer.status < 500:
+        if _refused(answer):
             raise DeviceRejected(f"POST /device refused: {answer.detail()}")
         if not answer.ok:
             log.warning("POST /device failed", extra={"status": answer.status})
@@ -304,9 +310,9 @@ class AppSim:
             log.info("fetch failed", extra={"fetch": fetch, "error": str(err)})
             return False
         if not answer.ok:
-            if 400 <= answer.status < 500:
+            if _refused(answer):
                 self._emit(Event("refused", None, f"GET {_PATHS[fetch]}: {answer.detail()}"))
-            return 400 <= answer.status < 500 and answer.status != 429
+            return _refused(answer)
         if fetch == "message":
             try:
                 self.phone.on_listing(answer.body, _now())
@@ -345,7 +351,7 @@ class AppSim:
                 answer = None
             if answer is not None and answer.ok:
                 self.phone.on_patched(message_id, count, state)
-            elif answer is not None and 400 <= answer.status < 500 and answer.status != 429:
+            elif answer is not None and _refused(answer):
                 self.phone.on_patch_refused(message_id, count, answer.detail())
             else:
                 self.patch_retries += 1

@@ -282,3 +282,28 @@ async def test_a_burst_is_sent_once_each(server: Server, http: httpx.AsyncClient
                                      ) == len(ids)
         await wait_for(all_delivered, 20, "every message delivered")
         assert set(sim.sent_count) == set(ids) and set(sim.sent_count.values()) == {1}
+
+
+async def test_a_throttled_start_is_tried_again_not_given_up(
+        tmp_path: Path, database_url: str, account: Account, db: asyncpg.Connection,
+        broker_settings: Settings) -> None:
+    # Two failed credentials from this address, then 429 for 1.5 s: the app's
+    # registration worker retries anything but a 401, and so does the sim.
+    server = await start_server(broker_settings.with_(auth_failures=2,
+                                                      auth_failure_window_s=1.5), database_url)
+    try:
+        async with running(AppSim(server.url, key=account.key)) as first:
+            token, device_id = first.phone.token, first.device_id
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for _ in range(3):
+                await http.patch("/api/mobile/v1/device", json={"id": device_id},
+                                 headers={"Authorization": "Bearer smsdev_00000000_" + "q" * 43})
+            throttled = await http.get("/api/mobile/v1/settings",
+                                       headers={"Authorization": f"Bearer {token}"})
+            assert throttled.status_code == 429, throttled.text
+            async with running(AppSim(server.url, token=token, device_id=device_id)) as sim:
+                assert sim.device_id == device_id
+                mid = await send(http, account)
+                await wait_status(db, mid, "delivered")
+    finally:
+        await stop_server(server)
