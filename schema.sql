@@ -38,7 +38,10 @@ $$;
 CREATE TABLE public.account_usage (
     account_id uuid NOT NULL,
     month date NOT NULL,
+    stripe smallint NOT NULL,
     used integer NOT NULL,
+    cap integer NOT NULL,
+    sized_for integer NOT NULL,
     CONSTRAINT account_usage_used_check CHECK ((used >= 0))
 )
 WITH (fillfactor='50');
@@ -201,7 +204,7 @@ ALTER TABLE ONLY public.messages ALTER COLUMN seq SET DEFAULT nextval('public.me
 --
 
 ALTER TABLE ONLY public.account_usage
-    ADD CONSTRAINT account_usage_pkey PRIMARY KEY (account_id, month);
+    ADD CONSTRAINT account_usage_pkey PRIMARY KEY (account_id, month, stripe);
 
 --
 -- Name: accounts accounts_email_key; Type: CONSTRAINT; Schema: public; Owner: -

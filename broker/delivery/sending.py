@@ -29,6 +29,7 @@ from protocol.api import encoder as api_encoder
 
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
 _PICK_ATTEMPTS = 4
+_QUOTA_ATTEMPTS = 2 * store.STRIPES + 4
 _QUEUE_FULL_RETRY_S = 30
 
 
@@ -139,13 +140,18 @@ class Sender:
         the same statement (contract section 3, v2)."""
         args = (db, job.id, job.account_id, device_id, job.recipient, job.body, status,
                 job.expires_at, job.created_at, job.key_id, job.key_prefix, job.quota)
-        written = await store.insert_message(*args)
-        if written is store.Inserted.MONTH_UNOPENED:
-            # The month's first send, in any process: make its usage row, then take from it.
-            await store.open_month(db, job.account_id, job.quota.month)
+        # Each CONTENDED means another send took a stripe's last unit, and a
+        # stripe fills once: the attempts are bounded by the stripes.
+        for _ in range(_QUOTA_ATTEMPTS):
             written = await store.insert_message(*args)
-            assert written is not store.Inserted.MONTH_UNOPENED, "the usage row vanished"
-        return written
+            if written is store.Inserted.MONTH_UNOPENED:
+                # The month's first send, in any process: open it, then take from it.
+                await store.open_month(db, job.account_id, job.quota.month, job.quota.limit)
+            elif written is store.Inserted.PLAN_CHANGED:
+                await store.resize_month(db, job.account_id, job.quota.month, job.quota.limit)
+            elif written is not store.Inserted.CONTENDED:
+                return written
+        raise Unavailable("Monthly quota busy, try again", headers={"Retry-After": "1"})
 
     async def _deliver(self, job: _NewJob, accepted: _Accepted) -> None:
         """After the commit: the job frame to the phone, or a wake-up for the queue."""

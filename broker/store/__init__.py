@@ -84,7 +84,7 @@ from broker.store.migrate import SchemaTooNew
 from broker.store.pairing import claim_code, insert_code
 from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
 from broker.store.share import AccountBusy, PoolShares
-from broker.store.usage import Quota, open_month, used_in
+from broker.store.usage import STRIPES, Quota, open_month, resize_month, used_in
 
 __all__ = [
     "DATABASE_DOWN",
@@ -94,6 +94,7 @@ __all__ = [
     "MAX_LISTED",
     "SCHEMA_PATH",
     "SMSGATE",
+    "STRIPES",
     "WEBSOCKET",
     "Account",
     "AccountBusy",
@@ -156,6 +157,7 @@ __all__ = [
     "reassign",
     "release",
     "request_handback",
+    "resize_month",
     "revoke_key",
     "rotate_key",
     "set_idempotent_response",

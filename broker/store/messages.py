@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import random
 import uuid
 
 import msgspec
 
 from broker.store.pool import Db, rows_of
-from broker.store.usage import Quota
+from broker.store.usage import STRIPES, Quota
 
 
 class MessageRow(msgspec.Struct, frozen=True):
@@ -36,11 +37,12 @@ class Idempotent(msgspec.Struct, frozen=True):
 
 # One statement, one round trip: the month's quota unit, the message and its
 # first history rows. `queued` is always the first row ("the history of every
-# message begins with queued, the moment it was accepted"). The quota is an
-# UPDATE of the month's usage row under its row lock (`used < limit`, checked
-# again on the newest version of the row when a concurrent send held it), so
-# concurrent sends, in one process or many, never overshoot it; it is taken
-# only when the message is written, and a failure of the statement (or of the
+# message begins with queued, the moment it was accepted"). The quota is a
+# unit of one of the month's stripes with room (store/usage.py), one picked
+# at random, taken under that row's lock (`used < cap` checked again on the
+# newest version of the row when a concurrent send held it), so concurrent
+# sends, in one process or many, never overshoot the plan; it is taken only
+# when the message is written, and a failure of the statement (or of the
 # caller's transaction) gives it back with everything else.
 _INSERT_MESSAGE = """
 WITH ok AS (
@@ -49,10 +51,19 @@ WITH ok AS (
                AND (expires_at IS NULL OR expires_at > $8))) AS key_ok,
            EXISTS (SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active)
                AS device_ok
+), pick AS MATERIALIZED (
+    -- Stripe $13, chosen at random by the caller: one row read. Only when it
+    -- is full (the month nearly used up) are the others looked at.
+    SELECT COALESCE(
+        (SELECT stripe FROM account_usage WHERE account_id = $2 AND month = $11
+            AND stripe = $13 AND sized_for = $12 AND used < cap),
+        (SELECT stripe FROM account_usage WHERE account_id = $2 AND month = $11
+            AND sized_for = $12 AND used < cap ORDER BY random() LIMIT 1)) AS stripe
+      FROM ok WHERE ok.key_ok AND ok.device_ok AND $11::date IS NOT NULL
 ), q AS (
-    UPDATE account_usage u SET used = u.used + 1 FROM ok
-     WHERE ok.key_ok AND ok.device_ok AND u.account_id = $2 AND u.month = $11
-       AND u.used < $12
+    UPDATE account_usage u SET used = u.used + 1
+     WHERE u.account_id = $2 AND u.month = $11 AND u.stripe = (SELECT stripe FROM pick)
+       AND u.sized_for = $12 AND u.used < u.cap
     RETURNING 1
 ), m AS (
     INSERT INTO messages (id, account_id, device_id, recipient, body, status, expires_at, created_at,
@@ -68,20 +79,26 @@ WITH ok AS (
 )
 SELECT key_ok, device_ok,
        CASE WHEN $11::date IS NULL OR EXISTS (SELECT 1 FROM q) THEN 'taken'
-            WHEN EXISTS (SELECT 1 FROM account_usage WHERE account_id = $2 AND month = $11)
-            THEN 'over' ELSE 'unopened' END AS quota
+            WHEN EXISTS (SELECT 1 FROM pick WHERE stripe IS NOT NULL) THEN 'contended'
+            ELSE (SELECT CASE WHEN count(*) = 0 THEN 'unopened'
+                              WHEN bool_and(sized_for = $12) THEN 'over' ELSE 'resized' END
+                    FROM account_usage WHERE account_id = $2 AND month = $11)
+       END AS quota
   FROM ok
 """
 
 
 class Inserted(enum.Enum):
-    """What `insert_message` did."""
+    """What `insert_message` did. Nothing is written unless WRITTEN."""
 
     WRITTEN = "written"
-    KEY_GONE = "key"  # the API key was revoked, rotated or expired meanwhile: nothing written
-    DEVICE_GONE = "device"  # the device was deactivated meanwhile: nothing written
-    OVER_QUOTA = "over"  # the month's usage is at the plan's limit: nothing written
-    MONTH_UNOPENED = "unopened"  # the month has no usage row yet: `open_month`, then again
+    KEY_GONE = "key"  # the API key was revoked, rotated or expired meanwhile
+    DEVICE_GONE = "device"  # the device was deactivated meanwhile
+    OVER_QUOTA = "over"  # every stripe of the month's usage is at its cap
+    # The stripe picked was filled by a concurrent send meanwhile: again.
+    CONTENDED = "contended"
+    MONTH_UNOPENED = "unopened"  # the month has no usage yet: `open_month`, then again
+    PLAN_CHANGED = "resized"  # the caps were cut for another limit: `resize_month`, again
 
 
 async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
@@ -93,11 +110,14 @@ async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
     the same statement against what presence and the key cache may not have
     heard of yet: the API key (revoked, rotated, expired: KEY_GONE) and the
     device (deactivated: DEVICE_GONE); with a `quota`, a unit of the month's
-    usage is taken in it too (OVER_QUOTA, MONTH_UNOPENED). Nothing is written
-    unless WRITTEN. Without a quota (tests, tools) nothing is counted."""
+    usage is taken in it too (OVER_QUOTA; CONTENDED, MONTH_UNOPENED and
+    PLAN_CHANGED ask the caller to try again, after opening or re-cutting the
+    month). Nothing is written unless WRITTEN. Without a quota (tests,
+    tools) nothing is counted."""
     month, limit = quota if quota is not None else (None, None)
     r = await db.fetchrow(_INSERT_MESSAGE, message_id, account_id, device_id, recipient, body,
-                          status, expires_at, created_at, key_id, key_prefix, month, limit)
+                          status, expires_at, created_at, key_id, key_prefix, month, limit,
+                          random.randrange(STRIPES))
     assert r is not None  # the statement always answers one row
     if not r["key_ok"]:
         return Inserted.KEY_GONE
@@ -107,7 +127,8 @@ async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
 
 
 _QUOTA = {"taken": Inserted.WRITTEN, "over": Inserted.OVER_QUOTA,
-          "unopened": Inserted.MONTH_UNOPENED}
+          "contended": Inserted.CONTENDED, "unopened": Inserted.MONTH_UNOPENED,
+          "resized": Inserted.PLAN_CHANGED}
 
 
 async def idempotent_response(db: Db, account_id: uuid.UUID, key: str,

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from broker import cli
+from broker import cli, store
 from broker.store import dump_schema, migrate
 from broker.store.pool import SCHEMA_PATH
 from tests.conftest import with_database
@@ -159,6 +159,11 @@ async def test_a_database_made_by_the_old_schema_sql_is_adopted_as_version_1(
                 for t, rows in after.items()} == before
         assert [r["transport"] for r in after["devices"]] == ["websocket"]  # 0002's default
         assert len(before["message_history"]) == 3 and len(before["plans"]) == 2
+        # 0004/0005: this month's usage from its messages (one), the rest of
+        # the plan (10) shared out over the stripes.
+        assert tuple(await conn.fetchrow(
+            "SELECT count(*), sum(used), sum(cap), min(sized_for) FROM account_usage"
+            " WHERE account_id = $1", acc)) == (store.STRIPES, 1, 10, 10)
     finally:
         await conn.close()
     # And it ends with the very schema a fresh database gets.

@@ -405,22 +405,21 @@ async def test_list_messages_keyset(conn: asyncpg.Connection) -> None:
 
 async def test_a_send_takes_its_quota_unit_in_the_insert(conn: asyncpg.Connection,
                                                           db: asyncpg.Connection) -> None:
-    """The month's usage row (migration 0004): opened with the messages the
-    month already holds, taken from in the INSERT while under the limit,
+    """The month's usage (migrations 0004, 0005): opened with the messages
+    the month already holds, taken from in the INSERT while under the limit,
     never by a message that is not written."""
     acc = await account(conn)
     dev = await device(conn, acc)
     march = dt.date(2030, 3, 1)
     start = dt.datetime(2030, 3, 1, tzinfo=UTC)
     await message(conn, acc, dev, created_at=start - dt.timedelta(seconds=1))  # February
-    await message(conn, acc, dev, created_at=start)  # before the month's row: counted
-    quota = store.Quota(march, 3)
+    await message(conn, acc, dev, created_at=start)  # before the month's rows: counted
     _, k = await key(conn, acc)
 
-    async def send(key_prefix: str = k.prefix) -> store.Inserted:
+    async def send(limit: int = 3, key_prefix: str = k.prefix) -> store.Inserted:
         return await store.insert_message(conn, uuid.uuid4(), acc.id, dev.id, "+16502530000",
                                           "x", "dispatching", None, start + dt.timedelta(days=3),
-                                          k.id, key_prefix, quota)
+                                          k.id, key_prefix, store.Quota(march, limit))
 
     async def written_in_march() -> int:
         return int(await db.fetchval("SELECT count(*) FROM messages WHERE created_at >= $1",
@@ -428,10 +427,12 @@ async def test_a_send_takes_its_quota_unit_in_the_insert(conn: asyncpg.Connectio
 
     assert await send() is store.Inserted.MONTH_UNOPENED
     assert await written_in_march() == 1
-    await store.open_month(conn, acc.id, march)
-    await store.open_month(conn, acc.id, march)  # a second opener leaves the row alone
+    await store.open_month(conn, acc.id, march, 3)
+    await store.open_month(conn, acc.id, march, 3)  # a second opener leaves the rows alone
     assert await store.used_in(conn, acc.id, march) == 1
-    assert await send("00000000") is store.Inserted.KEY_GONE  # nothing written, nothing taken
+    assert await db.fetchval("SELECT count(*) FROM account_usage") == store.STRIPES
+    assert await db.fetchval("SELECT sum(cap) FROM account_usage") == 3
+    assert await send(key_prefix="00000000") is store.Inserted.KEY_GONE  # nothing taken
     await store.deactivate_device(conn, dev.id)
     assert await send() is store.Inserted.DEVICE_GONE
     await db.execute("UPDATE devices SET active = true WHERE id = $1", dev.id)
@@ -442,16 +443,47 @@ async def test_a_send_takes_its_quota_unit_in_the_insert(conn: asyncpg.Connectio
     assert await store.used_in(conn, acc.id, dt.date(2030, 2, 1)) is None
 
 
-async def test_opening_a_month_counts_only_when_its_row_is_missing(
+async def test_a_plan_change_cuts_the_caps_again_and_the_month_stays_exact(
         conn: asyncpg.Connection) -> None:
-    """The count of the month's messages is the expensive part: with the row
+    acc = await account(conn)
+    dev = await device(conn, acc)
+    march = dt.date(2030, 3, 1)
+    at = dt.datetime(2030, 3, 2, tzinfo=UTC)
+
+    async def send(limit: int) -> store.Inserted:
+        for _ in range(3):
+            got = await store.insert_message(conn, uuid.uuid4(), acc.id, dev.id,
+                                             "+16502530000", "x", "dispatching", None, at,
+                                             quota=store.Quota(march, limit))
+            if got is store.Inserted.MONTH_UNOPENED:
+                await store.open_month(conn, acc.id, march, limit)
+            elif got is store.Inserted.PLAN_CHANGED:
+                await store.resize_month(conn, acc.id, march, limit)
+            else:
+                return got
+        raise AssertionError("no answer in three tries")
+
+    async def sends(limit: int, n: int) -> list[store.Inserted]:
+        return [await send(limit) for _ in range(n)]
+
+    W, OVER = store.Inserted.WRITTEN, store.Inserted.OVER_QUOTA
+    assert await sends(20, 21) == [W] * 20 + [OVER]
+    assert await sends(25, 6) == [W] * 5 + [OVER]  # raised: 5 more
+    assert await sends(22, 2) == [OVER] * 2  # lowered below what is used: none
+    assert await store.used_in(conn, acc.id, march) == 25
+    assert await sends(40, 16) == [W] * 15 + [OVER]
+
+
+async def test_opening_a_month_counts_only_when_its_rows_are_missing(
+        conn: asyncpg.Connection) -> None:
+    """The count of the month's messages is the expensive part: with the rows
     there (a second process's first send of the month), it must not run."""
     acc = await account(conn)
     march = dt.date(2030, 3, 1)
-    await store.open_month(conn, acc.id, march)
+    await store.open_month(conn, acc.id, march, 100)
     plan = await conn.fetchval(
         "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF, FORMAT JSON) " + usage.OPEN_MONTH,
-        acc.id, march, *usage.month_bounds(march))
+        acc.id, march, *usage.month_bounds(march), 100)
 
     def scans(node: dict[str, Any]) -> list[dict[str, Any]]:
         found = [node] if node.get("Relation Name") == "messages" else []

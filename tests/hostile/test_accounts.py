@@ -128,8 +128,8 @@ async def assert_quota_held(db: asyncpg.Connection, account: Account,
     refused = [r.json() for r in answers if r.status_code == 403]
     assert all(body == error(403, "Monthly message quota exceeded") for body in refused)
     assert await db.fetchval("SELECT count(*) FROM messages") == QUOTA
-    assert await db.fetchval("SELECT used FROM account_usage WHERE account_id = $1 AND month = $2",
-                             account.id, month_start(utcnow()).date()) == QUOTA
+    assert await db.fetchval("SELECT sum(used) FROM account_usage WHERE account_id = $1"
+                             " AND month = $2", account.id, month_start(utcnow()).date()) == QUOTA
 
 
 async def test_sixty_concurrent_sends_against_a_plan_of_five_accept_exactly_five(
