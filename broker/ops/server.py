@@ -33,6 +33,12 @@ log = logging.getLogger("smsdora.server")
 # After a refusal (400, 431): how long, and how much, of what the client
 # still sends is read and dropped before the socket is closed.
 LINGER_S = 2.0
+# A peer that stops acknowledging what the broker writes (a phone gone
+# without a FIN: out of coverage, battery pulled) is dropped after this
+# instead of the kernel's ~15 minutes of retransmits. An SSE phone has no
+# pong to miss: the keepalive comment every 15 s is what goes unacknowledged,
+# so its stream ends, and it is offline, within about 75 s.
+DEAD_PEER_MS = 60_000
 LINGER_BYTES = 1 << 20
 # Refused and timed-out connections, rate-limited (connections.RateLimitedLog).
 connections_log = logging.getLogger("smsdora.connections")
@@ -214,6 +220,7 @@ def _protocols(settings: Settings, gate: ConnectionGate, refusals: RateLimitedLo
                 transport.close()
                 return
             self._gate_key = admitted
+            _drop_dead_peers(transport)
             self._owed()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -365,6 +372,17 @@ def _protocols(settings: Settings, gate: ConnectionGate, refusals: RateLimitedLo
             self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     return BrokerHttpProtocol, BrokerWebSocketProtocol
+
+
+def _drop_dead_peers(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, DEAD_PEER_MS)
+    except OSError:
+        pass  # not a TCP socket after all: nothing to bound
 
 
 def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:

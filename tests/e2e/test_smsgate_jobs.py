@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ import httpx
 import pytest
 
 import broker.delivery.presence
+import broker.ops.server
 import broker.transports.smsgate.channel
 import broker.transports.smsgate.events
 from broker import keys
@@ -1119,3 +1121,16 @@ async def test_hold_listings_and_reports_racing_all_succeed(
         assert await app.list() == [] and await other.list() == []
     counts = dict(await db.fetch("SELECT status, count(*) FROM messages GROUP BY status"))
     assert sum(counts.values()) == 40 and set(counts) <= {"sending", "sent"}, counts
+
+
+async def test_sse_a_peer_that_stops_acknowledging_is_dropped_in_a_minute(
+        server: Server, apps: AppFactory) -> None:
+    """A phone gone without a FIN has no pong to miss on SSE: the broker's
+    sockets carry TCP_USER_TIMEOUT, so the unacknowledged keepalives end the
+    stream within about a minute, not the kernel's ~15 of retransmits."""
+    await apps()  # registered, its stream open
+    socks = [c.transport.get_extra_info("socket")
+             for c in server.uvicorn.server_state.connections]
+    assert socks, "no server-side connection found"
+    timeouts = {s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) for s in socks}
+    assert timeouts == {broker.ops.server.DEAD_PEER_MS}, timeouts
