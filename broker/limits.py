@@ -201,6 +201,16 @@ class Buckets:
             return None
         return self._wait(bucket)
 
+    def refund(self, name: object) -> None:
+        """Give back a unit `hit` took for something that turned out not to
+        count (a credential taken in advance, and right)."""
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._buckets
+
     def _wait(self, bucket: Bucket) -> int:
         if self.rate <= 0:
             return NO_LIMIT  # never refilled (a test's setting)

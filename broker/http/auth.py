@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection, Request
 from broker import keys, store
 from broker.errors import BrokerError, Forbidden, RateLimited, Unauthorized
 from broker.http.client import client_address
+from broker.limits import Buckets
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
@@ -77,17 +78,49 @@ def _per_host(address: str) -> str:
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
-def check_throttle(broker: Broker, address: str, now: float) -> None:
-    """429 for an address over its budget of failed credentials."""
+def check_throttle(broker: Broker, address: str, now: float) -> bool:
+    """429 for an address over its budget of failed credentials. An address
+    that failed before has a unit of its budget taken now, before the
+    lookup, so that a hundred of its guesses at once cannot all slip in
+    while the budget shows one left; `failed` keeps it, `passed` gives it
+    back. Returns whether a unit was taken (an address that never failed
+    costs nothing)."""
+    return _take(broker.auth_failures, address, now, "address")
+
+
+def refuse_if_throttled(broker: Broker, address: str, now: float) -> None:
+    """The same 429, taking nothing (for a request with no credential)."""
     retry = broker.auth_failures.retry_after(address, now)
     if retry is not None:
         THROTTLED.labels("address").inc()
         raise Throttled(retry)
 
 
-def failed(broker: Broker, address: str) -> None:
-    """One more failed credential from `address`, now (after its lookup)."""
-    broker.auth_failures.charge(address, time.monotonic())
+def failed(broker: Broker, address: str, taken: bool) -> None:
+    """A failed credential from `address` (its unit already taken, or now)."""
+    if not taken:
+        broker.auth_failures.charge(address, time.monotonic())
+
+
+def passed(broker: Broker, address: str, taken: bool) -> None:
+    """A credential from `address` was right: the unit taken for it is back."""
+    if taken:
+        broker.auth_failures.refund(address)
+
+
+def _take(buckets: Buckets, name: str, now: float, per: str) -> bool:
+    if name not in buckets:
+        return False
+    retry = buckets.hit(name, now)
+    if retry is not None:
+        THROTTLED.labels(per).inc()
+        raise Throttled(retry)
+    return True
+
+
+def check_login(broker: Broker, email: str, now: float) -> bool:
+    """`check_throttle` for the passwords tried at one email."""
+    return _take(broker.login_failures, email, now, "email")
 
 
 async def authenticate(request: Request, scope: str, *, cached: bool = False) -> store.KeyRow:
@@ -97,15 +130,17 @@ async def authenticate(request: Request, scope: str, *, cached: bool = False) ->
     broker: Broker = request.app.state.broker
     now = time.monotonic()
     address = address_of(request)
-    check_throttle(broker, address, now)
     raw = keys.bearer(request.headers, api=True)
     if raw is None:
+        refuse_if_throttled(broker, address, now)
         raise Unauthorized("Invalid API key")  # no credential, no guess: not counted
+    taken = check_throttle(broker, address, now)
     try:
         key = await _known_key(broker, raw, cached, now)
     except Unauthorized:
-        failed(broker, address)
+        failed(broker, address, taken)
         raise
+    passed(broker, address, taken)
     if not keys.has_scope(key.scopes, scope):
         raise Forbidden(f"Missing {scope} scope")
     if key.rate_limit is not None:

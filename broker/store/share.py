@@ -13,6 +13,7 @@ waiting costs nothing: no connection, no query.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import deque
 
@@ -68,7 +69,8 @@ class PoolShares:
                 self.release(account)
             else:
                 waiter.cancel()
-                share.waiting.remove(waiter)
+                with contextlib.suppress(ValueError):  # `release` may have dropped it
+                    share.waiting.remove(waiter)
             if isinstance(err, TimeoutError):
                 raise AccountBusy() from None
             raise
@@ -77,9 +79,13 @@ class PoolShares:
         if self.limit <= 0:
             return
         share = self._shares[account]
-        if share.waiting:
-            share.waiting.popleft().set_result(None)  # the slot goes on, still held
-            return
+        while share.waiting:
+            waiter = share.waiting.popleft()
+            # A waiter whose wait just ended (its timeout, a cancel) is
+            # cancelled before its task has run to leave the line: skip it.
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes on, still held
+                return
         share.held -= 1
         if share.held == 0:
             del self._shares[account]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from broker.delivery.presence import PACING_WINDOW_S
-from broker.limits import Buckets, FrameThrottle, RateWindow, Window
+from broker.limits import NO_LIMIT, Buckets, FrameThrottle, RateWindow, Window
 
 
 def pacer(rate: int) -> Window:
@@ -205,3 +205,17 @@ def test_buckets_with_no_burst_limit_nothing() -> None:
     b = Buckets(rate=0.0, burst=0)
     assert all(b.hit("a", 0.0) is None for _ in range(100))
     assert len(b) == 0
+
+
+def test_buckets_refund_a_unit_taken_for_what_did_not_count() -> None:
+    b = Buckets(rate=0.0, burst=2)
+    assert "a" not in b
+    assert b.hit("a", 0.0) is None and "a" in b
+    b.refund("a")  # taken before a check that passed
+    assert [b.hit("a", 0.0), b.hit("a", 0.0), b.hit("a", 0.0)] == [None, None, NO_LIMIT]
+    b.refund("a")
+    b.refund("a")
+    b.refund("a")  # never past the burst
+    assert [b.hit("a", 0.0) for _ in range(3)] == [None, None, NO_LIMIT]
+    b.refund("nobody")  # nothing to give back to
+    assert "nobody" not in b

@@ -78,3 +78,29 @@ async def test_no_limit_holds_nothing() -> None:
         await shares.acquire(A)
     shares.release(A)
     assert shares.held(A) == 0
+
+
+async def test_a_release_as_a_waiter_gives_up_skips_it() -> None:
+    """The race the issue's flood found: a waiter's timeout (or cancel)
+    cancels its future at once, but its task leaves the line only when it
+    runs next; a release in between must pass the slot over it, not hand it
+    to a future nobody waits for (InvalidStateError), and the waiter then
+    leaves a line it is no longer in (no ValueError)."""
+    shares = PoolShares(limit=1, wait_s=5.0)
+    await shares.acquire(A)
+    gone = asyncio.ensure_future(shares.acquire(A))
+    then = asyncio.ensure_future(shares.acquire(A))
+    await asyncio.sleep(0.01)
+    gone.cancel()  # its future is cancelled now; its task has not run yet
+    shares.release(A)  # skips it: the slot goes to the next one in line
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await asyncio.wait_for(then, 1)
+    assert shares.held(A) == 1
+    gone_too = asyncio.ensure_future(shares.acquire(A))
+    await asyncio.sleep(0.01)
+    gone_too.cancel()
+    shares.release(A)  # nobody left in line: the share is free
+    with pytest.raises(asyncio.CancelledError):
+        await gone_too
+    assert shares.held(A) == 0

@@ -224,6 +224,20 @@ async def test_random_keys_are_throttled_per_address_and_the_legitimate_client_i
     assert (await http.get("/messages", headers=account.headers)).status_code == 200
 
 
+async def test_guesses_sent_all_at_once_do_not_slip_past_the_budget(
+        server: Server, account: Account) -> None:
+    """An address that failed before has its budget taken before each lookup,
+    not after: 50 guesses at once with 9 left are 9 lookups, not 50."""
+    queried = lookups("none")
+    async with client_from(server, ATTACKER) as attacker:
+        first = await attacker.get("/messages", headers={"x-api-key": random_key()})
+        assert first.status_code == 401
+        wave = await asyncio.gather(*(attacker.get("/messages", headers={
+            "x-api-key": random_key()}) for _ in range(50)))
+        assert sorted(r.status_code for r in wave) == [401] * (FAILURES - 1) + [429] * 41
+    assert lookups("none") - queried == FAILURES
+
+
 async def test_an_unknown_key_sent_again_costs_no_query_until_a_key_takes_its_prefix(
         server: Server, http: httpx.AsyncClient, account: Account) -> None:
     """The negative cache: a key that matched nothing is known to match

@@ -46,15 +46,16 @@ async def device_of(request: Request) -> store.DeviceRow:
     of it moves its last-seen (and so the freshest-device pick), not the
     keepalives the broker writes (CONTRACT section 8)."""
     broker: Broker = request.app.state.broker
-    address, now = auth.address_of(request), time.monotonic()
-    auth.check_throttle(broker, address, now)
     scheme, token = _authorization(request)
+    address, now = auth.address_of(request), time.monotonic()
+    taken = auth.check_throttle(broker, address, now)
     prefix = keys.parse_prefix(keys.TOKEN_KIND, token) if scheme == "bearer" else None
     device = await broker.devices_by_token.get(prefix) if prefix is not None else None
     if (device is None or not keys.matches(broker.secret, token, device.token_hash)
             or not device.active or device.transport != store.SMSGATE):
-        auth.failed(broker, address)
+        auth.failed(broker, address, taken)
         raise Unauthorized("Invalid device token")
+    auth.passed(broker, address, taken)
     conn = broker.presence.get(device.id)
     if conn is not None:
         broker.presence.touch(conn)
@@ -67,9 +68,9 @@ async def account_by_password(request: Request) -> store.Account:
     """`Basic base64(email:password)`: the account, its password checked
     off the event loop."""
     broker: Broker = request.app.state.broker
-    address, now = auth.address_of(request), time.monotonic()
-    auth.check_throttle(broker, address, now)
     scheme, value = _authorization(request)
+    address, now = auth.address_of(request), time.monotonic()
+    taken = auth.check_throttle(broker, address, now)
     try:
         if scheme != "basic":
             raise Unauthorized("Invalid email or password")
@@ -78,21 +79,26 @@ async def account_by_password(request: Request) -> store.Account:
         except (binascii.Error, UnicodeDecodeError):
             raise Unauthorized("Invalid email or password") from None
     except Unauthorized:
-        auth.failed(broker, address)
+        auth.failed(broker, address, taken)
         raise
     email = email.strip().lower()
     # Each guess costs an argon2 verify (about 90 ms of CPU): guesses at one
     # email are counted too, from every address together.
-    retry = broker.login_failures.retry_after(email, now)
-    if retry is not None:
-        auth.THROTTLED.labels("email").inc()
-        raise auth.Throttled(retry)
+    try:
+        email_taken = auth.check_login(broker, email, now)
+    except auth.Throttled:
+        auth.passed(broker, address, taken)  # nothing was tried
+        raise
     found = await store.password_of(broker.pool, email)
     # An unknown email costs the same verify as a wrong password (passwords.verify).
     if not await passwords.verify(found[1] if found is not None else None, password):
-        auth.failed(broker, address)
-        broker.login_failures.charge(email, time.monotonic())
+        auth.failed(broker, address, taken)
+        if not email_taken:
+            broker.login_failures.charge(email, time.monotonic())
         raise Unauthorized("Invalid email or password")
+    auth.passed(broker, address, taken)
+    if email_taken:
+        broker.login_failures.refund(email)
     assert found is not None  # verified, so found
     return found[0]
 
@@ -115,11 +121,13 @@ async def account_to_register_into(request: Request) -> store.Account:
             raise Unauthorized(err.message) from None
     else:
         address, now = auth.address_of(request), time.monotonic()
-        auth.check_throttle(broker, address, now)
+        taken = auth.check_throttle(broker, address, now)
         account_id = (await pairing.claim(broker.pool, broker.secret, value)
                       if scheme == "code" else None)
         if account_id is None:
-            auth.failed(broker, address)
+            auth.failed(broker, address, taken)
+        else:
+            auth.passed(broker, address, taken)
     account = await store.account_by_id(broker.pool, account_id) if account_id else None
     if account is None:
         raise Unauthorized("Invalid credentials")

@@ -53,18 +53,20 @@ async def _authenticate(broker: Broker, ws: WebSocket) -> store.DeviceRow | Resp
     (contract section 12; counted with every other failed credential)."""
     address, now = auth.address_of(ws), time.monotonic()
     try:
-        auth.check_throttle(broker, address, now)
         token = keys.bearer(ws.headers, api=False)
+        if token is None:
+            auth.refuse_if_throttled(broker, address, now)
+            return error_response(401, "Invalid device token")  # no guess: not counted
+        taken = auth.check_throttle(broker, address, now)
     except BrokerError as err:
         return error_response(err.status, err.message, err.headers)
-    if token is None:
-        return error_response(401, "Invalid device token")  # no guess: not counted
     prefix = keys.parse_prefix(keys.TOKEN_KIND, token)
     device = await broker.devices_by_token.get(prefix) if prefix is not None else None
     if device is None or not keys.matches(broker.secret, token, device.token_hash) \
             or not device.active:
-        auth.failed(broker, address)
+        auth.failed(broker, address, taken)
         return error_response(401, "Invalid device token")
+    auth.passed(broker, address, taken)
     return device
 
 
