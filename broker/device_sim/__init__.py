@@ -6,9 +6,9 @@ Two layers each, as in python-websockets: `Phone` is the pure state machine
 `DeviceSim` is the thin asyncio adapter that owns the socket, the
 reconnects, the pings and the simulated radio. For the app, `AppPhone`
 (app.py; its wire in mobile.py) is the pure state and `AppSim` (smsgate.py,
-on the small HTTP/1.1 client in http11.py) the adapter: HTTP calls and an
-event stream instead of a socket. `smsdora device-sim [--app ws|smsgate]`
-runs one of them; the tests drive all four.
+on httpx) the adapter: HTTP calls and an event stream instead of a socket.
+`smsdora device-sim [--app ws|smsgate]` runs one of them; the tests drive
+all four.
 
 The rules a WebSocket phone follows, from the contract (the app's are in
 app.py's docstring):

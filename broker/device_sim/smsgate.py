@@ -28,29 +28,21 @@ import asyncio
 import codecs
 import datetime as dt
 import functools
+import ssl
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+import httpx
 import msgspec
 
+from broker.device_sim import mobile
 from broker.device_sim.app import PENDING, PROCESSED, AppJob, AppPhone, Fetch, ListingRefused
-from broker.device_sim.http11 import Answer, Client, Exchange, Unreachable
-from broker.device_sim.mobile import (
-    SIM_CARDS,
-    SSE_USER_AGENT,
-    USER_AGENT,
-    DeviceRegister,
-    DeviceUpdate,
-    SseParser,
-    encode,
-    mobile_base,
-    registered_decoder,
-)
 from broker.device_sim.phone import BACKOFF_FIRST_S, BACKOFF_MAX_S, Event, Outcome, log
 from broker.device_sim.ws import DeviceRejected
 
 DEFAULT_NAME: Final = "smsdora/device-sim"  # the app's is MANUFACTURER/PRODUCT
+CALL_TIMEOUT_S: Final = 10.0  # OkHttp's defaults: 10 s to connect, read, write
 SSE_READ_TIMEOUT_S: Final = 45.0
 RETRY_FIRST_S: Final = 0.25
 RETRY_MAX_S: Final = 2.0
@@ -68,10 +60,19 @@ def _retry_s(attempt: int) -> float:
     return float(min(RETRY_FIRST_S * 2 ** min(attempt, 16), RETRY_MAX_S))
 
 
-def _refused(answer: Answer) -> bool:
+def _refused(answer: httpx.Response) -> bool:
     """A 4xx that asking again would not change; 408 and 429 (the broker's
     throttles) are asked again, as the app's workers retry them."""
-    return 400 <= answer.status < 500 and answer.status not in (408, 429)
+    return 400 <= answer.status_code < 500 and answer.status_code not in (408, 429)
+
+
+def _detail(answer: httpx.Response) -> str:
+    """The status and the error shape's `message` (else the body's start)."""
+    try:
+        message = msgspec.json.decode(answer.content, type=dict[str, Any]).get("message")
+    except msgspec.DecodeError:  # not JSON, or not an object
+        message = None
+    return f"{answer.status_code} {message or answer.content[:200].decode(errors='replace')}"
 
 
 def _now() -> dt.datetime:
@@ -79,7 +80,8 @@ def _now() -> dt.datetime:
 
 
 class AppSim:
-    """An `AppPhone` on real HTTP. `await run()` until cancelled; raises
+    """An `AppPhone` on real HTTP (httpx, gzip, a connection per request, no
+    proxy from the environment). `await run()` until cancelled; raises
     DeviceRejected when the broker refuses its credentials for good.
 
     Give it `token` and `device_id` (a registered phone), or `key` / `code`
@@ -96,8 +98,10 @@ class AppSim:
                  on_event: Callable[[Event], None] | None = None) -> None:
         if (token is None) != (device_id is None):
             raise ValueError("a device token and its device id go together")
-        self.url = mobile_base(url)
-        self.client = Client(self.url, USER_AGENT, ca_file)
+        self.url = mobile.mobile_base(url)
+        self._tls = ssl.create_default_context()
+        if ca_file is not None:
+            self._tls.load_verify_locations(cafile=ca_file)
         self.phone = phone or AppPhone(outcome)
         if token is not None:
             self.phone.token, self.phone.device_id = token, device_id
@@ -110,7 +114,7 @@ class AppSim:
         self.connections = 0  # event streams opened
         self.patch_retries = 0  # PATCH attempts the broker did not answer (said again)
         self.keepalives = 0
-        self._stream: Exchange | None = None
+        self._stream: asyncio.Timeout | None = None  # the open event stream's, to cut it
         self._wanted: set[Fetch] = set()
         self._fetch_wanted = asyncio.Event()
         self._outbox_changed = asyncio.Event()
@@ -145,8 +149,8 @@ class AppSim:
 
     async def drop_connection(self) -> None:
         """Cut the event stream as a flaky network would; `run` reconnects."""
-        if self._stream is not None:
-            self._stream.abort()
+        if self._stream is not None and not self._stream.expired():
+            self._stream.reschedule(asyncio.get_running_loop().time())
 
     def pause_radio(self) -> None:
         """Listed jobs wait, locally Pending (as behind the app's own limits)."""
@@ -161,29 +165,40 @@ class AppSim:
 
     async def run(self) -> None:
         workers: dict[str, asyncio.Task[None]] = {}
-        self._spawn(workers, "fetcher", self._fetcher())
-        self._spawn(workers, "sender", self._sender())
-        try:
-            self._resume_radio()
-            await self._start()
-            attempt = 0
-            while True:
-                opened, refused = await self._session()
-                if opened:
-                    attempt = 0
-                if refused:
-                    await self._start()
-                delay = self.reconnect(attempt)
-                attempt += 1
-                self._emit(Event("disconnected", None, f"reconnecting in {delay:g} s"))
-                await asyncio.sleep(delay)
-        finally:
-            tasks = [*workers.values(), *self._patching.values(), *self._radio.values()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._patching.clear()
-            self._radio.clear()
+        headers = {"User-Agent": mobile.USER_AGENT, "Accept-Encoding": "gzip", "Connection": "close"}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, verify=self._tls,
+                                     timeout=CALL_TIMEOUT_S, trust_env=False) as self.client:
+            del self.client.headers["Accept"]  # httpx's */*: the calls say JSON, the stream nothing
+            self._spawn(workers, "fetcher", self._fetcher())
+            self._spawn(workers, "sender", self._sender())
+            try:
+                self._resume_radio()
+                await self._start()
+                attempt = 0
+                while True:
+                    opened, refused = await self._session()
+                    if opened:
+                        attempt = 0
+                    if refused:
+                        await self._start()
+                    delay = self.reconnect(attempt)
+                    attempt += 1
+                    self._emit(Event("disconnected", None, f"reconnecting in {delay:g} s"))
+                    await asyncio.sleep(delay)
+            finally:
+                tasks = [*workers.values(), *self._patching.values(), *self._radio.values()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._patching.clear()
+                self._radio.clear()
+
+    async def _call(self, method: str, path: str, body: bytes | None = None,
+                    authorization: str | None = None) -> httpx.Response:
+        """One request and its answer; httpx.HTTPError if none (refused, reset, timed out)."""
+        json = {"Content-Type": "application/json; charset=UTF-8"} if body is not None else {}
+        return await self.client.request(method, path, content=body, headers={
+            "Accept": "application/json", "Authorization": authorization or self._bearer(), **json})
 
     # --- registration ------------------------------------------------------------
 
@@ -199,22 +214,21 @@ class AppSim:
                     if await self._register():
                         return
                 else:
-                    answer = await self.client.call(
-                        "PATCH", "/device", self._bearer(),
-                        encode(DeviceUpdate(self.phone.device_id or "", SIM_CARDS)))
-                    if answer.ok:
+                    update = mobile.DeviceUpdate(self.phone.device_id or "", mobile.SIM_CARDS)
+                    answer = await self._call("PATCH", "/device", mobile.encode(update))
+                    if answer.is_success:
                         self._emit(Event("started", None, f"device {self.phone.device_id}"))
                         self._want("message", "webhooks", "settings")
                         return
-                    if answer.status == 401 and self._key is not None:
+                    if answer.status_code == 401 and self._key is not None:
                         self._emit(Event("refused", None, "the device token is refused (401):"
                                                           " registering again with the key"))
                         self.phone.token = None
                         continue
                     if _refused(answer):
-                        raise DeviceRejected(f"PATCH /device refused: {answer.detail()}")
-                    log.warning("PATCH /device failed", extra={"status": answer.status})
-            except Unreachable as err:
+                        raise DeviceRejected(f"PATCH /device refused: {_detail(answer)}")
+                    log.warning("PATCH /device failed", extra={"status": answer.status_code})
+            except httpx.HTTPError as err:
                 log.info("broker unreachable", extra={"error": str(err)})
             await asyncio.sleep(_retry_s(attempt))
             attempt += 1
@@ -222,17 +236,17 @@ class AppSim:
     async def _register(self) -> bool:
         """`POST /device`: True once registered, False to try again."""
         credential = f"Bearer {self._key}" if self._key is not None else f"Code {self._code}"
-        answer = await self.client.call("POST", "/device", credential,
-                                        encode(DeviceRegister(self.name, SIM_CARDS)))
+        body = mobile.encode(mobile.DeviceRegister(self.name, mobile.SIM_CARDS))
+        answer = await self._call("POST", "/device", body, credential)
         if _refused(answer):
-            raise DeviceRejected(f"POST /device refused: {answer.detail()}")
-        if not answer.ok:
-            log.warning("POST /device failed", extra={"status": answer.status})
+            raise DeviceRejected(f"POST /device refused: {_detail(answer)}")
+        if not answer.is_success:
+            log.warning("POST /device failed", extra={"status": answer.status_code})
             return False
         try:
-            self.phone.on_registered(registered_decoder.decode(answer.body))
+            self.phone.on_registered(mobile.registered_decoder.decode(answer.content))
         except msgspec.DecodeError as err:  # the app could not store this either
-            raise DeviceRejected(f"POST /device answered {answer.detail()}: {err}") from None
+            raise DeviceRejected(f"POST /device answered {_detail(answer)}: {err}") from None
         self._code = None  # a one-time code is used up
         self._flush()
         return True
@@ -240,48 +254,39 @@ class AppSim:
     # --- the event stream ----------------------------------------------------------
 
     async def _session(self) -> tuple[bool, bool]:
-        """One `GET /events` until it ends: (it opened, its token was refused)."""
+        """One `GET /events` until it ends: (it opened, its token was refused).
+        `cut` bounds the wait for its head, then cuts it for `drop_connection`."""
+        opened, parser = False, mobile.SseParser()
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
-            stream = await self.client.open("GET", "/events", self._bearer(),
-                                            user_agent=SSE_USER_AGENT, accept=None)
-        except Unreachable as err:
-            log.info("event stream not opened", extra={"error": str(err)})
-            return False, False
-        try:
-            media = stream.headers.get("content-type", "").split(";")[0].strip()
-            if stream.status != 200 or media != "text/event-stream":
-                self._emit(Event("refused", None, f"GET /events: {stream.status} {media}"))
-                return False, stream.status == 401
-            self._stream = stream
-            self.connections += 1
-            self._want(self.phone.on_open())
-            self._flush()
-            await self._read(stream)
-            return True, False
+            async with asyncio.timeout(CALL_TIMEOUT_S) as cut, self.client.stream(
+                    "GET", "/events", timeout=httpx.Timeout(CALL_TIMEOUT_S, read=SSE_READ_TIMEOUT_S),
+                    headers={"User-Agent": mobile.SSE_USER_AGENT, "Authorization": self._bearer()},
+            ) as stream:
+                media = stream.headers.get("content-type", "").split(";")[0].strip()
+                if stream.status_code != 200 or media != "text/event-stream":
+                    self._emit(Event("refused", None, f"GET /events: {stream.status_code} {media}"))
+                    return False, stream.status_code == 401
+                cut.reschedule(None)
+                opened, self._stream = True, cut
+                self.connections += 1
+                self._want(self.phone.on_open())
+                self._flush()
+                async for chunk in stream.aiter_bytes():  # not aiter_lines: OkHttp's line ends
+                    now = _now()
+                    for event in parser.feed(text.decode(chunk)):
+                        fetch = self.phone.on_event(event, now)
+                        if fetch is not None:
+                            self._want(fetch)
+                    self.keepalives = parser.comments
+                    self._flush()
+        except (httpx.HTTPError, TimeoutError) as err:  # no head, a read timeout, a drop, a reset
+            log.info("event stream ended" if opened else "event stream not opened",
+                     extra={"error": f"{type(err).__name__}: {err}"})
         finally:
             self._stream = None
-            stream.close()
             self._changed.set()
-
-    async def _read(self, stream: Exchange) -> None:
-        parser = SseParser()
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while True:
-            try:
-                async with asyncio.timeout(SSE_READ_TIMEOUT_S):
-                    chunk = await stream.data()
-            except (TimeoutError, Unreachable) as err:
-                log.info("event stream ended", extra={"error": type(err).__name__})
-                return
-            if chunk is None:
-                return
-            now = _now()
-            for event in parser.feed(text.decode(chunk)):
-                fetch = self.phone.on_event(event, now)
-                if fetch is not None:
-                    self._want(fetch)
-            self.keepalives = parser.comments
-            self._flush()
+        return opened, False
 
     # --- fetches: GET /message, /webhooks, /settings ---------------------------------
 
@@ -305,23 +310,23 @@ class AppSim:
     async def _fetch(self, fetch: Fetch) -> bool:
         """True if answered (or refused for good), False to try again."""
         try:
-            answer = await self.client.call("GET", _PATHS[fetch], self._bearer())
-        except Unreachable as err:
+            answer = await self._call("GET", _PATHS[fetch])
+        except httpx.HTTPError as err:
             log.info("fetch failed", extra={"fetch": fetch, "error": str(err)})
             return False
-        if not answer.ok:
+        if not answer.is_success:
             if _refused(answer):
-                self._emit(Event("refused", None, f"GET {_PATHS[fetch]}: {answer.detail()}"))
+                self._emit(Event("refused", None, f"GET {_PATHS[fetch]}: {_detail(answer)}"))
             return _refused(answer)
         if fetch == "message":
             try:
-                self.phone.on_listing(answer.body, _now())
+                self.phone.on_listing(answer.content, _now())
             except ListingRefused as err:
                 self._emit(Event("refused", None, str(err)))
         elif fetch == "webhooks":
-            self.phone.on_webhooks(answer.body)
+            self.phone.on_webhooks(answer.content)
         else:
-            self.phone.on_settings(answer.body)
+            self.phone.on_settings(answer.content)
         self._flush()
         return True
 
@@ -344,15 +349,14 @@ class AppSim:
         while self.phone.unpatched(message_id):
             count, state, body = self.phone.snapshot(message_id)
             try:
-                answer: Answer | None = await self.client.call("PATCH", "/message",
-                                                               self._bearer(), body)
-            except Unreachable as err:
+                answer: httpx.Response | None = await self._call("PATCH", "/message", body)
+            except httpx.HTTPError as err:
                 log.info("PATCH failed", extra={"message_id": message_id, "error": str(err)})
                 answer = None
-            if answer is not None and answer.ok:
+            if answer is not None and answer.is_success:
                 self.phone.on_patched(message_id, count, state)
             elif answer is not None and _refused(answer):
-                self.phone.on_patch_refused(message_id, count, answer.detail())
+                self.phone.on_patch_refused(message_id, count, _detail(answer))
             else:
                 self.patch_retries += 1
                 await asyncio.sleep(_retry_s(attempt))
@@ -372,11 +376,10 @@ class AppSim:
 
     async def _transmit(self, message_id: str) -> None:
         await self._radio_on.wait()
-        if self.phone.start_send(message_id, _now()):
-            self._flush()
+        started = self.phone.start_send(message_id, _now())
+        self._flush()
+        if started:
             await self._finish(message_id)
-        else:
-            self._flush()
 
     async def _finish(self, message_id: str) -> None:
         await asyncio.sleep(self.delay_s)
@@ -385,15 +388,13 @@ class AppSim:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _spawn(self, tasks: dict[str, asyncio.Task[None]], name: str,
-               work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, tasks: dict[str, asyncio.Task[None]], name: str, work: Coroutine[Any, Any, None]) -> None:
         """A task kept in `tasks` under `name` (a message id) until it ends."""
         task = asyncio.get_running_loop().create_task(work)
         tasks[name] = task
         task.add_done_callback(functools.partial(self._done, tasks, name))
 
-    def _done(self, tasks: dict[str, asyncio.Task[None]], name: str,
-              task: asyncio.Task[None]) -> None:
+    def _done(self, tasks: dict[str, asyncio.Task[None]], name: str, task: asyncio.Task[None]) -> None:
         if tasks.get(name) is task:
             del tasks[name]
         if not task.cancelled() and task.exception() is not None:
