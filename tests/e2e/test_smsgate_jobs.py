@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 import broker.delivery.presence
-import broker.ops.server
+import broker.ops.protocols
 import broker.transports.smsgate.channel
 import broker.transports.smsgate.events
 from broker import keys
@@ -1133,4 +1133,4 @@ async def test_sse_a_peer_that_stops_acknowledging_is_dropped_in_a_minute(
              for c in server.uvicorn.server_state.connections]
     assert socks, "no server-side connection found"
     timeouts = {s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) for s in socks}
-    assert timeouts == {broker.ops.server.DEAD_PEER_MS}, timeouts
+    assert timeouts == {broker.ops.protocols.DEAD_PEER_MS}, timeouts
