@@ -44,9 +44,13 @@ class Broker:
         self.login_failures = _per_window(settings.login_failures,
                                           settings.login_failure_window_s)
         self.account_budget = Buckets(settings.account_rate, settings.account_burst)
-        self.pool_shares = store.PoolShares(
-            max(1, round(settings.pool_max * settings.account_pool_share))
-            if settings.account_pool_share > 0 else 0, settings.account_pool_wait_s)
+        share = (max(1, round(settings.pool_max * settings.account_pool_share))
+                 if settings.account_pool_share > 0 else 0)
+        self.pool_shares = store.PoolShares(share, settings.account_pool_wait_s)
+        # Reads, which build pages, have half of it: the event loop's time
+        # too is shared, and sends want many at once for the commits they share.
+        self.read_shares = store.PoolShares(max(1, share // 2) if share else 0,
+                                            settings.account_pool_wait_s)
         self.started_mono = time.monotonic()
         self.draining = False  # set on SIGTERM: no new sends
         self.pool: store.Pool = None  # type: ignore[assignment]  # set by start()

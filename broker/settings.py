@@ -108,7 +108,7 @@ class Settings:
     unknown_key_ttl_s: float = 30.0  # how long a prefix that matched no key is remembered
     account_rate: float = 2000.0  # an account's requests a second, all its keys together ...
     account_burst: int = 5000  # ... and at once
-    account_pool_share: float = 0.25  # of SMSDORA_POOL_MAX, the connections one account may hold
+    account_pool_share: float = 0.5  # of SMSDORA_POOL_MAX, the connections one account may hold
     account_pool_wait_s: float = 1.0  # waited for one of them, then 429
     idempotency_purge_batch: int = 1000  # idempotency rows past 24 h deleted per sweep
 
@@ -157,7 +157,7 @@ class Settings:
             unknown_key_ttl_s=_float(e, "SMSDORA_UNKNOWN_KEY_TTL", 30.0),
             account_rate=_float(e, "SMSDORA_ACCOUNT_RATE", 2000.0),
             account_burst=_int(e, "SMSDORA_ACCOUNT_BURST", 5000),
-            account_pool_share=_float(e, "SMSDORA_ACCOUNT_POOL_SHARE", 0.25),
+            account_pool_share=_float(e, "SMSDORA_ACCOUNT_POOL_SHARE", 0.5),
             account_pool_wait_s=_float(e, "SMSDORA_ACCOUNT_POOL_WAIT", 1.0),
             idempotency_purge_batch=_int(e, "SMSDORA_IDEMPOTENCY_PURGE_BATCH", 1000),
         )

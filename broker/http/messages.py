@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import phonenumbers
@@ -113,8 +116,7 @@ async def get_message(request: Request) -> Response:
         raise MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
     key = await authenticate(request, "messages:read")
     message_id = MESSAGE_ID.read(request.path_params)
-    await broker.pool_shares.acquire(key.account_id)
-    try:
+    async with _read_share(broker, key.account_id):
         found = await store.get_message(broker.pool, key.account_id, message_id)
         if found is None:
             raise NotFound("Message not found")
@@ -124,8 +126,24 @@ async def get_message(request: Request) -> Response:
             device=_device_ref(row), error=row.error, createdAt=iso(row.created_at) or "",
             history=[HistoryEntry(status=h.status, at=iso(h.at) or "") for h in history],
         ))
+
+
+@contextlib.asynccontextmanager
+async def _read_share(broker: Broker, account: uuid.UUID) -> AsyncIterator[None]:
+    """A read's turn: one of the account's read slots, then one of its pool
+    slots (a send takes only the latter). The page is built while both are
+    held: an account's requests take their turn for the event loop's time as
+    for the pool's connections (docs/OPERATIONS.md, "Fairness between
+    accounts")."""
+    await broker.read_shares.acquire(account)
+    try:
+        await broker.pool_shares.acquire(account)
+        try:
+            yield
+        finally:
+            broker.pool_shares.release(account)
     finally:
-        broker.pool_shares.release(key.account_id)
+        broker.read_shares.release(account)
 
 
 def _device_ref(row: store.MessageRow) -> DeviceRef | None:
@@ -141,15 +159,10 @@ async def list_messages(request: Request) -> Response:
     status = STATUS.read(q)
     limit = LIMIT.read(q)
     before = CURSOR.read(q)
-    # The page is built while the share is held too: an account's requests
-    # take their turn for the event loop's time as for the pool's connections.
-    await broker.pool_shares.acquire(key.account_id)
-    try:
+    async with _read_share(broker, key.account_id):
         rows = await store.list_messages(broker.pool, key.account_id, status, limit + 1, before)
         more = len(rows) > limit
         rows = rows[:limit]
         data = [MessageData(id=str(r.id), recipient=r.recipient, message=r.body,
                             status=r.status, device=_device_ref(r)) for r in rows]
         return ok(data, next_cursor=str(rows[-1].seq) if more else None)
-    finally:
-        broker.pool_shares.release(key.account_id)
