@@ -338,6 +338,31 @@ async def test_failed_passwords_are_throttled_per_address_and_per_email(
     assert statuses == [401] * FAILURES + [429]
 
 
+async def test_guessing_the_current_password_from_a_phone_is_throttled(
+        server: Server, http: httpx.AsyncClient, account: Account) -> None:
+    """`PATCH /user/password` checks the account's current password: a phone
+    (or whoever holds its token) gets LOGIN_FAILURES wrong guesses at that
+    account, from every address together, then 429 before any verify."""
+    await account.db.execute("UPDATE accounts SET password_hash = $1 WHERE id = $2",
+                             await passwords.hash_password(PASSWORD), account.id)
+    app = await register(http, account.key)
+
+    async def change(client: httpx.AsyncClient, current: str) -> httpx.Response:
+        return await client.patch(f"{API}/user/password", headers={
+            "Authorization": f"Bearer {app.token}"},
+            json={"currentPassword": current, "newPassword": "a new passphrase, long"})
+
+    statuses = []
+    for i in range(LOGIN_FAILURES + 2):
+        async with client_from(server, f"127.0.2.{i + 1}") as guesser:
+            statuses.append((await change(guesser, f"guess {i}")).status_code)
+    assert statuses == [401] * LOGIN_FAILURES + [429] * 2
+    assert_throttled(await change(http, PASSWORD), window_s=900)
+    stored_hash = await account.db.fetchval("SELECT password_hash FROM accounts WHERE id = $1",
+                                            account.id)
+    assert await passwords.verify(stored_hash, PASSWORD)  # unchanged
+
+
 # --- item 8b: two credentials in one request ----------------------------------------------
 
 

@@ -9,6 +9,7 @@ the status)."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from broker import keys, store
 from broker.clock import iso
 from broker.errors import BadRequest, Forbidden, Unauthorized
+from broker.http import auth as http_auth
 from broker.http.responses import bare, decode, read_body
 from broker.services import devices as device_service
 from broker.services import pairing, passwords
@@ -103,9 +105,21 @@ async def change_password(request: Request) -> Response:
     body = await read_body(request)
     device = await auth.device_of(request)
     req: shapes.PasswordChange = decode(shapes.password_decoder, body)
+    # Guessing the current password is throttled like a sign-in: per
+    # address, and per account from every address together.
+    now = time.monotonic()
+    address = http_auth.address_of(request)
+    taken = http_auth.check_throttle(broker, address, now)
+    account_taken = http_auth.check_login(broker, f"account:{device.account_id}", now)
     if not await passwords.verify(await store.password_hash(broker.pool, device.account_id),
                                   req.currentPassword):
+        http_auth.failed(broker, address, taken)
+        if not account_taken:
+            broker.login_failures.charge(f"account:{device.account_id}", time.monotonic())
         raise Unauthorized("Wrong current password")
+    http_auth.passed(broker, address, taken)
+    if account_taken:
+        broker.login_failures.refund(f"account:{device.account_id}")
     if len(req.newPassword) < passwords.MIN_LENGTH:
         raise BadRequest(f"newPassword must be at least {passwords.MIN_LENGTH} characters")
     await store.set_password(broker.pool, device.account_id,
