@@ -27,7 +27,7 @@ _RESPONSES = "#/components/responses/"
 # Any endpoint can answer these: a request that is not valid HTTP (a
 # malformed header, answered before any route: broker/ops/server.py); an
 # unexpected fault; the database, the request deadline or shutting down.
-_ALWAYS = (400, 500, 503)
+_ALWAYS = (400, 431, 500, 503)
 
 # Every error status an operation of this API can answer, and when.
 _ERRORS: dict[int, str] = {
@@ -39,7 +39,11 @@ _ERRORS: dict[int, str] = {
     404: "Unknown message, or one of another account.",
     405: "Method not allowed (the Allow header lists the allowed ones).",
     409: "The Idempotency-Key was used with another body within 24 hours.",
+    408: "The body did not arrive within its deadline (SMSDORA_BODY_TIMEOUT).",
     413: f"Request body over {MAX_BODY_BYTES // 1024} KiB.",
+    429: "Too many failed credentials from this address, or the account is over its "
+         "request budget or its share of the database pool (with Retry-After).",
+    431: "Request head over its limit (SMSDORA_MAX_HEADER_BYTES).",
     500: "Unexpected fault, logged with the x-request-id of the response.",
     503: "Database unavailable, shutting down, or the account's queue is full.",
 }
@@ -48,6 +52,8 @@ _ERROR_HEADERS: dict[int, dict[str, Any]] = {
                                          "(only with \"Rate limit exceeded\").",
                           "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
     405: {"Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds after which a retry may succeed.",
+                          "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
     503: {"Retry-After": {"description": "Seconds after which a retry may succeed (when the "
                                          "account's queue is full).",
                           "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
@@ -94,7 +100,12 @@ def _success_schema(e: Endpoint) -> dict[str, Any]:
 def _responses(e: Endpoint) -> dict[str, Any]:
     out = {str(e.status): _content(e.media_type, _success_schema(e), e.answer)}
     also = dict(e.also)
-    for status in sorted({*e.errors, *_ALWAYS}):
+    statuses = {*e.errors, *_ALWAYS}
+    if e.scope is not None:
+        statuses.add(429)  # the failure throttle and the account's budget
+    if 413 in e.errors:
+        statuses.add(408)  # a body: its deadline
+    for status in sorted(statuses):
         if status in also:
             out[str(status)] = _content(JSON, {"anyOf": [_success_schema(e),
                                                          _error_schema(status)]},

@@ -64,12 +64,23 @@ def test_no_struct_is_a_json_object_or_a_string() -> None:
         "text/html": {"schema": {"type": "string"}}}
 
 
-def test_errors_are_the_shared_responses_and_400_500_503_always() -> None:
-    """400: a request that is not valid HTTP can come to any path."""
-    responses = operation(endpoint(response=Thing, errors=(401, 405)))["responses"]
-    assert set(responses) == {"200", "400", "401", "405", "500", "503"}
+def test_errors_are_the_shared_responses_and_400_431_500_503_always() -> None:
+    """400: a request that is not valid HTTP can come to any path; 431: a
+    head over its limit, answered before any route."""
+    responses = operation(endpoint(response=Thing, errors=(401, 405), scope=None))["responses"]
+    assert set(responses) == {"200", "400", "401", "405", "431", "500", "503"}
     assert responses["401"] == {"$ref": "#/components/responses/Unauthorized"}
     assert responses["503"] == {"$ref": "#/components/responses/ServiceUnavailable"}
+
+
+def test_a_route_with_a_key_can_be_throttled_and_one_with_a_body_can_time_out() -> None:
+    """429: the failure throttle and the account's budget stand before every
+    route that takes a key; 408: a body's deadline, on routes that read one."""
+    keyed = operation(endpoint(response=Thing, errors=(401,), scope="messages:read"))
+    assert "429" in keyed["responses"] and "408" not in keyed["responses"]
+    body = operation(endpoint(response=Thing, errors=(401, 413), scope="messages:send"))
+    assert {"408", "429"} <= set(body["responses"])
+    assert "429" not in operation(endpoint(response=Thing, scope=None))["responses"]
 
 
 def test_an_also_status_is_the_struct_or_the_error_shape() -> None:
