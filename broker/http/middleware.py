@@ -61,12 +61,18 @@ class RequestContext:
         if scope["type"] != "http":
             handler = self._websocket.get(scope["path"]) if scope["type"] == "websocket" else None
             if handler is not None:
-                await handler(WebSocket(scope, receive, send))
+                address = logs.client.set(client_address(scope, self.trusted_proxies))
+                try:
+                    await handler(WebSocket(scope, receive, send))
+                finally:
+                    logs.client.reset(address)
             else:
                 await self.app(scope, receive, send)
             return
         rid = _request_id(scope)
         token = logs.request_id.set(rid)
+        address = client_address(scope, self.trusted_proxies)
+        client = logs.client.set(address)
         started = time.perf_counter()
         status = 500
         status_started = False
@@ -109,8 +115,9 @@ class RequestContext:
             metrics.HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(elapsed)
             log.info("request", extra={"method": scope["method"], "route": route,
                                        "status": status, "ms": round(elapsed * 1000, 2),
-                                       "client": client_address(scope, self.trusted_proxies)})
+                                       "client": address})
             logs.request_id.reset(token)
+            logs.client.reset(client)
 
 
 def lift_deadline(scope: Scope) -> None:

@@ -17,6 +17,9 @@ from typing import Any
 import msgspec
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The client address of the request (or phone socket) a line is logged in
+# (CONTRACT section 12: every log line of a request carries it).
+client: contextvars.ContextVar[str | None] = contextvars.ContextVar("client", default=None)
 _encoder = msgspec.json.Encoder()
 _STD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "color_message"}  # uvicorn's terminal-coloured copy of msg
@@ -47,6 +50,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": request_id.get(),
         }
+        address = client.get()
+        if address is not None:
+            out["client"] = address  # a record's own `client` (below) wins
         for k, v in record.__dict__.items():
             if k not in _STD and not k.startswith("_"):
                 out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)

@@ -147,3 +147,17 @@ def test_formatter_redacts_credentials_that_other_libraries_log() -> None:
     line = JsonFormatter().format(record)
     assert token not in line and key not in line and "A" * 43 not in line
     assert "smsgw_0123abcd_[redacted]" in line and "authorization: [redacted]" in line
+
+
+def test_client_from_the_contextvar_and_a_records_own_wins(
+        log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    token = logs.client.set("203.0.113.9")
+    try:
+        logger.info("inside")
+        logger.info("request", extra={"client": "198.51.100.7"})
+    finally:
+        logs.client.reset(token)
+    logger.info("outside")
+    got = lines(stream)
+    assert [g.get("client") for g in got] == ["203.0.113.9", "198.51.100.7", None]

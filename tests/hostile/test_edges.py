@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import ipaddress
 import json
 import logging
@@ -27,6 +28,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from broker.ops import logs
 from broker.settings import Settings
 from tests.conftest import REPO, error, free_port
 from tests.e2e.conftest import SECRET, Account, PhoneFactory, Server, logging_to, wait_for
@@ -436,6 +438,24 @@ async def test_behind_a_trusted_proxy_the_request_line_carries_the_forwarded_cli
         await c.get("/health")
     assert [r.client for r in logged.lines("request")] == [  # type: ignore[attr-defined]
         "203.0.113.9", "198.51.100.7", "127.0.0.1", "127.0.0.1"]
+
+
+async def test_every_line_logged_within_a_request_or_a_phone_socket_carries_the_client(
+        http: httpx.AsyncClient, account: Account, phone: PhoneFactory) -> None:
+    """Not only the request line: a line the phone's socket logs (`device
+    connected`) says whose it was too; a line logged outside any request
+    (here, by the test itself) carries none."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())  # formats at emit, in the caller's context
+    with logging_to(handler, logging.getLogger("smsdora")):
+        p = await phone(await account.make_device("Logged phone"))
+        await p.close()
+        logging.getLogger("smsdora.test").info("outside")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    connected = [line for line in lines if line["msg"] == "device connected"]
+    assert connected and all(line.get("client") == "127.0.0.1" for line in connected), lines
+    assert "client" not in next(line for line in lines if line["msg"] == "outside")
 
 
 # --- item 10: what /health and /metrics tell a stranger ---------------------------------
