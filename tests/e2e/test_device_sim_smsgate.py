@@ -259,6 +259,7 @@ async def test_a_job_held_past_its_valid_until_fails_unsent(
         await asyncio.sleep(1.2)  # past validUntil, before the broker's own expiry (+ 1 s)
         sim.resume_radio()
         await wait_status(db, mid, "failed")
+        await sim.wait_until(lambda: not sim.phone.outbox())  # the PATCH's answer, after the commit
         assert sim.sent_count[mid] == 0 and sim.jobs[mid].patches == ["Failed"]
     assert await db.fetchval("SELECT error FROM messages WHERE id = $1",
                              uuid.UUID(mid)) == "TTL expired"
