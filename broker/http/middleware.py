@@ -61,11 +61,11 @@ class RequestContext:
         if scope["type"] != "http":
             handler = self._websocket.get(scope["path"]) if scope["type"] == "websocket" else None
             if handler is not None:
-                address = logs.client.set(client_address(scope, self.trusted_proxies))
+                socket_client = logs.client.set(client_address(scope, self.trusted_proxies))
                 try:
                     await handler(WebSocket(scope, receive, send))
                 finally:
-                    logs.client.reset(address)
+                    logs.client.reset(socket_client)
             else:
                 await self.app(scope, receive, send)
             return
