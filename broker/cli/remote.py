@@ -57,7 +57,7 @@ def send(args: argparse.Namespace, settings: Settings) -> Output:
 
 
 def device_sim(args: argparse.Namespace, settings: Settings) -> Output:
-    from broker import device_sim as sim  # websockets and h11 clients: only this command
+    from broker import device_sim as sim  # websockets and httpx clients: only this command
 
     app: sim.AppSim | None = None
 
