@@ -76,8 +76,8 @@ class Sender:
                 assert replay is not None, "idempotency row vanished under us"
                 return replay
             except BaseException:
-                if accepted is not None and accepted.has_room:  # rolled back: nothing sent
-                    self._give_back(accepted.conn, accepted.mono)
+                if accepted is not None and accepted.conn is not None and accepted.has_room:
+                    self._give_back(accepted.conn, accepted.mono)  # rolled back: nothing sent
                 raise
         assert accepted is not None
         await self._deliver(job, accepted)
@@ -131,10 +131,34 @@ class Sender:
                 raise Forbidden("Monthly message quota exceeded")
             self.presence.unregister(conn)  # DEVICE_GONE
             await conn.channel.close(CloseReason.DEACTIVATED)
-        metrics.SENDS.labels("no_device").inc()
-        raise NoEligibleDevice()
+        if job.expires_at is None:
+            # Without a ttl the caller asked for now or never (contract section 3).
+            metrics.SENDS.labels("no_device").inc()
+            raise NoEligibleDevice()
+        return await self._wait_for_a_phone(db, job)
 
-    async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID,
+    async def _wait_for_a_phone(self, db: store.Db, job: _NewJob) -> _Accepted:
+        """No phone of the account is connected and the message has a ttl: it
+        waits `queued` with no device, for the first eligible phone that
+        connects before its ttl (contract section 3, v2)."""
+        self.queue.filled(job.account_id)
+        if await store.queued_count(db, job.account_id) >= self.max_queued:
+            metrics.SENDS.labels("queue_full").inc()
+            raise Unavailable("Too many queued messages",
+                              headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
+        written = await self._insert(db, job, None, lifecycle.QUEUED)
+        if written is store.Inserted.KEY_GONE:
+            raise KeyChanged()
+        if written is store.Inserted.OVER_QUOTA:
+            raise Forbidden("Monthly message quota exceeded")
+        assert written is store.Inserted.WRITTEN  # no device to be gone
+        response = api_encoder.encode(SendResponse(
+            statusCode=201, message="SMS queued for delivery",
+            data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
+                             status=lifecycle.QUEUED, device=None)))
+        return _Accepted(None, False, time.monotonic(), response)
+
+    async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID | None,
                       status: str) -> store.Inserted:
         """The message's INSERT, which takes its unit of the monthly quota in
         the same statement (contract section 3, v2)."""
@@ -156,7 +180,7 @@ class Sender:
     async def _deliver(self, job: _NewJob, accepted: _Accepted) -> None:
         """After the commit: the job frame to the phone, or a wake-up for the queue."""
         metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
-        if accepted.has_room:
+        if accepted.has_room and accepted.conn is not None:
             metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
             await hand(self.presence, accepted.conn, job.id,
                        Job(id=str(job.id), recipient=job.recipient, message=job.body))
@@ -195,7 +219,7 @@ class _NewJob(NamedTuple):
 
 
 class _Accepted(NamedTuple):
-    conn: Connection
+    conn: Connection | None  # None: waiting for a phone of the account to connect
     has_room: bool
     mono: float
     response: bytes

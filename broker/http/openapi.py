@@ -33,7 +33,7 @@ _ALWAYS = (400, 431, 500, 503)
 _ERRORS: dict[int, str] = {
     400: "Bad request: invalid body, field, parameter or header, or a request that is not "
          "valid HTTP (\"Invalid HTTP request received.\"); for a send also "
-         "\"No eligible device available\".",
+         "\"No eligible device available\" (no phone connected and no ttl to wait with).",
     401: "\"Invalid API key\", \"API key expired\" or \"API key revoked\".",
     403: "Missing scope, \"Rate limit exceeded\" (with Retry-After) or a plan limit.",
     404: "Unknown message, or one of another account.",

@@ -49,7 +49,8 @@ WITH ok AS (
     SELECT ($9::uuid IS NULL OR EXISTS (
                SELECT 1 FROM api_keys WHERE id = $9 AND prefix = $10 AND NOT revoked
                AND (expires_at IS NULL OR expires_at > $8))) AS key_ok,
-           EXISTS (SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active)
+           ($3::uuid IS NULL OR EXISTS (
+               SELECT 1 FROM devices WHERE id = $3 AND account_id = $2 AND active))
                AS device_ok
 ), pick AS MATERIALIZED (
     -- Stripe $13, chosen at random by the caller: one row read. Only when it
@@ -102,7 +103,7 @@ class Inserted(enum.Enum):
 
 
 async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,
-                         device_id: uuid.UUID, recipient: str, body: str, status: str,
+                         device_id: uuid.UUID | None, recipient: str, body: str, status: str,
                          expires_at: dt.datetime | None, created_at: dt.datetime,
                          key_id: uuid.UUID | None = None,
                          key_prefix: str | None = None, quota: Quota | None = None) -> Inserted:
