@@ -32,7 +32,6 @@ from broker.store.devices import (
     update_app_info,
 )
 from broker.store.holds import (
-    MAX_LISTED,
     Listed,
     Released,
     handbacks_requested,
@@ -91,7 +90,6 @@ __all__ = [
     "DEVICE_DEACTIVATED",
     "KEY_ADDED",
     "KEY_CHANGED",
-    "MAX_LISTED",
     "SCHEMA_PATH",
     "SMSGATE",
     "STRIPES",
