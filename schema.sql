@@ -6,6 +6,65 @@
 -- `smsdora migrate`, not this file: it is for reading.
 
 --
+-- Name: smsdora_emit(uuid, text, uuid, jsonb, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.smsdora_emit(p_account uuid, p_type text, p_message uuid, p_data jsonb, p_at timestamp with time zone) RETURNS integer
+    LANGUAGE sql
+    AS $$
+    WITH e AS (
+        INSERT INTO webhook_events (webhook_id, account_id, type, message_id, data, occurred_at)
+        SELECT w.id, p_account, p_type, p_message, p_data, p_at
+          FROM webhooks w
+         WHERE w.account_id = p_account AND w.enabled AND w.events && ARRAY['*', p_type]
+        RETURNING 1)
+    SELECT count(*)::integer FROM e
+$$;
+
+--
+-- Name: smsdora_history_events(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.smsdora_history_events() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO webhook_events (webhook_id, account_id, type, message_id, data, occurred_at)
+    SELECT w.id, m.account_id, 'message.' || n.status, n.message_id,
+           jsonb_build_object(
+               'id', m.id, 'recipient', m.recipient, 'message', m.body, 'status', n.status,
+               'device', CASE WHEN n.device_id IS NULL THEN NULL
+                              ELSE jsonb_build_object('id', n.device_id, 'deviceName', d.name) END,
+               'error', n.error, 'createdAt', smsdora_iso(m.created_at)),
+           n.at
+      FROM new_rows n
+      JOIN messages m ON m.id = n.message_id
+      JOIN webhooks w ON w.account_id = m.account_id AND w.enabled
+                     AND w.events && ARRAY['*', 'message.' || n.status]
+      LEFT JOIN devices d ON d.id = n.device_id
+     WHERE NOT (n.status = 'sent' AND EXISTS (
+               SELECT 1 FROM message_history h
+                WHERE h.message_id = n.message_id AND h.status = 'delivered'))
+     -- seq in the lifecycle's order: a send writes queued and dispatching
+     -- at the same instant.
+     ORDER BY n.message_id, n.at,
+              array_position(ARRAY['queued', 'dispatching', 'sending', 'sent', 'delivered',
+                                   'failed'], n.status);
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: smsdora_iso(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.smsdora_iso(t timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"')
+$$;
+
+--
 -- Name: smsdora_key_added(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -112,6 +171,40 @@ CREATE TABLE public.idempotency_keys (
 );
 
 --
+-- Name: inbox; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.inbox (
+    seq bigint NOT NULL,
+    id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    device_id uuid NOT NULL,
+    phone_id text NOT NULL,
+    sender text NOT NULL,
+    body text NOT NULL,
+    sim integer,
+    received_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: inbox_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+CREATE SEQUENCE public.inbox_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
+-- Name: inbox_seq_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+--
+
+ALTER SEQUENCE public.inbox_seq_seq OWNED BY public.inbox.seq;
+
+--
 -- Name: message_history; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -194,10 +287,94 @@ CREATE TABLE public.schema_migrations (
 );
 
 --
+-- Name: webhook_attempts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_attempts (
+    event_seq bigint NOT NULL,
+    attempt integer NOT NULL,
+    webhook_id uuid NOT NULL,
+    status_code integer,
+    error text,
+    at timestamp with time zone NOT NULL,
+    next_retry_at timestamp with time zone
+);
+
+--
+-- Name: webhook_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_events (
+    seq bigint NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    webhook_id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    type text NOT NULL,
+    message_id uuid,
+    data jsonb NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    state text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    done_at timestamp with time zone,
+    CONSTRAINT webhook_events_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))
+);
+
+--
+-- Name: webhook_events_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+CREATE SEQUENCE public.webhook_events_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
+-- Name: webhook_events_seq_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+--
+
+ALTER SEQUENCE public.webhook_events_seq_seq OWNED BY public.webhook_events.seq;
+
+--
+-- Name: webhooks; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhooks (
+    id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    url text NOT NULL,
+    events text[] NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    secret text NOT NULL,
+    previous_secret text,
+    previous_until timestamp with time zone,
+    enabled boolean DEFAULT true NOT NULL,
+    disabled_reason text,
+    failing_since timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: inbox seq; Type: DEFAULT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbox ALTER COLUMN seq SET DEFAULT nextval('public.inbox_seq_seq'::regclass);
+
+--
 -- Name: messages seq; Type: DEFAULT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.messages ALTER COLUMN seq SET DEFAULT nextval('public.messages_seq_seq'::regclass);
+
+--
+-- Name: webhook_events seq; Type: DEFAULT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_events ALTER COLUMN seq SET DEFAULT nextval('public.webhook_events_seq_seq'::regclass);
 
 --
 -- Name: account_usage account_usage_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -256,6 +433,27 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (account_id, key);
 
 --
+-- Name: inbox inbox_device_id_phone_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbox
+    ADD CONSTRAINT inbox_device_id_phone_id_key UNIQUE (device_id, phone_id);
+
+--
+-- Name: inbox inbox_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbox
+    ADD CONSTRAINT inbox_id_key UNIQUE (id);
+
+--
+-- Name: inbox inbox_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbox
+    ADD CONSTRAINT inbox_pkey PRIMARY KEY (seq);
+
+--
 -- Name: message_history message_history_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -298,6 +496,34 @@ ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 
 --
+-- Name: webhook_attempts webhook_attempts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_attempts
+    ADD CONSTRAINT webhook_attempts_pkey PRIMARY KEY (event_seq, attempt);
+
+--
+-- Name: webhook_events webhook_events_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_events
+    ADD CONSTRAINT webhook_events_id_key UNIQUE (id);
+
+--
+-- Name: webhook_events webhook_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_events
+    ADD CONSTRAINT webhook_events_pkey PRIMARY KEY (seq);
+
+--
+-- Name: webhooks webhooks_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
+
+--
 -- Name: api_keys_account; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -314,6 +540,18 @@ CREATE INDEX devices_account ON public.devices USING btree (account_id);
 --
 
 CREATE INDEX idempotency_keys_created ON public.idempotency_keys USING btree (created_at);
+
+--
+-- Name: inbox_account_sender_seq; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX inbox_account_sender_seq ON public.inbox USING btree (account_id, sender, seq DESC);
+
+--
+-- Name: inbox_account_seq; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX inbox_account_seq ON public.inbox USING btree (account_id, seq DESC);
 
 --
 -- Name: messages_account_created; Type: INDEX; Schema: public; Owner: -
@@ -382,6 +620,48 @@ CREATE INDEX messages_unreported ON public.messages USING btree (updated_at) WHE
 CREATE INDEX pairing_codes_account ON public.pairing_codes USING btree (account_id);
 
 --
+-- Name: webhook_attempts_by_webhook; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_attempts_by_webhook ON public.webhook_attempts USING btree (webhook_id, at DESC, event_seq DESC);
+
+--
+-- Name: webhook_events_done; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_events_done ON public.webhook_events USING btree (done_at) WHERE (state <> 'pending'::text);
+
+--
+-- Name: webhook_events_due; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_events_due ON public.webhook_events USING btree (next_at) WHERE (state = 'pending'::text);
+
+--
+-- Name: webhook_events_failed; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_events_failed ON public.webhook_events USING btree (webhook_id, done_at) WHERE (state = 'failed'::text);
+
+--
+-- Name: webhook_events_owed; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_events_owed ON public.webhook_events USING btree (webhook_id, message_id, seq) WHERE ((state = 'pending'::text) AND (message_id IS NOT NULL));
+
+--
+-- Name: webhooks_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhooks_account ON public.webhooks USING btree (account_id, created_at);
+
+--
+-- Name: webhooks_account_enabled; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhooks_account_enabled ON public.webhooks USING btree (account_id) WHERE enabled;
+
+--
 -- Name: api_keys api_keys_added; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -392,6 +672,12 @@ CREATE TRIGGER api_keys_added AFTER INSERT OR UPDATE OF prefix ON public.api_key
 --
 
 CREATE TRIGGER api_keys_changed AFTER DELETE OR UPDATE ON public.api_keys FOR EACH ROW EXECUTE FUNCTION public.smsdora_key_changed();
+
+--
+-- Name: message_history message_history_events; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER message_history_events AFTER INSERT ON public.message_history REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.smsdora_history_events();
 
 --
 -- Name: account_usage account_usage_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
@@ -429,6 +715,13 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
 
 --
+-- Name: inbox inbox_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbox
+    ADD CONSTRAINT inbox_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
+
+--
 -- Name: message_history message_history_message_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -455,3 +748,24 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE ONLY public.pairing_codes
     ADD CONSTRAINT pairing_codes_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
+
+--
+-- Name: webhook_attempts webhook_attempts_event_seq_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_attempts
+    ADD CONSTRAINT webhook_attempts_event_seq_fkey FOREIGN KEY (event_seq) REFERENCES public.webhook_events(seq) ON DELETE CASCADE;
+
+--
+-- Name: webhook_events webhook_events_webhook_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_events
+    ADD CONSTRAINT webhook_events_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
+
+--
+-- Name: webhooks webhooks_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;

@@ -22,6 +22,7 @@ from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
 from broker.settings import Settings
 from broker.store.listener import Listener
+from broker.webhooks.wake import Wake
 
 log = logging.getLogger("smsdora.runtime")
 
@@ -51,6 +52,8 @@ class Broker:
         # too is shared, and sends want many at once for the commits they share.
         self.read_shares = store.PoolShares(max(1, share // 2) if share else 0,
                                             settings.account_pool_wait_s)
+        # Committed events: tell the webhook sender (broker/webhooks/).
+        self.wake = Wake()
         self.started_mono = time.monotonic()
         self.draining = False  # set on SIGTERM: no new sends
         self.pool: store.Pool = None  # type: ignore[assignment]  # set by start()

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from broker.http.declaration import Endpoint, Handler, Wrap
 from broker.http.devices import create_device, list_devices
 from broker.http.docs import ASSETS_PATH, docs_asset, docs_page
+from broker.http.inbox import INBOX_ENDPOINTS
 from broker.http.messages import (
     CURSOR,
     IDEMPOTENCY_KEY,
@@ -30,6 +31,7 @@ from broker.http.messages import (
 from broker.http.openapi import document
 from broker.http.ops import health, metrics_endpoint
 from broker.http.responses import JSON
+from broker.webhooks.http import WEBHOOK_ENDPOINTS
 from protocol.api import (
     CreatedDevice,
     CreateDeviceRequest,
@@ -85,6 +87,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         scope="devices:write", status=201, body=CreateDeviceRequest,
         example=CreateDeviceRequest(name="My Samsung S24"), response=CreatedDevice,
         wrap=Wrap.ONE, errors=(400, 401, 403, 405, 413)),
+    *WEBHOOK_ENDPOINTS,
+    *INBOX_ENDPOINTS,
     Endpoint(
         "GET", "/health", health, "health", "Liveness and database reachability",
         "The database answers. `node`, `devicesOnline` and `uptimeSeconds` only with "
