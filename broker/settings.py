@@ -42,6 +42,20 @@ def _networks(env: dict[str, str], name: str) -> tuple[ipaddress.IPv4Network | i
     return tuple(out)
 
 
+def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated delays in seconds (`5,300,1800`)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        out = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise SystemExit(f"{name} must be seconds separated by commas, got {raw!r}") from None
+    if any(x < 0 for x in out):
+        raise SystemExit(f"{name} must not be negative, got {raw!r}")
+    return out
+
+
 def _listen_address(env: dict[str, str], name: str, default: str) -> tuple[str, int] | None:
     """`host:port` (`[::1]:9464` for IPv6); empty: None (off)."""
     raw = env.get(name, default).strip()
@@ -111,6 +125,16 @@ class Settings:
     account_pool_share: float = 0.5  # of SMSDORA_POOL_MAX, the connections one account may hold
     account_pool_wait_s: float = 1.0  # waited for one of them, then 429
     idempotency_purge_batch: int = 1000  # idempotency rows past 24 h deleted per sweep
+    # Webhooks (CONTRACT section 9, docs/OPERATIONS.md "Webhooks").
+    webhook_allow_private: bool = False  # URLs on loopback, private, link-local addresses
+    webhook_timeout_s: float = 15.0  # one attempt: connect, send, the answer's head
+    # After the first attempt: the Standard Webhooks schedule (about 28 h).
+    webhook_retries_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_concurrency: int = 64  # attempts under way at once, this node
+    webhook_per_endpoint: int = 8  # of which to one endpoint
+    webhook_poll_s: float = 1.0  # due rows looked for at least this often
+    webhook_disable_after_s: float = 5 * 86400.0  # no 2xx this long, events owed: disabled
+    webhook_keep_days: int = 30  # delivered and failed events kept this long
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -160,6 +184,15 @@ class Settings:
             account_pool_share=_float(e, "SMSDORA_ACCOUNT_POOL_SHARE", 0.5),
             account_pool_wait_s=_float(e, "SMSDORA_ACCOUNT_POOL_WAIT", 1.0),
             idempotency_purge_batch=_int(e, "SMSDORA_IDEMPOTENCY_PURGE_BATCH", 1000),
+            webhook_allow_private=e.get("SMSDORA_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
+            webhook_timeout_s=_float(e, "SMSDORA_WEBHOOK_TIMEOUT", 15.0),
+            webhook_retries_s=_seconds_list(e, "SMSDORA_WEBHOOK_RETRIES",
+                                            (5, 300, 1800, 7200, 18000, 36000, 36000)),
+            webhook_concurrency=_int(e, "SMSDORA_WEBHOOK_CONCURRENCY", 64),
+            webhook_per_endpoint=_int(e, "SMSDORA_WEBHOOK_PER_ENDPOINT", 8),
+            webhook_poll_s=_float(e, "SMSDORA_WEBHOOK_POLL_SECONDS", 1.0),
+            webhook_disable_after_s=_float(e, "SMSDORA_WEBHOOK_DISABLE_AFTER", 5 * 86400.0),
+            webhook_keep_days=_int(e, "SMSDORA_WEBHOOK_KEEP_DAYS", 30),
         )
 
     def with_(self, **changes: object) -> Settings:
