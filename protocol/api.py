@@ -12,7 +12,7 @@ MAX_TTL_S = 7 * 24 * 3600
 # `devices:register`: the key an SMS Gateway app types as its "Private Token"
 # to register itself into the account (contract section 8); nothing else.
 SCOPES = ("messages:send", "messages:read", "devices:read", "devices:write", "keys:write",
-          "devices:register")
+          "devices:register", "webhooks:write")
 
 
 class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
