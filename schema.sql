@@ -315,6 +315,7 @@ CREATE TABLE public.webhook_events (
     occurred_at timestamp with time zone NOT NULL,
     state text DEFAULT 'pending'::text NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
+    tried integer DEFAULT 0 NOT NULL,
     next_at timestamp with time zone DEFAULT now() NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     done_at timestamp with time zone,

@@ -22,6 +22,7 @@ from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
 from broker.settings import Settings
 from broker.store.listener import Listener
+from broker.webhooks.sender import Sender
 from broker.webhooks.wake import Wake
 
 log = logging.getLogger("smsdora.runtime")
@@ -60,6 +61,8 @@ class Broker:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         # Device sockets' token checks: one query for the phones of a storm.
         self.devices_by_token: Coalescer[str, store.DeviceRow] = Coalescer(self._devices_by_token)
+        self.webhooks: Sender | None = None  # set by start()
+        self._webhook_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
@@ -74,6 +77,9 @@ class Broker:
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
         self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
+        self.webhooks = Sender(self.pool, self.settings, self.wake)
+        await self.webhooks.refresh_accounts()
+        self._webhook_task = loop.create_task(self.webhooks.run())
         self._listener = Listener(
             self.database_url,
             {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop,
@@ -112,11 +118,13 @@ class Broker:
         await self.dispatcher.close()
         await self.devices_by_token.close()
         await self.close_phones()
-        for task in (self._flusher, self._sweeper):
+        for task in (self._flusher, self._sweeper, self._webhook_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.webhooks is not None:
+            await self.webhooks.close()
         await self.flush_last_seen()
         await self.pool.close()
 

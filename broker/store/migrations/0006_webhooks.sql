@@ -49,7 +49,8 @@ CREATE TABLE webhook_events (
     occurred_at timestamptz NOT NULL,  -- the body's `timestamp`
     state       text NOT NULL DEFAULT 'pending'
                 CHECK (state IN ('pending', 'delivered', 'failed')),
-    attempts    integer NOT NULL DEFAULT 0,
+    attempts    integer NOT NULL DEFAULT 0,  -- in this round: where it is in the schedule
+    tried       integer NOT NULL DEFAULT 0,  -- in all: redeliver and recover start a round
     -- When it is due: its next attempt, or, while an attempt is under way,
     -- the end of that attempt's lease (a sender that died mid-attempt
     -- leaves the row to be claimed again then).

@@ -1,0 +1,281 @@
+"""The sender: delivers the outbox (migration 0006) to the customers'
+endpoints, at least once, in order per message (CONTRACT section 9).
+
+One loop per node claims due rows (`FOR UPDATE SKIP LOCKED`, so nodes
+share the work and never take the same row), at most
+SMSDORA_WEBHOOK_CONCURRENCY attempts under way and at most
+SMSDORA_WEBHOOK_PER_ENDPOINT of them to one endpoint, so a slow endpoint
+holds only its own share: the others' events go on. Each attempt is one
+POST, signed anew (Standard Webhooks), with a total deadline of
+SMSDORA_WEBHOOK_TIMEOUT; redirects are not followed. The outcomes of
+attempts that end together are recorded in one transaction. The loop
+looks when a code path pokes it (`Wake`) and at least every
+SMSDORA_WEBHOOK_POLL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import httpcore
+import httpx
+import msgspec
+
+from broker import store
+from broker.clock import iso, utcnow
+from broker.settings import Settings
+from broker.store import webhooks as outbox
+from broker.webhooks import signing
+from broker.webhooks.addresses import GuardedBackend
+from broker.webhooks.wake import Wake
+
+log = logging.getLogger("smsdora.webhooks")
+
+USER_AGENT = "smsdora-webhooks/1"
+MAX_RETRY_AFTER_S = 24 * 3600.0
+JITTER = 0.1  # each retry delay moved by up to ±10 %, so retries do not come in waves
+ACCOUNTS_REFRESH_S = 5.0
+PURGE_EVERY_S = 600.0
+PURGE_BATCH = 5000
+
+# The body's `data` in the order the API writes the same object (jsonb
+# keeps its keys sorted by length): message events as GET /messages/{id},
+# inbound as GET /inbox, device events as GET /devices.
+_ORDERS: dict[str, tuple[str, ...]] = {
+    "message": ("id", "recipient", "message", "status", "device", "error", "createdAt"),
+    "message.received": ("id", "sender", "message", "receivedAt", "createdAt", "device"),
+    "device": ("id", "deviceName", "online", "lastSeen", "active", "sendRate", "health",
+               "appVersion", "transport"),
+}
+
+
+class Envelope(msgspec.Struct):
+    type: str
+    timestamp: str
+    data: Any
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def body_of(event_type: str, occurred_at: dt.datetime, data: Any) -> str:
+    """The POST body of an event: the same bytes on every attempt."""
+    order = _ORDERS.get(event_type) or _ORDERS.get(event_type.split(".")[0])
+    if order is not None and isinstance(data, dict):
+        data = {**{k: data[k] for k in order if k in data}, **data}
+    return _encoder.encode(Envelope(event_type, iso(occurred_at) or "", data)).decode()
+
+
+def retry_after_s(value: str | None, now: dt.datetime) -> float | None:
+    """Retry-After as seconds from now (RFC 9110: delay-seconds or an
+    HTTP-date), at most a day; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return min(max(0.0, (at - now).total_seconds()), MAX_RETRY_AFTER_S)
+
+
+def next_attempt(attempts: int, schedule: tuple[float, ...], now: dt.datetime,
+                 retry_after: float | None, rng: random.Random) -> dt.datetime | None:
+    """When the next attempt is due after `attempts` failed ones of this
+    round, or None: the schedule is spent, the event has finally failed."""
+    if attempts > len(schedule):
+        return None
+    delay = schedule[attempts - 1] * (1 + rng.uniform(-JITTER, JITTER))
+    if retry_after is not None:
+        delay = retry_after
+    return now + dt.timedelta(seconds=delay)
+
+
+class _Transport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a connection pool that connects only where
+    webhooks may go (addresses.GuardedBackend), never through a proxy."""
+
+    def __init__(self, allow_private: bool, max_connections: int) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=max_connections, max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+            network_backend=GuardedBackend(httpcore.AnyIOBackend(), allow_private))
+
+
+class Sender:
+    def __init__(self, pool: store.Pool, settings: Settings, wake: Wake) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.wake = wake
+        self.rng = random.Random()
+        self.client = httpx.AsyncClient(
+            transport=_Transport(settings.webhook_allow_private, settings.webhook_concurrency),
+            timeout=httpx.Timeout(settings.webhook_timeout_s), follow_redirects=False,
+            trust_env=False, headers={"user-agent": USER_AGENT})
+        self.lease_s = settings.webhook_timeout_s + 30.0
+        self.busy: dict[uuid.UUID, int] = {}  # attempts under way per endpoint
+        self.running: dict[int, asyncio.Task[None]] = {}  # by event seq
+        self._outcomes: list[outbox.Outcome] = []
+        self._recording: asyncio.Task[None] | None = None
+        self._accounts_at = 0.0
+        self._purged_at = time.monotonic()
+        self.delivered = 0  # attempts that got a 2xx (bench, metrics)
+        self.failed = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except store.DATABASE_DOWN as err:
+                log.warning("webhook claim failed", extra={"error": type(err).__name__})
+            except Exception:
+                log.exception("webhook sender step failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.event.wait(), self.settings.webhook_poll_s)
+            self.wake.event.clear()
+
+    async def step(self) -> None:
+        now = time.monotonic()
+        if now - self._accounts_at >= ACCOUNTS_REFRESH_S:
+            await self.refresh_accounts()
+        if now - self._purged_at >= PURGE_EVERY_S:
+            self._purged_at = now
+            await outbox.purge_done(self.pool, self.settings.webhook_keep_days, PURGE_BATCH)
+        room = self.settings.webhook_concurrency - len(self.running)
+        if room <= 0:
+            return
+        claimed = await outbox.claim_due(self.pool, self.busy, self.settings.webhook_per_endpoint,
+                                         room, self.lease_s)
+        for c in claimed:
+            self.busy[c.webhook_id] = self.busy.get(c.webhook_id, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._attempt(c))
+            self.running[c.seq] = task
+
+    async def refresh_accounts(self) -> None:
+        self._accounts_at = time.monotonic()
+        self.wake.accounts = await outbox.enabled_accounts(self.pool)
+
+    async def _attempt(self, c: outbox.Claimed) -> None:
+        outcome = await self.attempt(c)
+        if outcome.ok:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        self._outcomes.append(outcome)
+        if self._recording is None:
+            self._recording = asyncio.get_running_loop().create_task(self._record())
+
+    async def attempt(self, c: outbox.Claimed) -> outbox.Outcome:
+        """One POST of a claimed event, and what it got."""
+        body = body_of(c.type, c.occurred_at, c.data)
+        at = utcnow()
+        secrets = [c.secret] + ([c.previous_secret] if c.previous_secret else [])
+        headers = {"content-type": "application/json",
+                   **signing.headers(str(c.id), at, body, secrets)}
+        code: int | None = None
+        error: str | None = None
+        answer_headers: Mapping[str, str] = {}
+        try:
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                async with self.client.stream("POST", c.url, content=body.encode(),
+                                              headers=headers) as response:
+                    code = response.status_code
+                    answer_headers = response.headers
+        except TimeoutError:
+            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
+        except httpx.TimeoutException:
+            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
+        except httpx.HTTPError as err:
+            error = str(err) or type(err).__name__
+        ok = code is not None and 200 <= code < 300
+        if code is not None and not ok:
+            error = ("redirects are not followed" if 300 <= code < 400
+                     else f"answered {code}")
+        now = utcnow()
+        next_at = None if ok else next_attempt(
+            c.attempts, self.settings.webhook_retries_s, now,
+            retry_after_s(answer_headers.get("retry-after"), now), self.rng)
+        return outbox.Outcome(seq=c.seq, webhook_id=c.webhook_id, ok=ok, status_code=code,
+                              error=error, at=at, next_at=next_at, claimed=c.attempts,
+                              gone=code == 410)
+
+    async def _record(self) -> None:
+        """The outcomes of every attempt that ended meanwhile, in one
+        transaction; then their endpoints have room again, and later events
+        of their messages are due: look again."""
+        try:
+            await asyncio.sleep(0)  # attempts ending in the same tick share the commit
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                for delay in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0):
+                    await asyncio.sleep(delay)
+                    try:
+                        async with self.pool.acquire() as db:
+                            disabled = await outbox.record(db, batch,
+                                                           self.settings.webhook_disable_after_s)
+                        break
+                    except store.DATABASE_DOWN as err:
+                        log.warning("webhook outcomes not recorded yet",
+                                    extra={"error": type(err).__name__})
+                    except Exception:
+                        log.exception("webhook outcomes not recorded: leases will end")
+                        disabled = []
+                        break
+                else:
+                    # The rows' leases end and another attempt follows
+                    # (at least once): nothing is lost.
+                    log.error("webhook outcomes dropped", extra={"count": len(batch)})
+                    disabled = []
+                for o in batch:
+                    self._done(o.seq, o.webhook_id)
+                for webhook_id in disabled:
+                    log.warning("webhook disabled", extra={"webhook": str(webhook_id)})
+                if disabled:
+                    await self.refresh_accounts()
+                self.wake.event.set()
+        finally:
+            self._recording = None
+            if self._outcomes:  # appended after the loop looked
+                self._recording = asyncio.get_running_loop().create_task(self._record())
+
+    def _done(self, seq: int, webhook_id: uuid.UUID) -> None:
+        self.running.pop(seq, None)
+        left = self.busy.get(webhook_id, 0) - 1
+        if left > 0:
+            self.busy[webhook_id] = left
+        else:
+            self.busy.pop(webhook_id, None)
+
+    async def close(self) -> None:
+        """Attempts under way are cut short; their rows are due again at
+        once, for this node's successor or another node (at least once)."""
+        cut = [seq for seq, task in self.running.items() if not task.done()]
+        for task in self.running.values():
+            task.cancel()
+        for task in list(self.running.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._recording is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._recording
+        if cut:
+            with contextlib.suppress(*store.DATABASE_DOWN):
+                await outbox.release(self.pool, cut)
+        await self.client.aclose()
