@@ -72,7 +72,8 @@ class Broker:
         self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
                                             max_size=self.settings.pool_max)
         self.dispatcher = Dispatcher(self.pool, self.presence,
-                                     max_queued=self.settings.max_queued_per_account)
+                                     max_queued=self.settings.max_queued_per_account,
+                                     wake=self.wake)
         await store.forget_node(self.pool, self.settings.node)
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())

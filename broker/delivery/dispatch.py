@@ -20,16 +20,19 @@ from broker.delivery.queue import Queue
 from broker.delivery.sending import Sender
 from broker.lookups import Coalescer
 from broker.ops import metrics
+from broker.webhooks.wake import Wake
 from protocol import lifecycle
 
 
 class Dispatcher:
-    def __init__(self, pool: store.Pool, presence: Presence, max_queued: int = 10_000) -> None:
+    def __init__(self, pool: store.Pool, presence: Presence, max_queued: int = 10_000,
+                 wake: Wake | None = None) -> None:
         self.pool = pool
         self.presence = presence
+        self.wake = wake or Wake()
         self.queue = Queue(pool, presence)
-        self.sender = Sender(pool, presence, self.queue, max_queued)
-        self.reports = reports.ReportWriter(pool)
+        self.sender = Sender(pool, presence, self.queue, max_queued, self.wake)
+        self.reports = reports.ReportWriter(pool, self._reports_written)
         redelivered = sorted(lifecycle.REDELIVERED)
 
         async def fetch_open_jobs(ids: list[uuid.UUID]) -> dict[uuid.UUID, store.OpenJobs]:
@@ -41,6 +44,14 @@ class Dispatcher:
         # without a forwarding call of their own (the send is the hot path).
         self.send = self.sender.send
         self.kick = self.queue.kick
+
+    def _reports_written(self, written: list[reports.Report]) -> None:
+        """Their history rows are committed, and so their events: tell the
+        webhook sender (for the accounts that have an endpoint)."""
+        for r in written:
+            conn = self.presence.get(r.device_id)
+            if conn is not None:
+                self.wake.poke(conn.account_id)
 
     # --- devices ------------------------------------------------------------
 

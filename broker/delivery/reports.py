@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import NamedTuple
 
 from broker import store
@@ -66,8 +67,10 @@ def decide(reports: list[Report],
 
 
 class ReportWriter:
-    def __init__(self, pool: store.Pool) -> None:
+    def __init__(self, pool: store.Pool,
+                 written: Callable[[list[Report]], None] | None = None) -> None:
         self.pool = pool
+        self.written = written  # after each commit, with the reports it wrote
         self._pending: list[tuple[Report, asyncio.Future[Result]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -123,6 +126,8 @@ class ReportWriter:
                 await store.write_moves(db, moved)
             if history:
                 await store.write_history(db, history)
+        if history and self.written is not None:
+            self.written(reports)
         return results
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from broker.delivery.presence import Connection, Presence
 from broker.delivery.queue import Queue
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
 from broker.ops import metrics
+from broker.webhooks.wake import Wake
 from protocol import lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse
 from protocol.api import encoder as api_encoder
@@ -35,8 +36,9 @@ _QUEUE_FULL_RETRY_S = 30
 
 class Sender:
     def __init__(self, pool: store.Pool, presence: Presence, queue: Queue,
-                 max_queued: int = 10_000) -> None:
+                 max_queued: int = 10_000, wake: Wake | None = None) -> None:
         self.pool = pool
+        self.wake = wake or Wake()  # the webhook sender: this send's events are committed
         self.presence = presence
         self.queue = queue
         self.max_queued = max_queued
@@ -180,6 +182,7 @@ class Sender:
     async def _deliver(self, job: _NewJob, accepted: _Accepted) -> None:
         """After the commit: the job frame to the phone, or a wake-up for the queue."""
         metrics.TRANSITIONS.labels(lifecycle.QUEUED).inc()
+        self.wake.poke(job.account_id)
         if accepted.has_room and accepted.conn is not None:
             metrics.TRANSITIONS.labels(lifecycle.DISPATCHING).inc()
             await hand(self.presence, accepted.conn, job.id,
