@@ -22,6 +22,7 @@ from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
 from broker.settings import Settings
 from broker.store.listener import Listener
+from broker.webhooks.devices import DeviceEvents
 from broker.webhooks.sender import Sender
 from broker.webhooks.wake import Wake
 
@@ -62,6 +63,7 @@ class Broker:
         # Device sockets' token checks: one query for the phones of a storm.
         self.devices_by_token: Coalescer[str, store.DeviceRow] = Coalescer(self._devices_by_token)
         self.webhooks: Sender | None = None  # set by start()
+        self.device_events: DeviceEvents | None = None
         self._webhook_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -79,6 +81,8 @@ class Broker:
         self._flusher = loop.create_task(self._flush_loop())
         self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
         self.webhooks = Sender(self.pool, self.settings, self.wake)
+        self.device_events = DeviceEvents(self.pool, self.wake)
+        self.presence.changed = self.device_events.changed
         await self.webhooks.refresh_accounts()
         self._webhook_task = loop.create_task(self.webhooks.run())
         self._listener = Listener(
@@ -124,6 +128,8 @@ class Broker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.device_events is not None:
+            await self.device_events.close()
         if self.webhooks is not None:
             await self.webhooks.close()
         await self.flush_last_seen()

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import time
 import uuid
+from collections.abc import Callable
 
 import msgspec
 from sortedcontainers import SortedDict
@@ -95,6 +96,9 @@ class Presence:
         self._gone_at: dict[uuid.UUID, float] = {}  # wall time of the last disconnect
         self._seen_away: dict[uuid.UUID, float] = {}  # last-seen of phones with no connection
         self._stamps = itertools.count(1)  # freshness and park stamps, never reused
+        # Told when a device comes online (True) or goes offline (False):
+        # the runtime writes device.online / device.offline events.
+        self.changed: Callable[[Connection, bool], None] | None = None
 
     # --- membership ---------------------------------------------------------
 
@@ -122,6 +126,8 @@ class Presence:
         conn.park_seq = 0
         account.ready[conn.fresh] = conn
         self._dirty[conn.device_id] = conn
+        if old is None and self.changed is not None:
+            self.changed(conn, True)
         return old
 
     def unregister(self, conn: Connection) -> bool:
@@ -132,6 +138,8 @@ class Presence:
         self._gone_at[conn.device_id] = time.time()
         self._leave(conn)
         self._dirty[conn.device_id] = conn
+        if self.changed is not None:
+            self.changed(conn, False)
         return True
 
     def _leave(self, conn: Connection) -> None:

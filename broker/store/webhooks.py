@@ -349,3 +349,21 @@ async def release(db: Db, seqs: Sequence[int]) -> None:
     await db.execute(
         "UPDATE webhook_events SET next_at = now(), attempts = GREATEST(0, attempts - 1)"
         " WHERE seq = ANY($1::bigint[]) AND state = 'pending'", list(seqs))
+
+
+async def emit_device_events(db: Db, ids: Sequence[uuid.UUID], online: Sequence[bool],
+                             at: Sequence[dt.datetime], health: Sequence[str | None],
+                             versions: Sequence[str | None]) -> None:
+    """device.online / device.offline, `data` the device as GET /devices
+    shows it at that moment (what the connection knew, over the row)."""
+    await db.execute(
+        "SELECT smsdora_emit(d.account_id,"
+        "   CASE WHEN v.online THEN 'device.online' ELSE 'device.offline' END, NULL,"
+        "   jsonb_build_object('id', d.id, 'deviceName', d.name, 'online', v.online,"
+        "     'lastSeen', smsdora_iso(v.at), 'active', d.active, 'sendRate', d.send_rate,"
+        "     'health', COALESCE(v.health::jsonb, d.health),"
+        "     'appVersion', COALESCE(v.ver, d.app_version), 'transport', d.transport), v.at)"
+        " FROM unnest($1::uuid[], $2::bool[], $3::timestamptz[], $4::text[], $5::text[])"
+        "   WITH ORDINALITY AS v(id, online, at, health, ver, n)"
+        " JOIN devices d ON d.id = v.id ORDER BY v.n",
+        list(ids), list(online), list(at), list(health), list(versions))

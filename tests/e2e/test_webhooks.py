@@ -439,3 +439,23 @@ async def test_the_routes_are_in_the_openapi_document(server: Server,
                          ("/webhooks/{webhook_id}/recover", "post"),
                          ("/events/{event_id}/redeliver", "post")):
         assert method in paths[path], (path, method)
+
+
+async def test_a_phone_coming_and_going_fires_device_online_and_offline(
+        server: Server, http: httpx.AsyncClient, account: Account, phone: PhoneFactory,
+        receiver: Receiver) -> None:
+    await subscribe(http, account, receiver, ["device.online", "device.offline"])
+    device = await account.make_device("Pixel")
+    p = await phone(device, health={"battery": 81, "charging": True, "signal": 3})
+    await receiver.wait(lambda: len(receiver.events()) == 1)
+    online = receiver.events()[0]
+    shown = (await http.get("/devices", headers=account.headers)).json()["data"][0]
+    assert online["type"] == "device.online"
+    assert online["data"] == {**shown, "lastSeen": online["data"]["lastSeen"]}
+    assert online["data"]["online"] is True and online["data"]["health"]["battery"] == 81
+    await p.close()
+    await receiver.wait(lambda: len(receiver.events()) == 2)
+    offline = receiver.events()[1]
+    assert offline["type"] == "device.offline" and offline["data"]["online"] is False
+    assert offline["data"]["id"] == device.id and offline["data"]["deviceName"] == "Pixel"
+    assert all(g.verified for g in receiver.requests)
