@@ -7,6 +7,7 @@ keep working; unknown fields are ignored.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
@@ -81,7 +82,24 @@ class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type", omit_defau
     health: Health | None = None
 
 
-DeviceFrame = Hello | Ack | Status | Ping
+# An SMS the phone received (contract sections 4 and 9, v2). `sender` is kept
+# as given: alphanumeric sender ids ("MyBank") exist. `receivedAt` is ISO 8601
+# with an offset (RFC 3339), when the phone got it; `sim` the 1-based slot.
+Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_NO_NUL)]
+SmsText = Annotated[str, msgspec.Meta(max_length=10_000, pattern=_NO_NUL)]
+SimSlot = Annotated[int, msgspec.Meta(ge=1, le=16)]
+
+
+class Incoming(msgspec.Struct, frozen=True, tag="incoming", tag_field="type",
+               omit_defaults=True):
+    id: MessageId  # the phone's own id for the SMS: stored once per (device, id)
+    sender: Sender
+    message: SmsText
+    receivedAt: Annotated[dt.datetime, msgspec.Meta(tz=True)]
+    sim: SimSlot | None = None
+
+
+DeviceFrame = Hello | Ack | Status | Ping | Incoming
 
 
 # --- broker -> device -------------------------------------------------------
@@ -101,7 +119,10 @@ class Send(msgspec.Struct, frozen=True, tag="send", tag_field="type"):
 
 class Receipt(msgspec.Struct, frozen=True, tag="receipt", tag_field="type"):
     id: str
-    status: str
+    status: str  # where a job stands now, or RECEIVED for an `incoming`
+
+
+RECEIVED = "received"  # the receipt's status for an `incoming` SMS: it is stored
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel", tag_field="type"):
@@ -121,7 +142,7 @@ class Pong(msgspec.Struct, frozen=True, tag="pong", tag_field="type"):
 
 BrokerFrame = Welcome | Send | Receipt | Cancel | Error | Pong
 
-_DEVICE_TAGS = frozenset({"hello", "ack", "status", "ping"})
+_DEVICE_TAGS = frozenset({"hello", "ack", "status", "ping", "incoming"})
 _BROKER_TAGS = frozenset({"welcome", "send", "receipt", "cancel", "error", "pong"})
 
 # Built once at import: hot paths never construct encoders or decoders.

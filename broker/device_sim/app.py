@@ -21,6 +21,9 @@ The app's rules (SMSGATE.md 6.7, 6.8; contract section 8):
 from __future__ import annotations
 
 import datetime as dt
+import secrets
+import uuid
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -33,8 +36,10 @@ from broker.device_sim.mobile import (
     MessagePatch,
     RecipientState,
     Registered,
+    SmsReceived,
     SseEvent,
     WebHook,
+    WebHookEvent,
     app_date,
     encode,
     listing_decoder,
@@ -98,6 +103,18 @@ ON_LISTED: Final[dict[tuple[str | None, str], str]] = {
 }
 
 
+@dataclass
+class Forward:
+    """An SMS the app forwards to one of its `sms:received` webhooks: the
+    body is encoded once (it sits in the app's queue); every attempt is
+    signed anew, with its own timestamp (SMSGATE.md 8.1)."""
+
+    id: str  # the envelope's: one per delivery
+    message_id: str  # the payload's hash of the SMS
+    url: str
+    body: bytes
+
+
 class ListingRefused(ValueError):
     """A listing the app could not read: it rejects the whole page."""
 
@@ -122,6 +139,9 @@ class AppPhone:
         self.login: str | None = None
         self.settings: dict[str, dict[str, Any]] = {}
         self.webhooks: list[WebHook] = []
+        self.forwards: dict[str, Forward] = {}  # webhook deliveries not yet taken
+        self.forwarded: list[str] = []  # message ids the broker took (2xx), in order
+        self._own_key: str | None = None
 
     def _event(self, kind: str, message_id: str | None, detail: str) -> None:
         self.events.append(Event(kind, message_id, detail))
@@ -243,6 +263,56 @@ class AppPhone:
             return
         self.webhooks = list(hooks)
         self._event("webhooks", None, ", ".join(f"{h.event} -> {h.url}" for h in hooks) or "none")
+
+    # --- SMS the phone receives (SMSGATE.md 8) --------------------------------------
+
+    def receive_sms(self, sender: str, text: str, now: dt.datetime,
+                    sim: int | None = None) -> list[Forward]:
+        """The radio got an SMS: one delivery per `sms:received` webhook the
+        app holds (none fetched yet: it goes nowhere, as on the phone)."""
+        stamp = app_date(now)
+        # The app's messageId: a hash of sender, time, SIM and text, in hex.
+        message_id = format(zlib.crc32(f"{sender}|{stamp}|{sim or 0}|{text}".encode()), "x")
+        payload = SmsReceived(messageId=message_id, message=text, sender=sender,
+                              receivedAt=stamp, phoneNumber=sender, simNumber=sim)
+        out = []
+        for hook in self.webhooks:
+            if hook.event != "sms:received":
+                continue
+            forward = Forward(uuid.uuid4().hex, message_id, hook.url, encode(WebHookEvent(
+                id=secrets.token_urlsafe(16), webhookId=hook.id, event=hook.event,
+                deviceId=self.device_id or "", payload=payload)))
+            self.forwards[forward.id] = forward
+            out.append(forward)
+        self._event("incoming", message_id, f"from {sender}: {text}" + (
+            "" if out else " (no sms:received webhook: not forwarded)"))
+        return out
+
+    def signing_key(self) -> str:
+        """`webhooks.signing_key` from the settings; like the app, without
+        one it makes up its own (8 characters), which no broker knows."""
+        key = self.settings.get("webhooks", {}).get("signing_key")
+        if isinstance(key, str) and key:
+            return key
+        if self._own_key is None:
+            self._own_key = secrets.token_urlsafe(6)[:8]
+        return self._own_key
+
+    def retry_count(self) -> int:
+        """`webhooks.retry_count`: attempts of one delivery (default 15)."""
+        count = self.settings.get("webhooks", {}).get("retry_count", 15)
+        return max(1, int(count)) if isinstance(count, (int, float, str)) else 15
+
+    def on_forwarded(self, forward_id: str) -> None:
+        """The webhook answered 2xx: the app drops the delivery."""
+        forward = self.forwards.pop(forward_id)
+        self.forwarded.append(forward.message_id)
+        self._event("stored", forward.message_id, "the broker has the SMS")
+
+    def on_forward_dropped(self, forward_id: str, detail: str) -> None:
+        """Out of attempts: the app gives the delivery up."""
+        forward = self.forwards.pop(forward_id)
+        self._event("refused", forward.message_id, f"sms:received webhook given up: {detail}")
 
     # --- the radio ---------------------------------------------------------------
 

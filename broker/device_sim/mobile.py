@@ -6,6 +6,8 @@ does the I/O."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -125,6 +127,37 @@ class WebHook(msgspec.Struct, frozen=True):
     id: str
     url: str
     event: WebhookEvent
+
+
+class SmsReceived(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The `sms:received` payload (SMSGATE.md 8.3): `messageId` is a hash of
+    the SMS, not unique; `phoneNumber` the deprecated copy of `sender`."""
+
+    messageId: str
+    message: str
+    sender: str
+    receivedAt: str
+    phoneNumber: str
+    simNumber: int | None = None
+    recipient: str | None = None
+
+
+class WebHookEvent(msgspec.Struct, frozen=True):
+    """What the app POSTs to a webhook (SMSGATE.md 8.2): a new `id` per
+    delivery, the webhook's id, its own device id."""
+
+    id: str
+    webhookId: str
+    event: str
+    deviceId: str
+    payload: SmsReceived
+
+
+def sign(key: str, body: bytes, timestamp: str) -> str:
+    """`X-Signature` as the app's PayloadSingingPlugin computes it: hex
+    HMAC-SHA256 keyed with the UTF-8 of `webhooks.signing_key`, of the body's
+    text followed by `X-Timestamp` (unix seconds)."""
+    return hmac.new(key.encode(), body + timestamp.encode(), hashlib.sha256).hexdigest()
 
 
 SIM_CARDS: Final = [SimCard(slotIndex=0, simNumber=1, carrierName="device-sim")]

@@ -4,7 +4,9 @@ docstring for the rules it follows."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -49,7 +51,8 @@ class Job:
 class Event:
     """Something a person watching the phone would want to see."""
 
-    kind: str  # connected, job, sending, reported, receipt, cancelled, refused, done
+    kind: str  # connected, job, sending, reported, receipt, cancelled, refused, done,
+    # incoming (an SMS the phone received), stored (the broker has it)
     id: str | None
     detail: str
 
@@ -80,6 +83,10 @@ class Phone:
         self.pongs = 0
         self.device_id: str | None = None
         self.heartbeat_s: int | None = None
+        # SMS the phone received, reported (`incoming`) and not yet receipted:
+        # said again after every reconnect until the broker has stored them.
+        self.inbox: dict[str, frames.Incoming] = {}
+        self.stored: list[str] = []  # ids of the SMS the broker receipted, in order
 
     def _event(self, kind: str, message_id: str | None, detail: str) -> None:
         self.events.append(Event(kind, message_id, detail))
@@ -92,12 +99,21 @@ class Phone:
         return frames.Hello(protocol=frames.PROTOCOL_VERSION, appVersion=APP_VERSION,
                             pending=self.pending(), health=health)
 
-    def on_welcome(self, welcome: frames.Welcome) -> list[frames.Status]:
-        """The outbox again: every report not yet receipted."""
+    def on_welcome(self, welcome: frames.Welcome) -> list[frames.DeviceFrame]:
+        """The outbox again: every report and received SMS not yet receipted."""
         self.device_id = welcome.deviceId
         self.heartbeat_s = welcome.heartbeatSeconds
         self._event("connected", None, f"device {welcome.deviceId}")
-        return [r for reports in self.outbox.values() for r in reports]
+        return [*(r for reports in self.outbox.values() for r in reports), *self.inbox.values()]
+
+    def receive_sms(self, sender: str, text: str, at: dt.datetime,
+                    sim: int | None = None) -> frames.Incoming:
+        """The radio got an SMS: its `incoming` frame, kept until its receipt."""
+        frame = frames.Incoming(id=str(uuid.uuid4()), sender=sender, message=text,
+                                receivedAt=at, sim=sim)
+        self.inbox[frame.id] = frame
+        self._event("incoming", frame.id, f"from {sender}: {text}")
+        return frame
 
     def on_frame(self, frame: frames.BrokerFrame) -> list[frames.DeviceFrame]:
         match frame:
@@ -135,6 +151,11 @@ class Phone:
         return again
 
     def _on_receipt(self, message_id: str, status: str) -> None:
+        if message_id in self.inbox and status == frames.RECEIVED:
+            del self.inbox[message_id]
+            self.stored.append(message_id)
+            self._event("stored", message_id, "the broker has the SMS")
+            return
         job = self.jobs.get(message_id)
         if job is None:
             return
@@ -177,6 +198,8 @@ class Phone:
             # Not stored, so not refused: keep it and say it again later.
             self.retry.add(message_id)
             return
+        if self.inbox.pop(message_id, None) is not None:
+            return  # an SMS the broker refused: saying it again would not help
         job = self.jobs.get(message_id)
         if job is not None and job.state == ACKED:
             job.state = DROPPED
@@ -187,6 +210,9 @@ class Phone:
         of a job still waiting for its go-ahead, else its unreceipted reports."""
         out: list[frames.DeviceFrame] = []
         for message_id in sorted(self.retry):
+            if message_id in self.inbox:
+                out.append(self.inbox[message_id])
+                continue
             job = self.jobs.get(message_id)
             if job is not None and job.state == ACKED:
                 out.append(frames.Ack(id=message_id))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import datetime as dt
 import functools
 import ssl
 from collections import Counter
@@ -36,16 +35,15 @@ from typing import Any, Final
 import httpx
 import msgspec
 
-from broker.device_sim import mobile
+from broker.device_sim import calls, mobile
 from broker.device_sim.app import PENDING, PROCESSED, AppJob, AppPhone, Fetch, ListingRefused
+from broker.device_sim.console import STDIN, Console
 from broker.device_sim.phone import BACKOFF_FIRST_S, BACKOFF_MAX_S, Event, Outcome, log
 from broker.device_sim.ws import DeviceRejected
 
 DEFAULT_NAME: Final = "smsdora/device-sim"  # the app's is MANUFACTURER/PRODUCT
 CALL_TIMEOUT_S: Final = 10.0  # OkHttp's defaults: 10 s to connect, read, write
 SSE_READ_TIMEOUT_S: Final = 45.0
-RETRY_FIRST_S: Final = 0.25
-RETRY_MAX_S: Final = 2.0
 PATCHES_IN_FLIGHT: Final = 4  # at most, and never two for one job
 _PATHS: Final[dict[Fetch, str]] = {"message": "/message?order=lifo", "webhooks": "/webhooks",
                                    "settings": "/settings"}
@@ -54,29 +52,6 @@ _PATHS: Final[dict[Fetch, str]] = {"message": "/message?order=lifo", "webhooks":
 def fast_reconnect_s(attempt: int) -> float:
     """The WebSocket simulator's backoff: 0.5 s doubling to 10 s."""
     return float(min(BACKOFF_FIRST_S * 2 ** min(attempt, 16), BACKOFF_MAX_S))
-
-
-def _retry_s(attempt: int) -> float:
-    return float(min(RETRY_FIRST_S * 2 ** min(attempt, 16), RETRY_MAX_S))
-
-
-def _refused(answer: httpx.Response) -> bool:
-    """A 4xx that asking again would not change; 408 and 429 (the broker's
-    throttles) are asked again, as the app's workers retry them."""
-    return 400 <= answer.status_code < 500 and answer.status_code not in (408, 429)
-
-
-def _detail(answer: httpx.Response) -> str:
-    """The status and the error shape's `message` (else the body's start)."""
-    try:
-        message = msgspec.json.decode(answer.content, type=dict[str, Any]).get("message")
-    except msgspec.DecodeError:  # not JSON, or not an object
-        message = None
-    return f"{answer.status_code} {message or answer.content[:200].decode(errors='replace')}"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now().astimezone()  # the phone's own time zone
 
 
 class AppSim:
@@ -88,6 +63,7 @@ class AppSim:
     to register (both: a registered phone that registers again on a 401).
     Over HTTPS it trusts the system's CAs and `ca_file` (as a CA installed
     on the phone, e.g. the one `smsdora tls` made).
+    `receive_sms`, or an `sms` typed into `commands`: an SMS (calls.py).
     """
 
     def __init__(self, url: str, *, token: str | None = None, device_id: str | None = None,
@@ -95,7 +71,8 @@ class AppSim:
                  outcome: Outcome = "delivered", delay_ms: int = 0,
                  reconnect: Callable[[int], float] = fast_reconnect_s, ca_file: str | None = None,
                  phone: AppPhone | None = None,
-                 on_event: Callable[[Event], None] | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None,
+                 commands: int | None = STDIN) -> None:
         if (token is None) != (device_id is None):
             raise ValueError("a device token and its device id go together")
         self.url = mobile.mobile_base(url)
@@ -123,6 +100,8 @@ class AppSim:
         self._radio_on.set()
         self._patching: dict[str, asyncio.Task[None]] = {}
         self._radio: dict[str, asyncio.Task[None]] = {}
+        self._forwarding: dict[str, asyncio.Task[None]] = {}  # webhook deliveries
+        self._commands = commands
 
     @property
     def sent_count(self) -> Counter[str]:
@@ -171,6 +150,8 @@ class AppSim:
             del self.client.headers["Accept"]  # httpx's */*: the calls say JSON, the stream nothing
             self._spawn(workers, "fetcher", self._fetcher())
             self._spawn(workers, "sender", self._sender())
+            console = Console(self._commands, self.receive_sms, self._emit)
+            console.start()
             try:
                 self._resume_radio()
                 await self._start()
@@ -186,12 +167,15 @@ class AppSim:
                     self._emit(Event("disconnected", None, f"reconnecting in {delay:g} s"))
                     await asyncio.sleep(delay)
             finally:
-                tasks = [*workers.values(), *self._patching.values(), *self._radio.values()]
+                console.stop()
+                tasks = [*workers.values(), *self._patching.values(), *self._radio.values(),
+                         *self._forwarding.values()]
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 self._patching.clear()
                 self._radio.clear()
+                self._forwarding.clear()
 
     async def _call(self, method: str, path: str, body: bytes | None = None,
                     authorization: str | None = None) -> httpx.Response:
@@ -225,12 +209,12 @@ class AppSim:
                                                           " registering again with the key"))
                         self.phone.token = None
                         continue
-                    if _refused(answer):
-                        raise DeviceRejected(f"PATCH /device refused: {_detail(answer)}")
+                    if calls.refused(answer):
+                        raise DeviceRejected(f"PATCH /device refused: {calls.detail(answer)}")
                     log.warning("PATCH /device failed", extra={"status": answer.status_code})
             except httpx.HTTPError as err:
                 log.info("broker unreachable", extra={"error": str(err)})
-            await asyncio.sleep(_retry_s(attempt))
+            await asyncio.sleep(calls.retry_s(attempt))
             attempt += 1
 
     async def _register(self) -> bool:
@@ -238,15 +222,15 @@ class AppSim:
         credential = f"Bearer {self._key}" if self._key is not None else f"Code {self._code}"
         body = mobile.encode(mobile.DeviceRegister(self.name, mobile.SIM_CARDS))
         answer = await self._call("POST", "/device", body, credential)
-        if _refused(answer):
-            raise DeviceRejected(f"POST /device refused: {_detail(answer)}")
+        if calls.refused(answer):
+            raise DeviceRejected(f"POST /device refused: {calls.detail(answer)}")
         if not answer.is_success:
             log.warning("POST /device failed", extra={"status": answer.status_code})
             return False
         try:
             self.phone.on_registered(mobile.registered_decoder.decode(answer.content))
         except msgspec.DecodeError as err:  # the app could not store this either
-            raise DeviceRejected(f"POST /device answered {_detail(answer)}: {err}") from None
+            raise DeviceRejected(f"POST /device answered {calls.detail(answer)}: {err}") from None
         self._code = None  # a one-time code is used up
         self._flush()
         return True
@@ -273,7 +257,7 @@ class AppSim:
                 self._want(self.phone.on_open())
                 self._flush()
                 async for chunk in stream.aiter_bytes():  # not aiter_lines: OkHttp's line ends
-                    now = _now()
+                    now = calls.now()
                     for event in parser.feed(text.decode(chunk)):
                         fetch = self.phone.on_event(event, now)
                         if fetch is not None:
@@ -304,7 +288,7 @@ class AppSim:
                 if fetch in self._wanted:
                     self._wanted.discard(fetch)
                     if not await self._fetch(fetch) and fetch == "message" and self.connected:
-                        await asyncio.sleep(RETRY_FIRST_S * 2)  # the broker is busy: again
+                        await asyncio.sleep(calls.RETRY_FIRST_S * 2)  # the broker is busy: again
                         self._want(fetch)
 
     async def _fetch(self, fetch: Fetch) -> bool:
@@ -315,12 +299,12 @@ class AppSim:
             log.info("fetch failed", extra={"fetch": fetch, "error": str(err)})
             return False
         if not answer.is_success:
-            if _refused(answer):
-                self._emit(Event("refused", None, f"GET {_PATHS[fetch]}: {_detail(answer)}"))
-            return _refused(answer)
+            if calls.refused(answer):
+                self._emit(Event("refused", None, f"GET {_PATHS[fetch]}: {calls.detail(answer)}"))
+            return calls.refused(answer)
         if fetch == "message":
             try:
-                self.phone.on_listing(answer.content, _now())
+                self.phone.on_listing(answer.content, calls.now())
             except ListingRefused as err:
                 self._emit(Event("refused", None, str(err)))
         elif fetch == "webhooks":
@@ -355,13 +339,25 @@ class AppSim:
                 answer = None
             if answer is not None and answer.is_success:
                 self.phone.on_patched(message_id, count, state)
-            elif answer is not None and _refused(answer):
-                self.phone.on_patch_refused(message_id, count, _detail(answer))
+            elif answer is not None and calls.refused(answer):
+                self.phone.on_patch_refused(message_id, count, calls.detail(answer))
             else:
                 self.patch_retries += 1
-                await asyncio.sleep(_retry_s(attempt))
+                await asyncio.sleep(calls.retry_s(attempt))
                 attempt += 1
             self._flush()
+
+    # --- SMS the phone receives: the sms:received webhook (SMSGATE.md 8) --------------
+
+    async def receive_sms(self, sender: str, text: str, sim: int | None = None) -> list[str]:
+        """The phone receives an SMS (while `run` runs); returns the ids of
+        the webhook deliveries it makes (none before `GET /webhooks`)."""
+        forwards = self.phone.receive_sms(sender, text, calls.now(), sim)
+        for forward in forwards:
+            self._spawn(self._forwarding, forward.id,
+                        calls.forward(self.client, self.phone, forward, self._emit))
+        self._flush()
+        return [f.id for f in forwards]
 
     # --- the radio ---------------------------------------------------------------------
 
@@ -376,14 +372,14 @@ class AppSim:
 
     async def _transmit(self, message_id: str) -> None:
         await self._radio_on.wait()
-        started = self.phone.start_send(message_id, _now())
+        started = self.phone.start_send(message_id, calls.now())
         self._flush()
         if started:
             await self._finish(message_id)
 
     async def _finish(self, message_id: str) -> None:
         await asyncio.sleep(self.delay_s)
-        self.phone.finish_send(message_id, _now())
+        self.phone.finish_send(message_id, calls.now())
         self._flush()
 
     # --- plumbing -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from broker.clock import iso, utcnow
+from broker.device_sim.console import STDIN, Console
 from broker.device_sim.phone import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -51,11 +52,17 @@ class DeviceSim:
     Reconnects with backoff (0.5 s doubling to 10 s) whenever the socket
     ends, except when replaced by a newer connection (close 4000: `run`
     returns) or refused with 401 (`run` raises DeviceRejected).
+
+    `receive_sms` makes the phone receive an SMS (it reports it with an
+    `incoming` frame, again after each reconnect, until its receipt); so
+    does an `sms` command typed into `commands` (console.py; stdin, read
+    only when it is a terminal or a pipe; None: no commands).
     """
 
     def __init__(self, url: str, token: str, *, outcome: Outcome = "delivered",
                  delay_ms: int = 0, health: frames.Health | None = None,
-                 on_event: Callable[[Event], None] | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None,
+                 commands: int | None = STDIN) -> None:
         self.url = ws_url(url)
         self._token = token
         self.phone = Phone(outcome)
@@ -68,6 +75,7 @@ class DeviceSim:
         self._radio: dict[str, asyncio.Task[None]] = {}
         self._retrier: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._commands = commands
 
     @property
     def sent_count(self) -> Counter[str]:
@@ -93,8 +101,18 @@ class DeviceSim:
         if self._ws is not None:
             await self._ws.close(1001, "device-sim drop")
 
+    async def receive_sms(self, sender: str, text: str, sim: int | None = None) -> str:
+        """The phone receives an SMS; returns its id. It is reported now if
+        the socket is open, else at the next welcome."""
+        frame = self.phone.receive_sms(sender, text, utcnow(), sim)
+        await self._write(frame)
+        self._flush()
+        return frame.id
+
     async def run(self) -> None:
         backoff = BACKOFF_FIRST_S
+        console = Console(self._commands, self.receive_sms, self._emit)
+        console.start()
         try:
             while True:
                 welcomed_before = self.connections
@@ -120,6 +138,7 @@ class DeviceSim:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
+            console.stop()
             if self._retrier is not None:
                 self._retrier.cancel()
             for task in self._radio.values():

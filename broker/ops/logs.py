@@ -29,11 +29,13 @@ _STD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
 # websockets implementation logs every handshake header at DEBUG, the
 # device's `Authorization` among them.
 _SECRET = re.compile(r"\b(smsgw|smsdev)_([0-9a-f]{8})_[A-Za-z0-9_-]+")
+_WEBHOOK_SECRET = re.compile(r"\bwhsec_[A-Za-z0-9+/=]+")
 _CREDENTIAL_HEADER = re.compile(r"(?i)\b(authorization|x-api-key)(\s*[:=]\s*)[^\s,'\"}]+(\s+[^\s,'\"}]+)?")
 
 
 def redact(text: str) -> str:
     text = _CREDENTIAL_HEADER.sub(r"\1\2[redacted]", text)
+    text = _WEBHOOK_SECRET.sub("whsec_[redacted]", text)
     return _SECRET.sub(r"\1_\2_[redacted]", text)
 
 

@@ -39,6 +39,7 @@ from broker.store.holds import (
     release,
     request_handback,
 )
+from broker.store.inbox import InboxRow, Received, insert_inbound, list_inbox
 from broker.store.jobs import (
     Held,
     Job,
@@ -104,6 +105,7 @@ __all__ = [
     "Held",
     "HistoryRow",
     "Idempotent",
+    "InboxRow",
     "Inserted",
     "Job",
     "KeyRow",
@@ -113,6 +115,7 @@ __all__ = [
     "Pool",
     "PoolShares",
     "Quota",
+    "Received",
     "Released",
     "SchemaTooNew",
     "Stopped",
@@ -136,11 +139,13 @@ __all__ = [
     "idempotent_response",
     "insert_code",
     "insert_device",
+    "insert_inbound",
     "insert_key",
     "insert_message",
     "key_by_prefix",
     "list_devices",
     "list_held",
+    "list_inbox",
     "list_keys",
     "list_messages",
     "lock_for_reports",

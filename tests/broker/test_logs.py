@@ -149,6 +149,17 @@ def test_formatter_redacts_credentials_that_other_libraries_log() -> None:
     assert "smsgw_0123abcd_[redacted]" in line and "authorization: [redacted]" in line
 
 
+def test_formatter_redacts_webhook_signing_secrets() -> None:
+    from broker.ops.logs import JsonFormatter
+    from broker.webhooks.signing import new_secret
+
+    secret = new_secret()
+    record = logging.LogRecord("httpx", logging.DEBUG, __file__, 1, "body %s", (secret,), None)
+    line = JsonFormatter().format(record)
+    assert secret not in line and secret.removeprefix("whsec_") not in line
+    assert "whsec_[redacted]" in line
+
+
 def test_client_from_the_contextvar_and_a_records_own_wins(
         log: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = log

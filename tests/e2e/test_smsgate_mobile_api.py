@@ -473,11 +473,13 @@ async def test_set_1_limit_value_is_the_devices_send_rate(http: httpx.AsyncClien
     assert got["messages"]["limit_value"] == 12
 
 
-async def test_wh_1_no_webhooks_is_an_empty_list(http: httpx.AsyncClient,
-                                                 account: Account) -> None:
+async def test_wh_1_webhooks_list_the_brokers_inbound_url(http: httpx.AsyncClient,
+                                                          account: Account) -> None:
+    # Only the broker's own sms:received URL (issue 12; tests/e2e/test_inbox.py).
     dev = await register(http, bearer(account.key))
     r = await http.get(f"{API}/webhooks", headers=bearer(dev["token"]))
-    assert json_of(r, 200) == []
+    assert [(w["event"], w["url"]) for w in json_of(r, 200)] == [
+        ("sms:received", str(http.base_url).rstrip("/") + f"{API}/inbound/{dev['id']}")]
 
 
 # --- PATCH /user/password (PW) ---------------------------------------------------------
@@ -606,8 +608,9 @@ async def test_alias_mobile_v1_answers_like_api_mobile_v1(http: httpx.AsyncClien
         assert out["externalIp"] == "127.0.0.1"
         got = json_of(await http.get(f"{prefix}/settings", headers=bearer(dev["token"])), 200)
         assert got["gateway"]["notification_channel"] == "SSE_ONLY"
-        assert json_of(await http.get(f"{prefix}/webhooks",
-                                      headers=bearer(dev["token"])), 200) == []
+        hooks = json_of(await http.get(f"{prefix}/webhooks", headers=bearer(dev["token"])), 200)
+        assert [w["url"].split("127.0.0.1", 1)[1].split("/", 1)[1] for w in hooks] == [
+            f"{prefix.lstrip('/')}/inbound/{dev['id']}"]
     otp = await login_code(http, account.email, PASSWORD, prefix=ALT)
     assert len(otp["code"]) == 6 and DATE_RE.match(otp["validUntil"])
     via_code = await register(http, code(otp["code"]), prefix=API)

@@ -5,6 +5,7 @@ Pure and synchronous: bytes and str in, Structs or FrameError out.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,11 @@ DEVICE_FRAMES: list[Any] = [
     Ping(),
     Ping(health=Health(battery=0, charging=False, signal=0)),
     Ping(health=Health(battery=100, signal=4)),
+    frames.Incoming(id="sms-1", sender="+212600000001", message="Votre code: 1234",
+                    receivedAt=dt.datetime(2024, 5, 1, 12, 0, 3, 120000, tzinfo=dt.UTC)),
+    frames.Incoming(id="sms-2", sender="MyBank", message="", sim=2,
+                    receivedAt=dt.datetime(2024, 5, 1, 14, 0, tzinfo=dt.timezone(
+                        dt.timedelta(hours=2)))),
 ]
 
 BROKER_FRAMES: list[Any] = [

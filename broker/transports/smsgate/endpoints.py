@@ -1,7 +1,7 @@
 """The mobile API of the SMS Gateway for Android app (contract section 8,
 shared/SMSGATE.md section 3): registration, the device, settings, webhooks,
 login codes and the password here; the jobs in messages.py, the event
-stream in events.py. Mounted at `/api/mobile/v1` and `/mobile/v1`.
+stream in events.py, the SMS the phone receives in inbound.py. Mounted at `/api/mobile/v1` and `/mobile/v1`.
 
 Answers are the app's own JSON (shapes.py) with `application/json`, never
 an empty body; errors are the contract's error shape (the app looks only at
@@ -23,7 +23,7 @@ from broker.http import auth as http_auth
 from broker.http.responses import bare, decode, read_body
 from broker.services import devices as device_service
 from broker.services import pairing, passwords
-from broker.transports.smsgate import auth, events, messages, shapes
+from broker.transports.smsgate import auth, events, inbound, messages, shapes
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
@@ -83,10 +83,11 @@ async def get_settings(request: Request) -> Response:
 
 
 async def get_webhooks(request: Request) -> Response:
-    """`GET /webhooks`: none yet (inbound SMS come with issue 12, which lists
-    the broker's own URL for `sms:received` here)."""
-    await auth.device_of(request)
-    return bare([])
+    """`GET /webhooks`: the broker's own URL for `sms:received`, where the
+    app forwards every SMS the phone receives (inbound.py). Only an event of
+    the app's own list: another would fail its whole sync (SMSGATE.md 4.8)."""
+    device = await auth.device_of(request)
+    return bare(inbound.webhooks_for(request.app.state.broker, request, device))
 
 
 async def get_user_code(request: Request) -> Response:
@@ -141,6 +142,8 @@ _ROUTES = [
     Route("/events", events.events, methods=["GET"], name="smsgate_events"),
     Route("/settings", get_settings, methods=["GET"]),
     Route("/webhooks", get_webhooks, methods=["GET"]),
+    Route(inbound.INBOUND_PATH + "/{device_id}", inbound.receive, methods=["POST"],
+          name="smsgate_inbound"),
     Route("/user/code", get_user_code, methods=["GET"]),
     Route("/user/password", change_password, methods=["PATCH"]),
 ]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket
 
 from broker import store
-from broker.delivery.channel import NOT_STORED, CloseReason
+from broker.delivery.channel import NOT_STORED, Answer, CloseReason, Receipt
 from broker.delivery.dispatch import Dispatcher
 from broker.delivery.presence import Connection, Presence
 from broker.delivery.reports import Result
@@ -21,8 +21,13 @@ from broker.settings import Settings
 from broker.transports.ws.channel import CLOSE_POLICY, WsChannel, error_frame
 from protocol import frames
 
+if TYPE_CHECKING:
+    from broker.runtime import Broker
+
 log = logging.getLogger("smsdora.devices")
+_RECEIVED = Receipt(frames.RECEIVED)
 _answering: set[asyncio.Task[None]] = set()  # phones' receipt writers (Answers)
+_storing: set[asyncio.Task[Answer]] = set()  # incoming SMS being stored
 _PONG = frames.encode(frames.Pong())
 
 
@@ -40,15 +45,16 @@ def payload(message: Any) -> str | None:
 
 
 class Answers:
-    """A phone's reports between their group commit and their receipt.
+    """A phone's reports (and `incoming` SMS) between their commit and their
+    receipt.
 
     The reader does not wait for a report's commit before it reads the next
     frame: a phone with 30 jobs sends 90 reports, and one commit wait each,
     in a row, made that phone's last report wait for all the others'.
-    Receipts still go out in the order the reports came (the report writer
-    commits in queue order), from one task per phone that lives only while
-    reports are in flight. At most MAX_IN_FLIGHT wait; past it the reader
-    waits too."""
+    Receipts still go out in the order the frames came (the report writer
+    commits in queue order; each `incoming` is its own statement, answered
+    in its turn), from one task per phone that lives only while frames are
+    in flight. At most MAX_IN_FLIGHT wait; past it the reader waits too."""
 
     MAX_IN_FLIGHT = 64
 
@@ -60,11 +66,14 @@ class Answers:
         self.dispatcher = dispatcher
         self.conn = conn
         self.channel = channel
-        self.queue: list[tuple[str, asyncio.Future[Result]]] = []
+        # A report's future is its group commit's Result; an incoming SMS's
+        # is its store task, done with the Answer itself.
+        self.queue: list[tuple[str, asyncio.Future[Result] | asyncio.Future[Answer]]] = []
         self.task: asyncio.Task[None] | None = None
         self.room: asyncio.Future[None] | None = None  # the reader waits on it when full
 
-    async def add(self, message_id: str, result: asyncio.Future[Result]) -> None:
+    async def add(self, message_id: str,
+                  result: asyncio.Future[Result] | asyncio.Future[Answer]) -> None:
         self.queue.append((message_id, result))
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
@@ -84,7 +93,9 @@ class Answers:
         while self.queue:
             message_id, result = self.queue[0]
             try:
-                answer = self.dispatcher.answer(self.conn, message_id, await result)
+                done = await result
+                answer = (self.dispatcher.answer(self.conn, message_id, done)
+                          if isinstance(done, Result) else done)
             except store.DATABASE_DOWN:
                 answer = NOT_STORED
             except asyncio.CancelledError:
@@ -106,7 +117,7 @@ class Answers:
             await channel.answer(message_id, answer)
 
 
-def _ignore_result(future: asyncio.Future[Result]) -> None:
+def _ignore_result(future: asyncio.Future[Result] | asyncio.Future[Answer]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved: no "exception was never retrieved"
 
@@ -173,6 +184,41 @@ async def serve(presence: Presence, dispatcher: Dispatcher, ws: WebSocket, conn:
                 if health is not None:
                     presence.touch(conn, health)
                 await channel.send_frame(_PONG)
+            case frames.Incoming():
+                metrics.FRAMES.labels("incoming").inc()
+                if answers is None:
+                    answers = Answers(dispatcher, conn, channel)
+                stored = asyncio.get_running_loop().create_task(
+                    store_incoming(ws.app.state.broker, conn, frame))
+                _storing.add(stored)
+                stored.add_done_callback(_storing.discard)
+                await answers.add(frame.id, stored)
             case frames.Hello():
                 metrics.FRAMES.labels("hello").inc()
                 await channel.send_frame(error_frame(frames.BAD_FRAME, "hello was already received"))
+
+
+async def store_incoming(broker: Broker, conn: Connection, frame: frames.Incoming) -> Answer:
+    """Store an SMS the phone received (contract section 9), once per
+    (device, the phone's id): the answer is `receipt` `received` once it is
+    committed, a repeat included (the phone reported it before a reconnect,
+    or again), or NOT_STORED (`error` `unavailable`: keep it, send it again)
+    when the database, the account's share of it, or the device is away."""
+    account = conn.account_id
+    try:
+        await broker.pool_shares.acquire(account)
+    except store.AccountBusy:
+        return NOT_STORED
+    try:
+        received = await store.insert_inbound(
+            broker.pool, conn.device_id, store.WEBSOCKET, frame.id, frame.sender, frame.message,
+            frame.sim, frame.receivedAt)
+    except store.DATABASE_DOWN:
+        return NOT_STORED
+    finally:
+        broker.pool_shares.release(account)
+    if received is None:
+        return NOT_STORED  # deactivated meanwhile: its socket is being closed
+    if received.inserted:
+        broker.wake.poke(received.account_id)  # committed: the webhook sender looks now
+    return _RECEIVED
