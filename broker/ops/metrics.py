@@ -29,6 +29,15 @@ CONNECTIONS_CLOSED = Counter(
     "smsdora_connections_closed_total",
     "Connections refused or closed at the edge (broker/ops/connections.py, server.py)",
     ["reason"])
+WEBHOOK_ATTEMPTS = Counter(
+    "smsdora_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: delivered (a 2xx), failed (retried later or"
+    " finally failed)", ["outcome"])
+WEBHOOK_LATENCY = Histogram(
+    "smsdora_webhook_attempt_seconds", "One webhook delivery attempt, until the answer's head",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15))
+WEBHOOKS_DISABLED = Counter("smsdora_webhooks_disabled_total",
+                            "Endpoints the sender disabled (410, or days without a 2xx)")
 
 
 def render() -> tuple[bytes, str]:

@@ -32,6 +32,7 @@ import msgspec
 
 from broker import store
 from broker.clock import iso, utcnow
+from broker.ops import metrics
 from broker.settings import Settings
 from broker.store import webhooks as outbox
 from broker.webhooks import signing
@@ -177,11 +178,15 @@ class Sender:
         self.wake.accounts = await outbox.enabled_accounts(self.pool)
 
     async def _attempt(self, c: outbox.Claimed) -> None:
+        started = time.monotonic()
         outcome = await self.attempt(c)
+        metrics.WEBHOOK_LATENCY.observe(time.monotonic() - started)
         if outcome.ok:
             self.delivered += 1
+            metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
         else:
             self.failed += 1
+            metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
         self._outcomes.append(outcome)
         if self._recording is None:
             self._recording = asyncio.get_running_loop().create_task(self._record())
@@ -250,6 +255,7 @@ class Sender:
                 for o in batch:
                     self._done(o.seq, o.webhook_id)
                 for webhook_id in disabled:
+                    metrics.WEBHOOKS_DISABLED.inc()
                     log.warning("webhook disabled", extra={"webhook": str(webhook_id)})
                 if disabled:
                     await self.refresh_accounts()

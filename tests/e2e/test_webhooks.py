@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
+from broker.ops import metrics
 from broker.settings import Settings
 from tests.e2e.conftest import SECRET, Account, PhoneFactory, Server, send_sms, wait_for
 from tests.e2e.webhook_receiver import Got, Receiver, Reply
@@ -323,6 +324,7 @@ async def test_rotation_signs_with_both_secrets_for_a_day(
 async def test_test_event_goes_whatever_the_subscription_and_is_listed(
         server: Server, http: httpx.AsyncClient, account: Account, receiver: Receiver) -> None:
     hook = await subscribe(http, account, receiver, ["message.failed"])
+    delivered = metrics.WEBHOOK_ATTEMPTS.labels("delivered")._value.get()
     r = await http.post(f"/webhooks/{hook['id']}/test", headers=account.headers)
     assert r.status_code == 202
     event_id = r.json()["data"]["eventId"]
@@ -335,6 +337,7 @@ async def test_test_event_goes_whatever_the_subscription_and_is_listed(
                             headers=account.headers)).json()["data"]
     assert [(i["eventId"], i["type"], i["statusCode"]) for i in items] == \
         [(event_id, "webhook.test", 204)]
+    assert metrics.WEBHOOK_ATTEMPTS.labels("delivered")._value.get() == delivered + 1
 
 
 async def test_redeliver_sends_the_same_event_again(
