@@ -48,6 +48,7 @@ ACCOUNTS_REFRESH_S = 5.0
 PURGE_EVERY_S = 600.0
 PURGE_BATCH = 5000
 MIN_STEP_S = 0.005
+MAX_ANSWER_BYTES = 64 * 1024  # of an answer's body, read and dropped
 
 # The body's `data` in the order the API writes the same object (jsonb
 # keeps its keys sorted by length): message events as GET /messages/{id},
@@ -207,6 +208,13 @@ class Sender:
                                               headers=headers) as response:
                     code = response.status_code
                     answer_headers = response.headers
+                    # Read (and drop) a short answer, so that its connection
+                    # is kept alive for the next attempt; a long one is cut.
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read > MAX_ANSWER_BYTES:
+                            break
         except TimeoutError:
             error = f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.TimeoutException:
