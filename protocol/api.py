@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -11,8 +11,9 @@ MAX_TTL_S = 7 * 24 * 3600
 
 # `devices:register`: the key an SMS Gateway app types as its "Private Token"
 # to register itself into the account (contract section 8); nothing else.
-SCOPES = ("messages:send", "messages:read", "devices:read", "devices:write", "keys:write",
-          "devices:register", "webhooks:write")
+Scope = Literal["messages:send", "messages:read", "devices:read", "devices:write", "keys:write",
+                "devices:register", "webhooks:write"]
+SCOPES: tuple[str, ...] = get_args(Scope)
 
 
 class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -86,6 +87,113 @@ class CreatedDevice(msgspec.Struct, frozen=True):
     sendRate: int
 
 
+# --- the management API (contract section 10) ---------------------------------
+
+MAX_NAME_CHARS = 100
+# What one key may wait before it expires, and its per-minute limit: ten
+# years and a million, bounds that only keep the numbers sane.
+MAX_EXPIRES_IN_S = 10 * 365 * 24 * 3600
+MAX_RATE_LIMIT = 1_000_000
+
+
+class MessageItem(msgspec.Struct, frozen=True):
+    """One message of `GET /messages`: the send's shape, with its error and
+    when it was accepted."""
+
+    id: str
+    recipient: str
+    message: str
+    status: str
+    device: DeviceRef | None
+    error: str | None
+    createdAt: str
+
+
+class CreateKeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)] = ""
+    # Empty or left out: `messages:send`, as `smsdora keys create`.
+    scopes: Annotated[list[Scope], msgspec.Meta(max_length=len(SCOPES))] = []
+    rateLimit: Annotated[int, msgspec.Meta(ge=1, le=MAX_RATE_LIMIT)] | None = None
+    expiresIn: Annotated[int, msgspec.Meta(ge=1, le=MAX_EXPIRES_IN_S)] | None = None
+
+
+class IssuedKey(msgspec.Struct, frozen=True):
+    """A key with its secret (`key`), shown once: what `smsdora keys create
+    --json` prints; `POST /keys/{id}/rotate` answers the same."""
+
+    id: str
+    key: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    rateLimit: int | None
+    expiresAt: str | None
+
+
+class KeyInfo(msgspec.Struct, frozen=True):
+    """A key without its secret (as `smsdora keys list --json`)."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    rateLimit: int | None
+    expiresAt: str | None
+    revoked: bool
+    createdAt: str
+
+
+class UpdateDeviceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`PATCH /devices/{id}`: what is left out stays as it is."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)] | \
+        msgspec.UnsetType = msgspec.UNSET
+    sendRate: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | msgspec.UnsetType = msgspec.UNSET
+    active: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class DeviceToken(msgspec.Struct, frozen=True):
+    """`POST /devices/{id}/rotate-token`: the new token, shown once."""
+
+    id: str
+    deviceName: str
+    token: str
+
+
+class PairingCode(msgspec.Struct, frozen=True):
+    """`POST /devices/codes`: what the SMS Gateway app's "By code" takes
+    (contract section 8), as `smsdora devices code --json` prints it."""
+
+    code: str
+    validUntil: str
+    serverUrl: str
+
+
+class PlanInfo(msgspec.Struct, frozen=True):
+    name: str
+    monthlyMessages: int
+    maxDevices: int
+
+
+class UsageInfo(msgspec.Struct, frozen=True):
+    month: str  # `2026-12`, UTC
+    messages: int
+    limit: int
+
+
+class DevicesUsed(msgspec.Struct, frozen=True):
+    active: int  # what the plan's device limit counts
+    limit: int
+
+
+class AccountInfo(msgspec.Struct, frozen=True):
+    id: str
+    email: str
+    plan: PlanInfo
+    usage: UsageInfo
+    devices: DevicesUsed
+
+
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
     statusCode: int
     data: Any
@@ -113,3 +221,5 @@ class ErrorBody(msgspec.Struct, frozen=True):
 encoder = msgspec.json.Encoder()
 send_request_decoder = msgspec.json.Decoder(SendRequest)
 create_device_decoder = msgspec.json.Decoder(CreateDeviceRequest)
+create_key_decoder = msgspec.json.Decoder(CreateKeyRequest)
+update_device_decoder = msgspec.json.Decoder(UpdateDeviceRequest)

@@ -86,7 +86,7 @@ async def keys_create(db: asyncpg.Connection, args: argparse.Namespace,
 async def keys_list(db: asyncpg.Connection, args: argparse.Namespace,
                     settings: Settings) -> Output:
     account = await account_of(db, args.account)
-    rows = await store.list_keys(db, account.id)
+    rows, _ = await key_service.page(db, account.id, None)
     now = dt.datetime.now(dt.UTC)
     lines = [f"{len(rows)} key(s) for {account.email}"]
     for row in rows:
@@ -100,8 +100,10 @@ async def keys_list(db: asyncpg.Connection, args: argparse.Namespace,
 async def keys_revoke(db: asyncpg.Connection, args: argparse.Namespace,
                       settings: Settings) -> Output:
     key_id = parse_id(args.id, "key")
-    if not await store.revoke_key(db, key_id):
-        raise CliError(f"no key with id {args.id}")
+    try:
+        await key_service.revoke(db, key_id)
+    except key_service.KeyNotFound:
+        raise CliError(f"no key with id {args.id}") from None
     return Output({"id": str(key_id), "revoked": True},
                   f"Revoked key {key_id}: it stops working at once")
 
@@ -145,7 +147,7 @@ async def devices_create(db: asyncpg.Connection, args: argparse.Namespace,
 async def devices_list(db: asyncpg.Connection, args: argparse.Namespace,
                        settings: Settings) -> Output:
     account = await account_of(db, args.account)
-    rows = await store.list_devices(db, account.id)
+    rows, _ = await device_service.page(db, account.id, None)
     items = [{"id": str(r.id), "deviceName": r.name, "active": r.active,
               "online": r.online_node is not None, "node": r.online_node,
               "lastSeen": iso(r.last_seen_at), "sendRate": r.send_rate,
@@ -164,9 +166,7 @@ async def devices_code(db: asyncpg.Connection, args: argparse.Namespace,
     """A one-time code an SMS Gateway phone registers with ("By code")."""
     account = await account_of(db, args.account)
     code, expires_at = await pairing.make(db, settings.server_secret(), account.id)
-    # Where the phone reaches the broker: SMSDORA_PUBLIC_URL, else what serve listens on.
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
-    server_url = base.rstrip("/") + "/api/mobile/v1"
+    server_url = pairing.server_url(settings)
     return Output(
         {"code": code, "validUntil": iso(expires_at), "account": account.email,
          "serverUrl": server_url},
@@ -178,8 +178,10 @@ async def devices_code(db: asyncpg.Connection, args: argparse.Namespace,
 async def devices_deactivate(db: asyncpg.Connection, args: argparse.Namespace,
                              settings: Settings) -> Output:
     device_id = parse_id(args.id, "device")
-    if not await store.deactivate_device(db, device_id):
-        raise CliError(f"no device with id {args.id}")
+    try:
+        await device_service.deactivate(db, device_id)
+    except device_service.DeviceNotFound:
+        raise CliError(f"no device with id {args.id}") from None
     return Output({"id": str(device_id), "active": False},
                   f"Deactivated device {device_id}: its token is refused from now on")
 
@@ -205,6 +207,9 @@ def run_db(handler: Handler, args: argparse.Namespace, settings: Settings) -> Ou
         db = await store.connect(dsn)
         try:
             return await handler(db, args, settings)
+        except BrokerError as err:
+            # A service's refusal (an unknown id, a plan's limit, a bad value).
+            raise CliError(err.message) from None
         finally:
             await db.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
 import uuid
 from dataclasses import dataclass
@@ -91,3 +92,14 @@ def nonnegative(raw: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+def timestamp(raw: str) -> dt.datetime:
+    """An ISO 8601 date and time with its offset (`Z` for UTC)."""
+    try:
+        at = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date and time: {raw!r}") from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{raw!r} has no offset: add Z for UTC")
+    return at

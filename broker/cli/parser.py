@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli import commands as db_commands
-from broker.cli import remote
-from broker.cli.common import broker_url, nonnegative, positive
+from broker.cli import management, remote
+from broker.cli.common import broker_url, nonnegative, positive, timestamp
 from broker.settings import Settings
+from protocol import lifecycle
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -60,13 +61,25 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--plan", default="default")
     p.add_argument("--password-stdin", action="store_true",
                    help="read a password from the first line of standard input")
+    leaf(accounts, "list", "list every account", management.accounts_list)
+    p = leaf(accounts, "set-plan", "move an account to another plan", management.accounts_set_plan)
+    p.add_argument("email")
+    p.add_argument("plan")
+
+    plans = branch("plans", "manage plans (monthly messages, devices)")
+    p = leaf(plans, "create", "create a plan", management.plans_create)
+    p.add_argument("name")
+    p.add_argument("--monthly-messages", type=nonnegative, required=True, metavar="N")
+    p.add_argument("--max-devices", type=nonnegative, required=True, metavar="N")
+    leaf(plans, "list", "list the plans", management.plans_list)
 
     keys_ = branch("keys", "manage API keys")
     p = leaf(keys_, "create", "create an API key", db_commands.keys_create)
     p.add_argument("--account", required=True, metavar="EMAIL")
     p.add_argument("--name", default="")
     p.add_argument("--scope", action="append", metavar="S",
-                   help="repeatable; default messages:send")
+                   help="repeatable; default messages:send; devices:register for the key an"
+                        " SMS Gateway app signs up with")
     p.add_argument("--rate-limit", type=positive, metavar="N", help="requests a minute")
     p.add_argument("--expires-in", type=positive, metavar="SECONDS")
     leaf(keys_, "list", "list an account's keys", db_commands.keys_list).add_argument(
@@ -87,6 +100,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
          db_commands.devices_deactivate).add_argument("id", metavar="ID")
     leaf(devices, "code", "a one-time code an SMS Gateway app registers with (10 minutes)",
          db_commands.devices_code).add_argument("--account", required=True, metavar="EMAIL")
+
+    messages = branch("messages", "read messages")
+    p = leaf(messages, "list", "an account's messages, newest first", management.messages_list)
+    p.add_argument("--account", required=True, metavar="EMAIL")
+    p.add_argument("--status", choices=lifecycle.STATUSES)
+    p.add_argument("--device", metavar="ID")
+    p.add_argument("--recipient", metavar="NUMBER")
+    p.add_argument("--since", type=timestamp, metavar="TIME",
+                   help="accepted at or after (ISO 8601 with an offset, e.g. 2026-12-01T00:00Z)")
+    p.add_argument("--until", type=timestamp, metavar="TIME", help="accepted before")
+    p.add_argument("--limit", type=positive, default=20, metavar="N")
+    p.add_argument("--cursor", type=positive, metavar="N", help="the previous page's 'More:'")
+    leaf(messages, "get", "one message with its history", management.messages_get).add_argument(
+        "id", metavar="ID")
 
     p = leaf(commands, "send", "send an SMS through a running broker", remote.send, db=False)
     p.add_argument("--key", default=env.get("SMSDORA_API_KEY"),

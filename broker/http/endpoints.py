@@ -13,16 +13,33 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from broker.http import account, keys
 from broker.http.declaration import Endpoint, Handler, Wrap
-from broker.http.devices import create_device, list_devices
+from broker.http.devices import (
+    DEVICE_ID,
+    DEVICES_CURSOR,
+    DEVICES_LIMIT,
+    create_code,
+    create_device,
+    delete_device,
+    get_device,
+    list_devices,
+    rotate_token,
+    update_device,
+)
 from broker.http.docs import ASSETS_PATH, docs_asset, docs_page
 from broker.http.inbox import INBOX_ENDPOINTS
 from broker.http.messages import (
     CURSOR,
+    DEVICE,
     IDEMPOTENCY_KEY,
     LIMIT,
     MESSAGE_ID,
+    RECIPIENT,
+    SINCE,
     STATUS,
+    UNTIL,
+    cancel_message,
     get_message,
     list_messages,
     send_message,
@@ -33,14 +50,21 @@ from broker.http.ops import health, metrics_endpoint
 from broker.http.responses import JSON
 from broker.webhooks.http import WEBHOOK_ENDPOINTS
 from protocol.api import (
+    AccountInfo,
     CreatedDevice,
     CreateDeviceRequest,
+    CreateKeyRequest,
     DeviceInfo,
+    DeviceToken,
     HealthBody,
-    MessageData,
+    IssuedKey,
+    KeyInfo,
     MessageDetail,
+    MessageItem,
+    PairingCode,
     SendRequest,
     SendResponse,
+    UpdateDeviceRequest,
 )
 
 
@@ -74,12 +98,22 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET", "/messages", list_messages, "listMessages",
         "The account's messages, newest first",
         "A page; `nextCursor` is there when more follow.",
-        scope="messages:read", params=(STATUS, LIMIT, CURSOR),
-        response=MessageData, wrap=Wrap.LIST, errors=(400, 401, 403, 405)),
+        scope="messages:read", params=(STATUS, DEVICE, RECIPIENT, SINCE, UNTIL, LIMIT, CURSOR),
+        response=MessageItem, wrap=Wrap.LIST, errors=(400, 401, 403, 405)),
+    Endpoint(
+        "POST", "/messages/{message_id}/cancel", cancel_message, "cancelMessage",
+        "Cancel a message no phone can have sent yet",
+        "The message, now `failed` with error `cancelled`; its phone was told to drop it. "
+        "409 once it is `sending` or later, or listed by an SMS Gateway phone (which sends "
+        "what it lists).",
+        scope="messages:send", params=(MESSAGE_ID,), response=MessageDetail, wrap=Wrap.ONE,
+        errors=(401, 403, 404, 405, 409)),
     Endpoint(
         "GET", "/devices", list_devices, "listDevices",
-        "The account's phones and their presence", "Every device of the account.",
-        scope="devices:read", response=DeviceInfo, wrap=Wrap.LIST, errors=(401, 403, 405)),
+        "The account's phones and their presence",
+        "A page of the account's devices, oldest first; `nextCursor` when more follow.",
+        scope="devices:read", params=(DEVICES_LIMIT, DEVICES_CURSOR), response=DeviceInfo,
+        wrap=Wrap.LIST, errors=(400, 401, 403, 405)),
     Endpoint(
         "POST", "/devices", create_device, "createDevice",
         "Register a phone; its token is shown only in this response",
@@ -87,6 +121,72 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         scope="devices:write", status=201, body=CreateDeviceRequest,
         example=CreateDeviceRequest(name="My Samsung S24"), response=CreatedDevice,
         wrap=Wrap.ONE, errors=(400, 401, 403, 405, 413)),
+    # Before /devices/{device_id}: the router takes the first full match.
+    Endpoint(
+        "POST", "/devices/codes", create_code, "createPairingCode",
+        "A one-time code an SMS Gateway app registers with (By code)",
+        "The code: 6 characters, single use, valid 10 minutes; and the server URL the app "
+        "is given.", scope="devices:write", status=201, response=PairingCode, wrap=Wrap.ONE,
+        errors=(401, 403, 405)),
+    Endpoint(
+        "GET", "/devices/{device_id}", get_device, "getDevice",
+        "One phone and its presence", "The device.", scope="devices:read",
+        params=(DEVICE_ID,), response=DeviceInfo, wrap=Wrap.ONE, errors=(401, 403, 404, 405)),
+    Endpoint(
+        "PATCH", "/devices/{device_id}", update_device, "updateDevice",
+        "Rename a phone, change its send rate, deactivate or reactivate it",
+        "The device. Deactivated: its token is refused and its connection dropped; the jobs "
+        "an SMS Gateway phone listed fail (`device deactivated`), the others go to another "
+        "phone. Reactivating is within the plan's device limit (403).",
+        scope="devices:write", params=(DEVICE_ID,), body=UpdateDeviceRequest,
+        example=UpdateDeviceRequest(name="Office phone", sendRate=20), response=DeviceInfo,
+        wrap=Wrap.ONE, errors=(400, 401, 403, 404, 405, 413)),
+    Endpoint(
+        "DELETE", "/devices/{device_id}", delete_device, "deleteDevice",
+        "Delete a phone that never handled a message",
+        "The device as it was; its token is refused and its connection dropped. A phone "
+        "that has messages or received SMS is kept (409): deactivate it instead.",
+        scope="devices:write", params=(DEVICE_ID,), response=DeviceInfo, wrap=Wrap.ONE,
+        errors=(401, 403, 404, 405, 409)),
+    Endpoint(
+        "POST", "/devices/{device_id}/rotate-token", rotate_token, "rotateDeviceToken",
+        "A new token for a WebSocket phone, shown only in this response",
+        "The new token; the old one is refused at once and its connection dropped. An SMS "
+        "Gateway phone's token cannot be rotated (409): the app registers again instead.",
+        scope="devices:write", params=(DEVICE_ID,), response=DeviceToken, wrap=Wrap.ONE,
+        errors=(401, 403, 404, 405, 409)),
+    Endpoint(
+        "POST", "/keys", keys.create_key, "createKey",
+        "Create an API key of the account; the key is shown only in this response",
+        "The key, as `smsdora keys create --json` prints it.", scope="keys:write", status=201,
+        body=CreateKeyRequest,
+        example=CreateKeyRequest(name="billing", scopes=["messages:send"], rateLimit=60),
+        response=IssuedKey, wrap=Wrap.ONE, errors=(400, 401, 403, 405, 413)),
+    Endpoint(
+        "GET", "/keys", keys.list_keys, "listKeys", "The account's API keys, oldest first",
+        "A page of keys, never their secrets; `nextCursor` when more follow.",
+        scope="keys:write", params=(keys.KEYS_LIMIT, keys.KEYS_CURSOR), response=KeyInfo,
+        wrap=Wrap.LIST, errors=(400, 401, 403, 405)),
+    Endpoint(
+        "GET", "/keys/{key_id}", keys.get_key, "getKey", "One API key, without its secret",
+        "The key.", scope="keys:write", params=(keys.KEY_ID,), response=KeyInfo,
+        wrap=Wrap.ONE, errors=(401, 403, 404, 405)),
+    Endpoint(
+        "POST", "/keys/{key_id}/revoke", keys.revoke_key, "revokeKey",
+        "Revoke an API key; it stops working at once", "The key, revoked.",
+        scope="keys:write", params=(keys.KEY_ID,), response=KeyInfo, wrap=Wrap.ONE,
+        errors=(401, 403, 404, 405)),
+    Endpoint(
+        "POST", "/keys/{key_id}/rotate", keys.rotate_key, "rotateKey",
+        "A new secret for an API key (same id, name, scopes, limit and expiry)",
+        "The new key, shown only in this response; the old secret stopped working.",
+        scope="keys:write", params=(keys.KEY_ID,), response=IssuedKey, wrap=Wrap.ONE,
+        errors=(401, 403, 404, 405)),
+    Endpoint(
+        "GET", "/account", account.get_account, "getAccount",
+        "The account's plan, this month's usage and its devices",
+        "The account.", scope="messages:read", response=AccountInfo, wrap=Wrap.ONE,
+        errors=(401, 403, 405)),
     *WEBHOOK_ENDPOINTS,
     *INBOX_ENDPOINTS,
     Endpoint(

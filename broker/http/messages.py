@@ -1,4 +1,5 @@
-"""`/messages`: send one, read one, list them (contract section 3)."""
+"""`/messages`: send one, read one, list them (contract section 3), cancel
+one (section 10)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,26 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import phonenumbers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from broker import store
 from broker.clock import iso
-from broker.errors import BadRequest, BrokerError, KeyChanged, MethodNotAllowed, NotFound, Unavailable
+from broker.errors import BadRequest, BrokerError, KeyChanged, MethodNotAllowed, Unavailable
 from broker.http.auth import authenticate
-from broker.http.params import Choice, Cursor, Header, Integer, PathId
+from broker.http.params import Choice, Cursor, Header, Integer, PathId, QueryId, Text, Timestamp
 from broker.http.responses import JSON, decode, error_response, ok, read_body
+from broker.services import messages as message_service
+from broker.services.messages import normalize_recipient
 from protocol import lifecycle
-from protocol.api import DeviceRef, HistoryEntry, MessageData, MessageDetail, send_request_decoder
+from protocol.api import (
+    DeviceRef,
+    HistoryEntry,
+    MessageDetail,
+    MessageItem,
+    send_request_decoder,
+)
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
@@ -34,23 +42,16 @@ MESSAGE_ID = PathId("message_id", "The id the send answered with.", not_found="M
 STATUS = Choice("status", "Only messages in this status.", lifecycle.STATUSES)
 LIMIT = Integer("limit", "At most this many messages (default 20).", low=1, high=100, default=20)
 CURSOR = Cursor("cursor", "The `nextCursor` of the previous page.", high=2**62)
+DEVICE = QueryId("device", "Only messages of this device.")
+RECIPIENT = Text("recipient", "Only messages to this number (any form the send takes; "
+                              "compared in E.164).", max_length=64)
+SINCE = Timestamp("since", "Only messages accepted at or after this time (RFC 3339, e.g. "
+                           "`2026-12-01T00:00:00Z`).")
+UNTIL = Timestamp("until", "Only messages accepted before this time (RFC 3339).")
 
 # The send hot path reads these as globals, not through the declaration.
 _IDEMPOTENCY_HEADER = IDEMPOTENCY_KEY.name.lower()
 _IDEMPOTENCY_MIN, _IDEMPOTENCY_MAX = IDEMPOTENCY_KEY.min_length, IDEMPOTENCY_KEY.max_length
-
-
-def normalize_recipient(raw: str) -> str:
-    """E.164 of a number `phonenumbers` parses and finds valid."""
-    if len(raw) > 64:
-        raise BadRequest("Invalid phone number")
-    try:
-        number = phonenumbers.parse(raw, None)
-    except phonenumbers.NumberParseException:
-        raise BadRequest("Invalid phone number") from None
-    if not phonenumbers.is_valid_number(number):
-        raise BadRequest("Invalid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 async def send_message(request: Request) -> Response:
@@ -116,20 +117,32 @@ async def get_message(request: Request) -> Response:
         raise MethodNotAllowed("Method Not Allowed", headers={"Allow": "POST"})
     key = await authenticate(request, "messages:read")
     message_id = MESSAGE_ID.read(request.path_params)
-    async with _read_share(broker, key.account_id):
-        found = await store.get_message(broker.pool, key.account_id, message_id)
-        if found is None:
-            raise NotFound("Message not found")
-        row, history = found
-        return ok(MessageDetail(
-            id=str(row.id), recipient=row.recipient, message=row.body, status=row.status,
-            device=_device_ref(row), error=row.error, createdAt=iso(row.created_at) or "",
-            history=[HistoryEntry(status=h.status, at=iso(h.at) or "") for h in history],
-        ))
+    async with read_share(broker, key.account_id):
+        return ok(message_detail(*await message_service.get(broker.pool, key.account_id,
+                                                            message_id)))
+
+
+def message_detail(row: store.MessageRow, history: list[store.HistoryRow]) -> MessageDetail:
+    return MessageDetail(
+        id=str(row.id), recipient=row.recipient, message=row.body, status=row.status,
+        device=_device_ref(row), error=row.error, createdAt=iso(row.created_at) or "",
+        history=[HistoryEntry(status=h.status, at=iso(h.at) or "") for h in history],
+    )
+
+
+async def cancel_message(request: Request) -> Response:
+    """`POST /messages/{id}/cancel`: failed with error `cancelled` while no
+    phone can have sent it (services/messages.py says when that is)."""
+    broker: Broker = request.app.state.broker
+    key = await authenticate(request, "messages:send")
+    message_id = MESSAGE_ID.read(request.path_params)
+    await message_service.cancel(broker.pool, broker.presence, key.account_id, message_id)
+    return ok(message_detail(*await message_service.get(broker.pool, key.account_id,
+                                                        message_id)))
 
 
 @contextlib.asynccontextmanager
-async def _read_share(broker: Broker, account: uuid.UUID) -> AsyncIterator[None]:
+async def read_share(broker: Broker, account: uuid.UUID) -> AsyncIterator[None]:
     """A read's turn: one of the account's read slots, then one of its pool
     slots (a send takes only the latter). The page is built while both are
     held: an account's requests take their turn for the event loop's time as
@@ -156,13 +169,22 @@ async def list_messages(request: Request) -> Response:
     broker: Broker = request.app.state.broker
     key = await authenticate(request, "messages:read")
     q = request.query_params
+    recipient = RECIPIENT.read(q)
     status = STATUS.read(q)
+    where = store.MessageFilter(
+        device_id=DEVICE.read(q),
+        recipient=normalize_recipient(recipient) if recipient is not None else None,
+        since=SINCE.read(q), until=UNTIL.read(q))
     limit = LIMIT.read(q)
     before = CURSOR.read(q)
-    async with _read_share(broker, key.account_id):
-        rows = await store.list_messages(broker.pool, key.account_id, status, limit + 1, before)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        data = [MessageData(id=str(r.id), recipient=r.recipient, message=r.body,
-                            status=r.status, device=_device_ref(r)) for r in rows]
-        return ok(data, next_cursor=str(rows[-1].seq) if more else None)
+    async with read_share(broker, key.account_id):
+        rows, next_seq = await message_service.page(broker.pool, key.account_id, status, where,
+                                                    limit, before)
+        return ok([message_item(r) for r in rows],
+                  next_cursor=str(next_seq) if next_seq is not None else None)
+
+
+def message_item(row: store.MessageRow) -> MessageItem:
+    return MessageItem(id=str(row.id), recipient=row.recipient, message=row.body,
+                       status=row.status, device=_device_ref(row), error=row.error,
+                       createdAt=iso(row.created_at) or "")

@@ -8,6 +8,8 @@ value is no value.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -128,4 +130,104 @@ class Header:
                            "maxLength": self.max_length}}
 
 
-Param = Choice | Integer | Cursor | PathId | Header
+_UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# RFC 3339 (section 5.6), seconds required; a space for the offset's `+`,
+# which an unencoded query string turns into one.
+_TIMESTAMP = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+              r"(Z|[+ -][0-9]{2}:[0-9]{2})$")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryId:
+    """`?name=` an id (a UUID in its usual form), or nothing; 400 otherwise."""
+
+    name: str
+    description: str
+
+    def read(self, query: Mapping[str, str]) -> uuid.UUID | None:
+        raw = query.get(self.name) or None
+        if raw is None:
+            return None
+        if re.fullmatch(_UUID, raw) is None:
+            raise BadRequest(f"{self.name} must be an id")
+        return uuid.UUID(raw)
+
+    def openapi(self) -> dict[str, Any]:
+        return _query(self.name, self.description,
+                      {"type": "string", "format": "uuid", "pattern": _UUID})
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """`?name=` an RFC 3339 date and time with its offset, or nothing."""
+
+    name: str
+    description: str
+
+    def read(self, query: Mapping[str, str]) -> dt.datetime | None:
+        raw = query.get(self.name) or None
+        if raw is None:
+            return None
+        if re.fullmatch(_TIMESTAMP, raw) is None:
+            raise BadRequest(f"{self.name} must be a date and time such as 2026-12-01T00:00:00Z")
+        try:
+            # UTC now: an offset at the calendar's edge (year 1 at +01:00)
+            # must be refused here, not by the database driver.
+            return dt.datetime.fromisoformat(raw.replace(" ", "+").replace("Z", "+00:00")
+                                             ).astimezone(dt.UTC)
+        except (ValueError, OverflowError):
+            raise BadRequest(f"{self.name} is not a valid date and time") from None
+
+    def openapi(self) -> dict[str, Any]:
+        return _query(self.name, self.description, {"type": "string", "pattern": _TIMESTAMP})
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """`?name=` a string of at most `max_length` characters, or nothing."""
+
+    name: str
+    description: str
+    max_length: int
+
+    def read(self, query: Mapping[str, str]) -> str | None:
+        raw = query.get(self.name) or None
+        if raw is not None and len(raw) > self.max_length:
+            raise BadRequest(f"{self.name} must be at most {self.max_length} characters")
+        return raw
+
+    def openapi(self) -> dict[str, Any]:
+        return _query(self.name, self.description,
+                      {"type": "string", "maxLength": self.max_length})
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """`?name=` a keyset position in a list ordered by creation time and id
+    (keys, devices): opaque to the client, `<microseconds>_<id hex>` to us."""
+
+    name: str
+    description: str
+
+    PATTERN = "^[0-9]{1,17}_[0-9a-f]{32}$"
+
+    def read(self, query: Mapping[str, str]) -> tuple[dt.datetime, uuid.UUID] | None:
+        raw = query.get(self.name) or None
+        if raw is None:
+            return None
+        if re.fullmatch(self.PATTERN, raw) is None:
+            raise BadRequest(f"{self.name} must be the nextCursor of a previous page")
+        micros, _, hex_id = raw.partition("_")
+        return _EPOCH + int(micros) * _MICROSECOND, uuid.UUID(hex_id)
+
+    @staticmethod
+    def of(created_at: dt.datetime, row_id: uuid.UUID) -> str:
+        return f"{(created_at - _EPOCH) // _MICROSECOND}_{row_id.hex}"
+
+    def openapi(self) -> dict[str, Any]:
+        return _query(self.name, self.description, {"type": "string", "pattern": self.PATTERN})
+
+
+Param = Choice | Integer | Cursor | PathId | Header | QueryId | Timestamp | Text | Position

@@ -1,13 +1,15 @@
-"""Registering a phone: one implementation for `smsdora devices create` and
-`POST /devices` (contract sections 4 and 6)."""
+"""Phones: register, read, list, change, deactivate, new token; one
+implementation for `smsdora devices` and `/devices` alike (contract
+sections 4, 6 and 10)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any, NamedTuple
 
 from broker import keys, store
-from broker.errors import BadRequest, Forbidden
+from broker.errors import BadRequest, Conflict, Forbidden, NotFound
 
 
 class Registered(NamedTuple):
@@ -35,3 +37,101 @@ async def register(db: store.Conn, server_secret: bytes, account_id: uuid.UUID, 
     except store.DeviceLimitReached:
         raise DeviceLimit() from None
     return Registered(row, token)
+
+
+class DeviceNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("Device not found")
+
+
+async def get(db: store.Db, device_id: uuid.UUID,
+              account_id: uuid.UUID | None) -> store.DeviceRow:
+    row = await store.get_device(db, device_id, account_id)
+    if row is None:
+        raise DeviceNotFound()
+    return row
+
+
+class Page(NamedTuple):
+    devices: list[store.DeviceRow]
+    more: bool  # another page follows the last of these
+
+
+async def page(db: store.Db, account_id: uuid.UUID, limit: int | None,
+               after: tuple[dt.datetime, uuid.UUID] | None = None) -> Page:
+    """The account's devices, oldest first, `limit` of them (None: all)
+    past the keyset position `after`."""
+    rows = await store.list_devices(db, account_id, None if limit is None else limit + 1, after)
+    if limit is not None and len(rows) > limit:
+        return Page(rows[:limit], True)
+    return Page(rows, False)
+
+
+async def update(db: store.Conn, device_id: uuid.UUID, account_id: uuid.UUID, *,
+                 name: str | None = None, send_rate: int | None = None,
+                 active: bool | None = None) -> store.DeviceRow:
+    """Rename, re-pace, deactivate or reactivate (within the plan's device
+    limit). Deactivating refuses the token from now on and makes every
+    broker drop the phone's connection; the jobs an SMS Gateway phone listed
+    fail (`device deactivated`), the others go to another phone
+    (`store.deactivate_device`, as `smsdora devices deactivate`)."""
+    if name is not None and "\x00" in name:
+        raise BadRequest("name must not contain NUL characters")
+    try:
+        row = await store.update_device(db, device_id, account_id, name, send_rate, active)
+    except store.DeviceLimitReached:
+        raise DeviceLimit() from None
+    if row is None:
+        raise DeviceNotFound()
+    return row
+
+
+async def deactivate(db: store.Db, device_id: uuid.UUID,
+                     account_id: uuid.UUID | None = None) -> None:
+    """`update(active=False)` for the operator's CLI, which names a device
+    by its id alone."""
+    if not await store.deactivate_device(db, device_id, account_id):
+        raise DeviceNotFound()
+
+
+class NotRotatable(Conflict):
+    def __init__(self) -> None:
+        # The app gets its token only from its registration's reply: a new
+        # one could never reach it, and the old one refused makes it register
+        # again as another device.
+        super().__init__("Only a WebSocket phone's token can be rotated: an SMS Gateway phone"
+                         " registers again instead")
+
+
+async def rotate_token(db: store.Db, server_secret: bytes, device_id: uuid.UUID,
+                       account_id: uuid.UUID) -> Registered:
+    """A new token for a WebSocket phone, shown once; the old one is refused
+    from now on and the connection made with it is dropped."""
+    token, prefix = keys.make_secret(keys.TOKEN_KIND)
+    row = await store.set_token(db, device_id, account_id, prefix,
+                                keys.digest(server_secret, token))
+    if row is None:
+        await get(db, device_id, account_id)  # DeviceNotFound, or:
+        raise NotRotatable()
+    return Registered(row, token)
+
+
+class DeviceInUse(Conflict):
+    def __init__(self) -> None:
+        super().__init__("A device that has messages or received SMS cannot be deleted:"
+                         " deactivate it instead")
+
+
+async def delete(db: store.Conn, device_id: uuid.UUID, account_id: uuid.UUID) -> store.DeviceRow:
+    """Delete a phone that never handled a message nor received one (one
+    registered by mistake, say); its token is refused at once and its
+    connection dropped. One that did stays, so that its messages keep
+    naming it: deactivating it (`update(active=False)`) is what retires it.
+    Returns the device as it was."""
+    row = await get(db, device_id, account_id)
+    outcome = await store.delete_device(db, device_id, account_id)
+    if outcome is store.Deleted.NOT_FOUND:
+        raise DeviceNotFound()
+    if outcome is store.Deleted.IN_USE:
+        raise DeviceInUse()
+    return row

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from broker import keys, store
 from broker.clock import utcnow
+from broker.settings import Settings
 
 # The SMS Gateway app's own alphabet and length (SMSGATE.md 4.4): no 0/1/i/l/o.
 ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
@@ -36,3 +37,10 @@ async def claim(db: store.Db, server_secret: bytes, code: str) -> uuid.UUID | No
     if len(code) != LENGTH or any(c not in ALPHABET for c in code):
         return None
     return await store.claim_code(db, keys.digest(server_secret, code), utcnow())
+
+
+def server_url(settings: Settings) -> str:
+    """What a phone types as the app's server: SMSDORA_PUBLIC_URL, else
+    where `serve` listens, and the mobile API's path."""
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    return base.rstrip("/") + "/api/mobile/v1"

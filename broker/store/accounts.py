@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import asyncpg
 import msgspec
 
-from broker.store.pool import Db
+from broker.store.pool import Db, rows_of
+from broker.store.usage import month_bounds
 
 
 class Account(msgspec.Struct, frozen=True):
@@ -71,3 +73,68 @@ async def password_hash(db: Db, account_id: uuid.UUID) -> str | None:
 
 async def set_password(db: Db, account_id: uuid.UUID, hashed: str) -> None:
     await db.execute("UPDATE accounts SET password_hash = $2 WHERE id = $1", account_id, hashed)
+
+
+async def list_accounts(db: Db) -> list[Account]:
+    """Every account, oldest first (the operator's CLI)."""
+    return rows_of(Account, await db.fetch(_ACCOUNT + " ORDER BY a.created_at, a.id"))
+
+
+async def set_plan(db: Db, account_id: uuid.UUID, plan: str) -> Account | None:
+    """Move the account to another plan; its month's quota is re-cut for the
+    new limit by the next send (store/usage.py, `sized_for`). LookupError:
+    no such plan."""
+    try:
+        status = await db.execute("UPDATE accounts SET plan = $2 WHERE id = $1", account_id, plan)
+    except asyncpg.ForeignKeyViolationError:
+        raise LookupError(f"no plan named {plan!r}") from None
+    return await account_by_id(db, account_id) if status != "UPDATE 0" else None
+
+
+class Plan(msgspec.Struct, frozen=True):
+    name: str
+    monthly_messages: int
+    max_devices: int
+
+
+class DuplicatePlan(Exception):
+    pass
+
+
+async def create_plan(db: Db, name: str, monthly_messages: int, max_devices: int) -> Plan:
+    try:
+        r = await db.fetchrow(
+            "INSERT INTO plans (name, monthly_messages, max_devices) VALUES ($1, $2, $3)"
+            " RETURNING name, monthly_messages, max_devices", name, monthly_messages, max_devices)
+    except asyncpg.UniqueViolationError:
+        raise DuplicatePlan(name) from None
+    assert r is not None  # INSERT ... RETURNING
+    return Plan(**dict(r))
+
+
+async def list_plans(db: Db) -> list[Plan]:
+    return rows_of(Plan, await db.fetch(
+        "SELECT name, monthly_messages, max_devices FROM plans ORDER BY name"))
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """What the account's plan limits, as they stand now."""
+
+    messages: int  # this month's, as the quota counts them
+    active_devices: int
+
+
+async def usage_of(db: Db, account_id: uuid.UUID, month: dt.date) -> Usage:
+    """The month's usage as the quota holds it (store/usage.py), or, before
+    the month's first send opened it, what opening it would count."""
+    start, end = month_bounds(month)
+    r = await db.fetchrow(
+        "SELECT COALESCE((SELECT sum(used) FROM account_usage"
+        "                  WHERE account_id = $1 AND month = $2),"
+        "                (SELECT count(*) FROM messages"
+        "                  WHERE account_id = $1 AND created_at >= $3 AND created_at < $4))"
+        "         AS messages,"
+        " (SELECT count(*) FROM devices WHERE account_id = $1 AND active) AS active_devices",
+        account_id, month, start, end)
+    assert r is not None  # a SELECT of two subqueries answers one row
+    return Usage(messages=int(r["messages"]), active_devices=int(r["active_devices"]))

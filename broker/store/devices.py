@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 from typing import Any
 
@@ -23,11 +24,12 @@ class DeviceRow(msgspec.Struct, frozen=True):
     app_version: str | None
     online_node: str | None = None
     transport: str = "websocket"  # or "smsgate": the SMS Gateway for Android app
+    created_at: dt.datetime | None = None  # the listings' keyset is (created_at, id)
 
 
 WEBSOCKET, SMSGATE = "websocket", "smsgate"
 _DEVICE_COLS = ("id, account_id, name, token_hash, send_rate, active, last_seen_at, health,"
-                " app_version, online_node, transport")
+                " app_version, online_node, transport, created_at")
 
 
 class DeviceLimitReached(Exception):
@@ -72,11 +74,79 @@ async def devices_by_token_prefix(db: Db, prefixes: list[str]) -> dict[str, Devi
     return out
 
 
-async def list_devices(db: Db, account_id: uuid.UUID) -> list[DeviceRow]:
+async def list_devices(db: Db, account_id: uuid.UUID, limit: int | None = None,
+                       after: tuple[dt.datetime, uuid.UUID] | None = None) -> list[DeviceRow]:
+    """The account's devices, oldest first: at most `limit` (None: all) from
+    past `after` (a keyset position: registration time, id)."""
+    at, device_id = after if after is not None else (None, None)
     return rows_of(DeviceRow, await db.fetch(
-        f"SELECT {_DEVICE_COLS} FROM devices WHERE account_id = $1 ORDER BY created_at, id",
-        account_id,
+        f"SELECT {_DEVICE_COLS} FROM devices WHERE account_id = $1"
+        " AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))"
+        " ORDER BY created_at, id LIMIT $4",
+        account_id, at, device_id, limit,
     ))
+
+
+async def get_device(db: Db, device_id: uuid.UUID,
+                     account_id: uuid.UUID | None) -> DeviceRow | None:
+    """One device; `account_id` scopes it (None only for the operator's CLI)."""
+    r = await db.fetchrow(
+        f"SELECT {_DEVICE_COLS} FROM devices WHERE id = $1"
+        " AND ($2::uuid IS NULL OR account_id = $2)", device_id, account_id)
+    return DeviceRow(**dict(r)) if r else None
+
+
+async def update_device(db: Conn, device_id: uuid.UUID, account_id: uuid.UUID,
+                        name: str | None, send_rate: int | None,
+                        active: bool | None) -> DeviceRow | None:
+    """Rename, re-pace, deactivate or reactivate a device of the account
+    (None: that field stays). Deactivating is `deactivate_device`, in the
+    same transaction; reactivating is within the plan's device limit,
+    checked under the account row's lock as a registration is. None: no
+    such device."""
+    async with db.transaction():
+        limit = None
+        if active:  # the account row first, as a registration locks it
+            limit = await db.fetchval(
+                "SELECT p.max_devices FROM accounts a JOIN plans p ON p.name = a.plan"
+                " WHERE a.id = $1 FOR UPDATE OF a", account_id)
+        row = await db.fetchrow(
+            "SELECT active FROM devices WHERE id = $1 AND account_id = $2 FOR UPDATE",
+            device_id, account_id)
+        if row is None:
+            return None
+        if active and not row["active"]:
+            count = await db.fetchval(
+                "SELECT count(*) FROM devices WHERE account_id = $1 AND active", account_id)
+            if limit is not None and count >= limit:
+                raise DeviceLimitReached()
+        if active is False and row["active"]:
+            await deactivate_device(db, device_id, account_id)
+        r = await db.fetchrow(
+            "UPDATE devices SET name = COALESCE($3, name), send_rate = COALESCE($4, send_rate),"
+            " active = COALESCE($5, active) WHERE id = $1 AND account_id = $2"
+            f" RETURNING {_DEVICE_COLS}",
+            device_id, account_id, name, send_rate, active)
+    assert r is not None  # locked above
+    return DeviceRow(**dict(r))
+
+
+async def set_token(db: Db, device_id: uuid.UUID, account_id: uuid.UUID, prefix: str,
+                    token_hash: bytes) -> DeviceRow | None:
+    """A new token for a WebSocket phone; the old one stops at once, and
+    every broker drops the connection made with it (as for a deactivation).
+    None: no such device of the account, or not a WebSocket one."""
+    r = await db.fetchrow(
+        "WITH u AS (UPDATE devices SET token_prefix = $3, token_hash = $4"
+        f"  WHERE id = $1 AND account_id = $2 AND transport = '{WEBSOCKET}'"
+        f"  RETURNING {_DEVICE_COLS})"
+        f" SELECT u.*, pg_notify('{DEVICE_DEACTIVATED}', u.id::text) FROM u",
+        device_id, account_id, prefix, token_hash)
+    if r is None:
+        return None
+    fields = dict(r)
+    fields.pop("pg_notify")
+    return DeviceRow(**fields)
 
 
 # Brokers LISTEN here: a phone deactivated from the CLI (another process) is
@@ -138,3 +208,28 @@ async def update_app_info(db: Db, device_id: uuid.UUID, push_token: str | None,
         "UPDATE devices SET push_token = COALESCE($2, push_token),"
         " sim_cards = COALESCE($3, sim_cards) WHERE id = $1",
         device_id, push_token or None, sim_cards)
+
+
+class Deleted(enum.Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not found"
+    IN_USE = "in use"  # messages or received SMS name it: it stays
+
+
+async def delete_device(db: Conn, device_id: uuid.UUID, account_id: uuid.UUID) -> Deleted:
+    """Delete a device that no message and no received SMS names; it is
+    deactivated first in the same transaction (its connection dropped on
+    every broker). One that is named stays, unchanged: its messages keep
+    their device."""
+    async with db.transaction():
+        found = await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE device_id = $1)"
+            " OR EXISTS (SELECT 1 FROM inbox WHERE device_id = $1)"
+            " FROM devices WHERE id = $1 AND account_id = $2 FOR UPDATE", device_id, account_id)
+        if found is None:
+            return Deleted.NOT_FOUND
+        if found:
+            return Deleted.IN_USE
+        await deactivate_device(db, device_id, account_id)
+        await db.execute("DELETE FROM devices WHERE id = $1", device_id)
+    return Deleted.DELETED

@@ -56,15 +56,30 @@ async def key_by_prefix(db: Db, prefix: str) -> KeyRow | None:
     return KeyRow(**dict(r)) if r else None
 
 
-async def list_keys(db: Db, account_id: uuid.UUID) -> list[KeyRow]:
+async def get_key(db: Db, key_id: uuid.UUID, account_id: uuid.UUID | None) -> KeyRow | None:
+    """One key; `account_id` scopes it (None only for the operator's CLI)."""
+    r = await db.fetchrow(
+        f"SELECT {_KEY_COLS} FROM api_keys k WHERE k.id = $1"
+        " AND ($2::uuid IS NULL OR k.account_id = $2)", key_id, account_id)
+    return KeyRow(**dict(r)) if r else None
+
+
+async def list_keys(db: Db, account_id: uuid.UUID, limit: int | None = None,
+                    after: tuple[dt.datetime, uuid.UUID] | None = None) -> list[KeyRow]:
+    """The account's keys, oldest first: at most `limit` (None: all) from
+    past `after` (a keyset position: creation time, id)."""
+    at, key_id = after if after is not None else (None, None)
     return rows_of(KeyRow, await db.fetch(
-        f"SELECT {_KEY_COLS} FROM api_keys k WHERE k.account_id = $1 ORDER BY k.created_at",
-        account_id,
+        f"SELECT {_KEY_COLS} FROM api_keys k WHERE k.account_id = $1"
+        " AND ($2::timestamptz IS NULL OR (k.created_at, k.id) > ($2, $3::uuid))"
+        " ORDER BY k.created_at, k.id LIMIT $4",
+        account_id, at, key_id, limit,
     ))
 
 
 async def revoke_key(db: Db, key_id: uuid.UUID, account_id: uuid.UUID | None = None) -> bool:
-    """Revoke; `account_id` scopes it (None only for the operator's CLI)."""
+    """Revoke (again: no change); `account_id` scopes it (None only for the
+    operator's CLI). False: no such key."""
     status = await db.execute(
         "UPDATE api_keys SET revoked = true WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)",
         key_id, account_id,

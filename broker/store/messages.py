@@ -6,6 +6,7 @@ import datetime as dt
 import enum
 import random
 import uuid
+from typing import NamedTuple
 
 import msgspec
 
@@ -186,11 +187,13 @@ d.name AS device_name
 """
 
 
-async def get_message(db: Db, account_id: uuid.UUID,
+async def get_message(db: Db, account_id: uuid.UUID | None,
                       message_id: uuid.UUID) -> tuple[MessageRow, list[HistoryRow]] | None:
+    """One message and its history; `account_id` scopes it (None only for
+    the operator's CLI)."""
     r = await db.fetchrow(
         f"SELECT {_MESSAGE_COLS} FROM messages m LEFT JOIN devices d ON d.id = m.device_id"
-        " WHERE m.id = $1 AND m.account_id = $2", message_id, account_id,
+        " WHERE m.id = $1 AND ($2::uuid IS NULL OR m.account_id = $2)", message_id, account_id,
     )
     if r is None:
         return None
@@ -202,12 +205,72 @@ async def get_message(db: Db, account_id: uuid.UUID,
     return MessageRow(**dict(r)), rows_of(HistoryRow, hist)
 
 
+class MessageFilter(NamedTuple):
+    """What `GET /messages` narrows the account's messages to besides their
+    status (None: any)."""
+
+    device_id: uuid.UUID | None = None
+    recipient: str | None = None  # E.164
+    since: dt.datetime | None = None  # created at or after
+    until: dt.datetime | None = None  # created before
+
+
+_ANY = MessageFilter()
+
+
 async def list_messages(db: Db, account_id: uuid.UUID, status: str | None, limit: int,
-                        before_seq: int | None) -> list[MessageRow]:
+                        before_seq: int | None, where: MessageFilter = _ANY) -> list[MessageRow]:
+    """The account's messages, newest first: `limit` of them before the
+    keyset position `before_seq`, in `status` (None: any) and `where`."""
     return rows_of(MessageRow, await db.fetch(
         f"SELECT {_MESSAGE_COLS} FROM messages m LEFT JOIN devices d ON d.id = m.device_id"
         " WHERE m.account_id = $1 AND ($2::text IS NULL OR m.status = $2)"
         " AND ($3::bigint IS NULL OR m.seq < $3)"
+        " AND ($5::uuid IS NULL OR m.device_id = $5) AND ($6::text IS NULL OR m.recipient = $6)"
+        " AND ($7::timestamptz IS NULL OR m.created_at >= $7)"
+        " AND ($8::timestamptz IS NULL OR m.created_at < $8)"
         " ORDER BY m.seq DESC LIMIT $4",
-        account_id, status, before_seq, limit,
+        account_id, status, before_seq, limit, where.device_id, where.recipient,
+        where.since, where.until,
     ))
+
+
+class Cancelled(NamedTuple):
+    """What `cancel_message` found: the status the message had (None: no
+    such message of the account), and whether this call cancelled it."""
+
+    was: str | None
+    device_id: uuid.UUID | None
+    cancelled: bool
+
+
+CANCELLED = "cancelled"
+
+# The guard is the UPDATE's own WHERE, evaluated on the row's newest version
+# (a phone's ack or an SMS Gateway phone's listing that committed first wins,
+# and this changes nothing): only a message no phone may have sent yet, one
+# `queued`, or `dispatching` and not listed by an SMS Gateway phone (which
+# sends what it lists, with no go-ahead to wait for: CONTRACT section 8).
+# `t` locks the row first, so `was` is the status that decided.
+_CANCEL = f"""
+WITH t AS (
+    SELECT id, status, device_id FROM messages WHERE id = $1 AND account_id = $2 FOR UPDATE
+), u AS (
+    UPDATE messages m SET status = 'failed', error = '{CANCELLED}', updated_at = now()
+      FROM t WHERE m.id = t.id AND m.status IN ('queued', 'dispatching') AND m.listed_at IS NULL
+    RETURNING m.id, m.device_id
+), h AS (
+    INSERT INTO message_history (message_id, status, device_id, error)
+    SELECT id, 'failed', device_id, '{CANCELLED}' FROM u ON CONFLICT DO NOTHING
+)
+SELECT t.status AS was, t.device_id, EXISTS (SELECT 1 FROM u) AS cancelled FROM t
+"""
+
+
+async def cancel_message(db: Db, account_id: uuid.UUID, message_id: uuid.UUID) -> Cancelled:
+    """Fail the message with error `cancelled`, with its history row, if no
+    phone can have sent it yet; one statement."""
+    r = await db.fetchrow(_CANCEL, message_id, account_id)
+    if r is None:
+        return Cancelled(None, None, False)
+    return Cancelled(r["was"], r["device_id"], r["cancelled"])

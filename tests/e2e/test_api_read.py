@@ -98,10 +98,14 @@ async def test_list_is_newest_first_and_pages_cover_everything_once(
     r = await http.get("/messages", headers=account.headers)
     body = r.json()
     assert r.status_code == 200
+    # Each item with its error and createdAt (contract section 10).
+    created = [m["createdAt"] for m in body["data"]]
     assert body == {"statusCode": 200, "data": [
         {"id": mid, "recipient": "+16502530000", "message": f"message {i}",
-         "status": "dispatching", "device": {"id": device.id, "deviceName": "Pixel"}}
-        for i, mid in reversed(list(enumerate(ids)))]}  # no nextCursor: it all fit
+         "status": "dispatching", "device": {"id": device.id, "deviceName": "Pixel"},
+         "error": None, "createdAt": at}
+        for (i, mid), at in zip(reversed(list(enumerate(ids))), created, strict=True)]}
+    assert created == sorted(created, reverse=True)  # no nextCursor above: it all fit
 
     pages: list[list[str]] = []
     params: dict[str, str] = {"limit": "2"}

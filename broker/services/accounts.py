@@ -1,0 +1,63 @@
+"""Accounts and plans (contract section 7): one implementation for `smsdora
+accounts`, `smsdora plans` and `GET /account`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import NamedTuple
+
+from broker import store
+from broker.clock import utcnow
+from broker.errors import BadRequest, Conflict, NotFound
+
+MAX_PLAN_NAME = 64
+MAX_LIMIT = 2**31 - 1  # the plans table's integers
+
+
+class AccountNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("Account not found")
+
+
+class Standing(NamedTuple):
+    """An account against its plan, now."""
+
+    account: store.Account
+    month: dt.date  # the 1st of the month, UTC
+    usage: store.Usage
+
+
+async def standing(db: store.Db, account_id: uuid.UUID,
+                   now: dt.datetime | None = None) -> Standing:
+    account = await store.account_by_id(db, account_id)
+    if account is None:
+        raise AccountNotFound()
+    month = (now or utcnow()).astimezone(dt.UTC).date().replace(day=1)
+    return Standing(account, month, await store.usage_of(db, account_id, month))
+
+
+async def set_plan(db: store.Db, account_id: uuid.UUID, plan: str) -> store.Account:
+    """Move the account to `plan`. Its monthly limit applies from the next
+    send (the month's quota is re-cut for it, what was used stays used);
+    devices over a smaller device limit stay, and no new one registers."""
+    try:
+        account = await store.set_plan(db, account_id, plan)
+    except LookupError:
+        raise BadRequest(f"no plan named {plan!r}") from None
+    if account is None:
+        raise AccountNotFound()
+    return account
+
+
+async def create_plan(db: store.Db, name: str, monthly_messages: int,
+                      max_devices: int) -> store.Plan:
+    name = name.strip()
+    if not 1 <= len(name) <= MAX_PLAN_NAME or "\x00" in name:
+        raise BadRequest(f"a plan's name is 1-{MAX_PLAN_NAME} characters")
+    if not (0 <= monthly_messages <= MAX_LIMIT and 0 <= max_devices <= MAX_LIMIT):
+        raise BadRequest(f"a plan's limits are 0-{MAX_LIMIT}")
+    try:
+        return await store.create_plan(db, name, monthly_messages, max_devices)
+    except store.DuplicatePlan:
+        raise Conflict(f"a plan named {name!r} already exists") from None

@@ -1,0 +1,97 @@
+"""Messages as their owner reads and cancels them: one implementation for
+`smsdora messages` and `/messages` alike (contract sections 3, 6 and 10).
+Sending is the delivery engine's (broker/delivery/)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import NamedTuple
+
+import phonenumbers
+
+from broker import store
+from broker.delivery.presence import Presence
+from broker.errors import BadRequest, Conflict, NotFound
+from broker.ops import metrics
+from protocol import lifecycle
+
+
+class MessageNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("Message not found")
+
+
+class TooLateToCancel(Conflict):
+    def __init__(self) -> None:
+        super().__init__("Message can no longer be cancelled")
+
+
+def normalize_recipient(raw: str) -> str:
+    """E.164 of a number `phonenumbers` parses and finds valid."""
+    if len(raw) > 64:
+        raise BadRequest("Invalid phone number")
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        raise BadRequest("Invalid phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise BadRequest("Invalid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+async def get(db: store.Db, account_id: uuid.UUID | None,
+              message_id: uuid.UUID) -> tuple[store.MessageRow, list[store.HistoryRow]]:
+    """The message with its history, oldest first; `account_id` None only
+    for the operator's CLI."""
+    found = await store.get_message(db, account_id, message_id)
+    if found is None:
+        raise MessageNotFound()
+    return found
+
+
+class Page(NamedTuple):
+    messages: list[store.MessageRow]
+    next_seq: int | None  # the keyset position of the next page, if one follows
+
+
+async def page(db: store.Db, account_id: uuid.UUID, status: str | None,
+               where: store.MessageFilter, limit: int, before_seq: int | None = None) -> Page:
+    """The account's messages, newest first, in `status` (None: any) and
+    narrowed by `where`."""
+    if where.since is not None and where.until is not None and where.since >= where.until:
+        raise BadRequest("since must be before until")
+    rows = await store.list_messages(db, account_id, status, limit + 1, before_seq, where)
+    if len(rows) > limit:
+        return Page(rows[:limit], rows[limit - 1].seq)
+    return Page(rows, None)
+
+
+async def cancel(db: store.Db, presence: Presence, account_id: uuid.UUID,
+                 message_id: uuid.UUID) -> None:
+    """Fail a message no phone can have sent yet, with error `cancelled`,
+    and tell its phone, if it is connected here, to drop the job.
+
+    "Not yet sent" is decided in one guarded UPDATE (store.cancel_message):
+    `queued`, or `dispatching` and not listed by an SMS Gateway phone. A
+    WebSocket phone sends only after its ack's receipt, so whichever of
+    the ack and the cancel commits first wins: the other is refused (the
+    ack is answered `cancel`). An SMS Gateway phone sends what it has listed
+    with no go-ahead to wait for, so a listed job is treated as `sending`
+    (409): cancelling it would need the phone's confirmation (CONTRACT
+    section 8's hand-back), which a request cannot wait for, and never
+    cancelling what the phone may have sent is the rule that holds."""
+    done = await store.cancel_message(db, account_id, message_id)
+    if done.was is None:
+        raise MessageNotFound()
+    if not done.cancelled:
+        raise TooLateToCancel()
+    metrics.TRANSITIONS.labels(lifecycle.FAILED).inc()
+    if done.was == lifecycle.DISPATCHING and done.device_id is not None:
+        conn = presence.get(done.device_id)
+        if conn is not None:
+            # As for an expired job (broker/delivery/sweeper.py): out of the
+            # phone's in-flight window, room for its next, and cancelled there.
+            conn.inflight.discard(message_id)
+            presence.room_freed(conn, time.monotonic())
+            await conn.channel.cancel(str(message_id), store.CANCELLED)
