@@ -36,9 +36,11 @@ _ERRORS: dict[int, str] = {
          "\"No eligible device available\" (no phone connected and no ttl to wait with).",
     401: "\"Invalid API key\", \"API key expired\" or \"API key revoked\".",
     403: "Missing scope, \"Rate limit exceeded\" (with Retry-After) or a plan limit.",
-    404: "Unknown message, or one of another account.",
+    404: "Unknown message, device, key or other resource, or one of another account.",
     405: "Method not allowed (the Allow header lists the allowed ones).",
-    409: "The Idempotency-Key was used with another body within 24 hours.",
+    409: "The Idempotency-Key was used with another body within 24 hours; or the change "
+         "cannot be made in the resource's state (a message past cancelling, a device with "
+         "messages to delete, an SMS Gateway phone's token to rotate).",
     408: "The body did not arrive within its deadline (SMSDORA_BODY_TIMEOUT).",
     413: f"Request body over {MAX_BODY_BYTES // 1024} KiB.",
     429: "Too many failed credentials from this address, or the account is over its "

@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 from argon2 import PasswordHasher
 
-from broker import cli, device_sim, keys
+from broker import cli, device_sim, keys, store
 from broker.app import create_app
 from broker.cli import common
 from broker.ops import server
@@ -295,6 +295,95 @@ def test_device_limit_reached(run: Cli, database_url: str) -> None:
     assert "Device limit reached" in run.err
     assert run.json("devices", "create", "--account", "a@example.com", "--name", "two",
                     code=2) == {"error": "Device limit reached"}
+
+
+# --- plans, accounts, messages (contract section 10) ------------------------
+
+
+def test_plans_create_list_and_an_account_moved_onto_one(run: Cli, database_url: str) -> None:
+    made = run.json("plans", "create", "pro", "--monthly-messages", "5000", "--max-devices", "3")
+    assert made == {"name": "pro", "monthlyMessages": 5000, "maxDevices": 3}
+    run("plans", "create", "pro", "--monthly-messages", "1", "--max-devices", "1", code=2)
+    assert "already exists" in run.err
+    with pytest.raises(SystemExit):  # argparse: a negative limit
+        cli.main(["plans", "create", "x", "--monthly-messages", "-1", "--max-devices", "1"])
+    assert {"name": "pro", "monthlyMessages": 5000, "maxDevices": 3} in run.json(
+        "plans", "list")["plans"]
+    assert "pro" in run("plans", "list")
+
+    a = run.json("accounts", "create", "a@example.com")
+    b = run.json("accounts", "create", "b@example.com")
+    assert run.json("accounts", "list")["accounts"] == [a, b]
+    assert run.json("accounts", "set-plan", "A@example.com", "pro") == {**a, "plan": "pro"}
+    [row] = _sql(database_url, "SELECT plan FROM accounts WHERE email = 'a@example.com'")
+    assert row["plan"] == "pro"
+    assert "5000 messages a month" in run("accounts", "set-plan", "a@example.com", "pro")
+    assert run.json("accounts", "set-plan", "a@example.com", "gold", code=2) == {
+        "error": "no plan named 'gold'"}
+    run("accounts", "set-plan", "nobody@example.com", "pro", code=2)
+    assert "no account with email" in run.err
+
+
+def test_a_key_for_an_sms_gateway_app_to_register_with(run: Cli) -> None:
+    run("accounts", "create", "a@example.com")
+    made = run.json("keys", "create", "--account", "a@example.com", "--scope",
+                    "devices:register")
+    assert made["scopes"] == ["devices:register"]
+
+
+def _messages(dsn: str, email: str, statuses: list[str]) -> list[str]:
+    """Messages of the account's first device, written as the send writes them."""
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            account = await store.account_by_email(conn, email)
+            assert account is not None
+            [device] = await store.list_devices(conn, account.id)
+            made = []
+            for i, status in enumerate(statuses):
+                mid = uuid.uuid4()
+                await store.insert_message(conn, mid, account.id, device.id, "+16502530000",
+                                           f"text {i}", status, None, dt.datetime.now(dt.UTC))
+                made.append(str(mid))
+            return made
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_messages_list_and_get(run: Cli, database_url: str) -> None:
+    run("accounts", "create", "a@example.com")
+    device = run.json("devices", "create", "--account", "a@example.com", "--name", "Pixel")
+    ids = _messages(database_url, "a@example.com", ["queued", "dispatching", "queued"])
+
+    listed = run.json("messages", "list", "--account", "a@example.com")
+    assert [m["id"] for m in listed["messages"]] == ids[::-1] and "nextCursor" not in listed
+    first = listed["messages"][-1]
+    assert first == {"id": ids[0], "recipient": "+16502530000", "message": "text 0",
+                     "status": "queued", "device": {"id": device["id"], "deviceName": "Pixel"},
+                     "error": None, "createdAt": first["createdAt"]}
+    page = run.json("messages", "list", "--account", "a@example.com", "--limit", "2")
+    assert [m["id"] for m in page["messages"]] == [ids[2], ids[1]]
+    rest = run.json("messages", "list", "--account", "a@example.com", "--limit", "2",
+                    "--cursor", page["nextCursor"])
+    assert [m["id"] for m in rest["messages"]] == [ids[0]]
+    assert [m["id"] for m in run.json("messages", "list", "--account", "a@example.com",
+                                      "--status", "dispatching",
+                                      "--recipient", "+1 650-253-0000")["messages"]] == [ids[1]]
+    assert run.json("messages", "list", "--account", "a@example.com",
+                    "--since", "2100-01-01T00:00Z")["messages"] == []
+    assert "More: --cursor" in run("messages", "list", "--account", "a@example.com",
+                                   "--limit", "1")
+    run("messages", "list", "--account", "a@example.com", "--recipient", "12", code=2)
+    assert "Invalid phone number" in run.err
+
+    got = run.json("messages", "get", ids[1])
+    assert got == {**listed["messages"][1], "history": got["history"]}
+    assert [h["status"] for h in got["history"]] == ["queued", "dispatching"]
+    assert "dispatching" in run("messages", "get", ids[1])
+    run("messages", "get", str(uuid.uuid4()), code=2)
+    assert "Message not found" in run.err
 
 
 def test_default_send_rate_from_settings(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
