@@ -17,6 +17,7 @@ from broker.delivery.channel import CloseReason
 from broker.delivery.dispatch import Dispatcher
 from broker.delivery.presence import Presence
 from broker.delivery.sweeper import Sweeper
+from broker.delivery.wake import Wake
 from broker.keys import KeyCache, UnknownPrefixes
 from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
@@ -24,7 +25,6 @@ from broker.settings import Settings
 from broker.store.listener import Listener
 from broker.webhooks.devices import DeviceEvents
 from broker.webhooks.sender import Sender
-from broker.webhooks.wake import Wake
 
 log = logging.getLogger("smsdora.runtime")
 

@@ -18,9 +18,9 @@ from broker.delivery.handoff import hand, job_of
 from broker.delivery.presence import Connection, Presence
 from broker.delivery.queue import Queue
 from broker.delivery.sending import Sender
+from broker.delivery.wake import Wake
 from broker.lookups import Coalescer
 from broker.ops import metrics
-from broker.webhooks.wake import Wake
 from protocol import lifecycle
 
 

@@ -21,9 +21,9 @@ from broker.delivery.channel import CloseReason, Job
 from broker.delivery.handoff import hand
 from broker.delivery.presence import Connection, Presence
 from broker.delivery.queue import Queue
+from broker.delivery.wake import Wake
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
 from broker.ops import metrics
-from broker.webhooks.wake import Wake
 from protocol import lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse
 from protocol.api import encoder as api_encoder

@@ -48,7 +48,7 @@ from broker.http.messages import (
 from broker.http.openapi import document
 from broker.http.ops import health, metrics_endpoint
 from broker.http.responses import JSON
-from broker.webhooks.http import WEBHOOK_ENDPOINTS
+from broker.http.webhooks import WEBHOOK_ENDPOINTS
 from protocol.api import (
     AccountInfo,
     CreatedDevice,

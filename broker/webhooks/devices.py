@@ -14,8 +14,8 @@ import msgspec
 
 from broker import store
 from broker.delivery.presence import Connection
+from broker.delivery.wake import Wake
 from broker.store import webhooks as outbox
-from broker.webhooks.wake import Wake
 
 log = logging.getLogger("smsdora.webhooks")
 _health = msgspec.json.Encoder()
@@ -26,12 +26,14 @@ class DeviceEvents:
         self.pool = pool
         self.wake = wake
         self._pending: list[tuple[uuid.UUID, bool, dt.datetime, str | None, str | None]] = []
+        self._accounts: set[uuid.UUID] = set()
         self._writer: asyncio.Task[None] | None = None
 
     def changed(self, conn: Connection, online: bool) -> None:
         """Presence's hook: cheap for an account without endpoints (a set lookup)."""
         if conn.account_id not in self.wake.accounts:
             return
+        self._accounts.add(conn.account_id)
         self._pending.append((conn.device_id, online,
                               dt.datetime.fromtimestamp(conn.last_seen_at, dt.UTC),
                               _health.encode(conn.health).decode() if conn.health else None,
@@ -44,6 +46,7 @@ class DeviceEvents:
             await asyncio.sleep(0)
             while self._pending:
                 batch, self._pending = self._pending, []
+                accounts, self._accounts = self._accounts, set()
                 try:
                     await outbox.emit_device_events(
                         self.pool, [b[0] for b in batch], [b[1] for b in batch],
@@ -52,7 +55,8 @@ class DeviceEvents:
                     log.warning("device events not written", extra={
                         "error": type(err).__name__, "count": len(batch)})
                     continue
-                self.wake.poke_all()
+                for account_id in accounts:
+                    self.wake.poke_now(account_id)
         finally:
             self._writer = None
 

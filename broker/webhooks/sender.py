@@ -32,12 +32,12 @@ import msgspec
 
 from broker import store
 from broker.clock import iso, utcnow
+from broker.delivery.wake import Wake
 from broker.ops import metrics
 from broker.settings import Settings
 from broker.store import webhooks as outbox
 from broker.webhooks import signing
 from broker.webhooks.addresses import GuardedBackend
-from broker.webhooks.wake import Wake
 
 log = logging.getLogger("smsdora.webhooks")
 
@@ -136,6 +136,8 @@ class Sender:
         self._outcomes: list[outbox.Outcome] = []
         self._recording: asyncio.Task[None] | None = None
         self._accounts_at = 0.0
+        self._full_at = 0.0
+        self._hot_endpoints: set[uuid.UUID] = set()
         self._purged_at = time.monotonic()
         self.delivered = 0  # attempts that got a 2xx (bench, metrics)
         self.failed = 0
@@ -166,9 +168,32 @@ class Sender:
             await outbox.purge_done(self.pool, self.settings.webhook_keep_days, PURGE_BATCH)
         room = self.settings.webhook_concurrency - len(self.running)
         if room <= 0:
+            return  # what was poked stays poked: the next step looks
+        # Every endpoint once a poll interval (other nodes' events, retries
+        # come due, anything missed); in between only what was poked: the
+        # endpoints of accounts that committed events, and those whose
+        # attempts ended (the next events of their messages).
+        full = (self.wake.everything
+                or now - self._full_at >= self.settings.webhook_poll_s)
+        accounts, endpoints = list(self.wake.hot), list(self._hot_endpoints)
+        if not full and not accounts and not endpoints:
             return
-        claimed = await outbox.claim_due(self.pool, self.busy, self.settings.webhook_per_endpoint,
-                                         room, self.lease_s)
+        self.wake.hot.clear()
+        self._hot_endpoints.clear()
+        if full:
+            self.wake.everything = False
+            self._full_at = now
+        try:
+            claimed = await outbox.claim_due(
+                self.pool, self.busy, self.settings.webhook_per_endpoint, room, self.lease_s,
+                None if full else endpoints, accounts)
+        except BaseException:
+            self.wake.hot.update(accounts)
+            self._hot_endpoints.update(endpoints)
+            raise
+        if len(claimed) >= room and not full:  # more may be due there: look again
+            self.wake.hot.update(accounts)
+            self._hot_endpoints.update(endpoints)
         for c in claimed:
             self.busy[c.webhook_id] = self.busy.get(c.webhook_id, 0) + 1
             task = asyncio.get_running_loop().create_task(self._attempt(c))
@@ -262,6 +287,7 @@ class Sender:
                     disabled = []
                 for o in batch:
                     self._done(o.seq, o.webhook_id)
+                    self._hot_endpoints.add(o.webhook_id)
                 for webhook_id in disabled:
                     metrics.WEBHOOKS_DISABLED.inc()
                     log.warning("webhook disabled", extra={"webhook": str(webhook_id)})

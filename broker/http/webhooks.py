@@ -108,7 +108,7 @@ async def update_webhook(request: Request) -> Response:
                                    broker.settings.webhook_allow_private)
     if row.enabled:
         broker.wake.accounts = broker.wake.accounts | {key.account_id}
-        broker.wake.poke_all()  # enabled again: what it is owed goes now
+        broker.wake.poke_now(key.account_id)  # enabled again: what it is owed goes now
     return ok(info(row))
 
 
@@ -154,7 +154,7 @@ async def test_webhook(request: Request) -> Response:
     key = await authenticate(request, SCOPE)
     webhook_id = WEBHOOK_ID.read(request.path_params)
     event_id = await service.send_test(broker.pool, key.account_id, webhook_id)
-    broker.wake.poke_all()
+    broker.wake.poke_now(key.account_id)
     return ok(Queued(eventId=str(event_id), webhookId=str(webhook_id)), status=202)
 
 
@@ -163,7 +163,7 @@ async def redeliver_event(request: Request) -> Response:
     key = await authenticate(request, SCOPE)
     event_id = EVENT_ID.read(request.path_params)
     replayed = await service.redeliver(broker.pool, key.account_id, event_id)
-    broker.wake.poke_all()
+    broker.wake.poke_now(key.account_id)
     return ok(Queued(eventId=str(replayed.event_id), webhookId=str(replayed.webhook_id)),
               status=202)
 
@@ -176,7 +176,7 @@ async def recover_webhook(request: Request) -> Response:
     req = decode(_recover, body)
     n = await service.recover(broker.pool, key.account_id, webhook_id,
                               service.parse_since(req.since))
-    broker.wake.poke_all()
+    broker.wake.poke_now(key.account_id)
     return ok(Recovered(recovered=n), status=202)
 
 
