@@ -133,6 +133,19 @@ async def test_events_come_through_nginx_as_they_happen(
         assert not stream.ended.is_set()
 
 
+async def test_an_app_behind_nginx_is_given_an_inbound_url_it_reaches(
+        nginx: Nginx, proxied: httpx.AsyncClient, account: Account) -> None:
+    """GET /webhooks lists the broker's sms:received URL as the app called
+    it: https, and nginx's host with its port (X-Forwarded-Host), not the
+    broker's own loopback address; a signed POST to it is stored."""
+    app = await register(proxied, account.key)
+    r = await proxied.get("/api/mobile/v1/webhooks", headers=app.headers)
+    assert r.status_code == 200, r.text
+    [hook] = r.json()
+    assert hook["event"] == "sms:received"
+    assert hook["url"] == f"{nginx.url}/api/mobile/v1/inbound/{app.id}"
+
+
 # --- the client's address --------------------------------------------------------
 
 
