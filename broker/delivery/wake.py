@@ -16,7 +16,6 @@ class Wake:
         self.event = asyncio.Event()
         self.accounts: frozenset[uuid.UUID] = frozenset()  # with an enabled endpoint
         self.hot: set[uuid.UUID] = set()  # poked since the sender last looked
-        self.everything = False  # poke_all since the sender last looked
 
     def poke(self, account_id: uuid.UUID) -> None:
         if account_id in self.accounts:
@@ -26,9 +25,4 @@ class Wake:
     def poke_now(self, account_id: uuid.UUID) -> None:
         """The account has events due now, whatever `accounts` says yet."""
         self.hot.add(account_id)
-        self.event.set()
-
-    def poke_all(self) -> None:
-        """Look at every endpoint now (a change the sender cannot name)."""
-        self.everything = True
         self.event.set()

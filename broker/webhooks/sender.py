@@ -173,15 +173,13 @@ class Sender:
         # come due, anything missed); in between only what was poked: the
         # endpoints of accounts that committed events, and those whose
         # attempts ended (the next events of their messages).
-        full = (self.wake.everything
-                or now - self._full_at >= self.settings.webhook_poll_s)
+        full = now - self._full_at >= self.settings.webhook_poll_s
         accounts, endpoints = list(self.wake.hot), list(self._hot_endpoints)
         if not full and not accounts and not endpoints:
             return
         self.wake.hot.clear()
         self._hot_endpoints.clear()
         if full:
-            self.wake.everything = False
             self._full_at = now
         try:
             claimed = await outbox.claim_due(
