@@ -12,7 +12,14 @@ promise of contract section 5 and issue 4:
   and its stored status is what that phone reported;
 - every kind of phone in the run (WebSocket, SMS Gateway app) sent SMS, so
   the promises above hold for each kind, not just for the mix;
-- every history is forward-only and begins with `queued`.
+- every history is forward-only and begins with `queued`;
+- webhooks (contract section 9), at a receiver that was down a while and
+  answered 500 at random, across the kills: every history row arrived as
+  exactly one event (deduped by `webhook-id`), none lost (a `sent` recorded
+  after `delivered` fires none, by contract); one `webhook-id` per event,
+  the same on every retry and after a restart; every request verified by
+  the `standardwebhooks` library; each message's events first arrived in
+  the order of its history; and the outbox ended with nothing owed.
 
 "Final" for the soak: `delivered` or `failed`, or `sent` when `sent` was
 the phone's last word about it (the simulated carrier then never reports a
@@ -60,6 +67,24 @@ class Step:
     at: dt.datetime
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """One request the soak's webhook receiver took, in the order it took
+    them. `message_id` and `status` from the body's `data` (message events;
+    None for the others)."""
+
+    webhook_id: str
+    type: str
+    message_id: str | None
+    status: str | None
+    verified: bool  # by the standardwebhooks library, with an endpoint's secret
+    answered: int  # the status code the receiver answered with
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.answered < 300
+
+
 @dataclass
 class Evidence:
     requested: int  # messages the driver meant to send, one Idempotency-Key each
@@ -75,6 +100,10 @@ class Evidence:
     phone_views: dict[str, str] = field(default_factory=dict)  # id -> its phone's side
     fault_problems: list[str] = field(default_factory=list)
     phone_problems: list[str] = field(default_factory=list)
+    # Webhooks: every request the receiver took, and the outbox's rows by
+    # state at the end (after the bounded wait for it to drain).
+    arrivals: list[Arrival] = field(default_factory=list)
+    outbox: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -228,6 +257,104 @@ def forward_only(e: Evidence) -> Verdict:
     return problems, f"{sum(len(h) for h in e.history.values())} history rows"
 
 
+MESSAGE_EVENT: Final = "message."
+
+
+def fires(steps: list[Step]) -> list[Step]:
+    """The history rows that fire an event, in the history's order: all but
+    a `sent` recorded after (or with) `delivered` (contract section 9)."""
+    delivered = [s.at for s in steps if s.status == lifecycle.DELIVERED]
+    return [s for s in sorted(steps, key=lambda s: (s.at, RANK.get(s.status, 99)))
+            if not (s.status == lifecycle.SENT and any(at <= s.at for at in delivered))]
+
+
+def delivered_events(e: Evidence) -> list[Arrival]:
+    """The receiver's dedup: the first 2xx-answered request per webhook-id,
+    in arrival order."""
+    seen: set[str] = set()
+    out = []
+    for a in e.arrivals:
+        if a.ok and a.webhook_id not in seen:
+            seen.add(a.webhook_id)
+            out.append(a)
+    return out
+
+
+def _message_events(arrivals: list[Arrival]) -> list[Arrival]:
+    return [a for a in arrivals if a.type.startswith(MESSAGE_EVENT) and a.message_id is not None]
+
+
+def events_none_lost(e: Evidence) -> Verdict:
+    got: Counter[tuple[str, str]] = Counter()
+    problems: list[str] = []
+    for a in _message_events(delivered_events(e)):
+        if a.type != MESSAGE_EVENT + (a.status or ""):
+            problems.append(f"{a.webhook_id}: type {a.type} but data.status {a.status}")
+        got[(a.message_id or "", a.status or "")] += 1
+    owed: Counter[tuple[str, str]] = Counter()
+    for mid in e.rows:
+        for step in fires(e.history.get(mid, [])):
+            owed[(mid, step.status)] += 1
+    for (mid, status), n in sorted(owed.items()):
+        if got[(mid, status)] < n:
+            problems.append(f"{mid}: message.{status} never arrived")
+    for (mid, status), n in sorted(got.items()):
+        if n > owed[(mid, status)]:
+            problems.append(f"{mid}: message.{status} arrived {n} times (deduped),"
+                            f" {owed[(mid, status)]} history row(s)")
+    return problems, (f"{sum(owed.values())} history rows, each one deduped event"
+                      f" ({sum(got.values())} message events)")
+
+
+def events_one_id(e: Evidence) -> Verdict:
+    ids: dict[tuple[str, str], set[str]] = defaultdict(set)
+    events: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for a in _message_events(e.arrivals):
+        ids[(a.message_id or "", a.status or "")].add(a.webhook_id)
+        events[a.webhook_id].add((a.message_id or "", a.status or ""))
+    rows: Counter[tuple[str, str]] = Counter(
+        (mid, s.status) for mid in e.rows for s in fires(e.history.get(mid, [])))
+    problems = [f"{mid}: message.{status} came under {len(got)} webhook-ids {sorted(got)}"
+                for (mid, status), got in sorted(ids.items()) if len(got) > max(1, rows[(mid, status)])]
+    problems += [f"webhook-id {wid} carried {sorted(got)}" for wid, got in sorted(events.items())
+                 if len(got) > 1]
+    retried = sum(1 for n in Counter(a.webhook_id for a in e.arrivals).values() if n > 1)
+    return problems, (f"{len(events)} webhook-ids, one per event; {retried} of them"
+                      " sent more than once, always under the same id")
+
+
+def events_verified(e: Evidence) -> Verdict:
+    bad = [a for a in e.arrivals if not a.verified]
+    problems = [f"{len(bad)} of {len(e.arrivals)} request(s) failed standardwebhooks"
+                f" verification, e.g. {bad[0].webhook_id} ({bad[0].type})"] if bad else []
+    if not e.arrivals:
+        problems.append("the receiver got no request at all")
+    return problems, f"all {len(e.arrivals)} requests verified by standardwebhooks"
+
+
+def events_in_order(e: Evidence) -> Verdict:
+    firsts: dict[str, list[str]] = defaultdict(list)
+    for a in _message_events(delivered_events(e)):
+        statuses = firsts[a.message_id or ""]
+        if a.status not in statuses:
+            statuses.append(a.status or "")
+    problems = []
+    for mid, arrived in sorted(firsts.items()):
+        history = [s.status for s in fires(e.history.get(mid, []))]
+        expected = [s for s in history if s in arrived]
+        if arrived != expected:
+            problems.append(f"{mid}: arrived {arrived}, history {history}")
+    return problems, f"{len(firsts)} messages, each one's events in its history's order"
+
+
+def outbox_drained(e: Evidence) -> Verdict:
+    problems = [f"{e.outbox[state]} outbox row(s) {state}" for state in ("pending", "failed")
+                if e.outbox[state]]
+    if not e.outbox:
+        problems.append("the outbox is empty: no event was written")
+    return problems, f"outbox: {_plain(e.outbox)}"
+
+
 def recovered(e: Evidence) -> Verdict:
     return e.fault_problems, "/health ok again after each kill and PostgreSQL restart"
 
@@ -248,6 +375,11 @@ CHECKS: Final[dict[str, Callable[[Evidence], Verdict]]] = {
     "history forward-only from queued": forward_only,
     "broker healthy after every fault": recovered,
     "phones kept running": phones_ran,
+    "webhooks: no event lost": events_none_lost,
+    "webhooks: one webhook-id per event": events_one_id,
+    "webhooks: every request verified": events_verified,
+    "webhooks: each message's order kept": events_in_order,
+    "webhooks: outbox drained": outbox_drained,
 }
 
 

@@ -85,7 +85,9 @@ class Postgres:
 @dataclass(frozen=True)
 class Tenant:
     dsn: str  # the soak's database
-    keys: list[str]  # an API key with messages:send per account, one account per phone kind
+    # An API key with messages:send and webhooks:write per account, one
+    # account per phone kind.
+    keys: list[str]
     devices: list[tuple[str, str, str, str]]  # (id, name, token, transport)
 
 
@@ -122,7 +124,7 @@ async def prepare(admin_dsn: str, phones: int, smsgate: int = 0) -> Tenant:
             account = await store.create_account(db, f"soak-{kind}@example.com", "default", None)
             key, prefix = keys.make_secret(keys.KEY_KIND)
             await store.insert_key(db, account.id, "soak", prefix, keys.digest(secret, key),
-                                   ["messages:send"], None, None)
+                                   ["messages:send", "webhooks:write"], None, None)
             accounts[kind] = account.id
             api_keys.append(key)
         devices = []
@@ -137,13 +139,23 @@ async def prepare(admin_dsn: str, phones: int, smsgate: int = 0) -> Tenant:
     return Tenant(dsn, api_keys, devices)
 
 
+# The sender's retries for the soak: the contract's schedule (5 s ... 10 h)
+# shrunk to seconds, 5.7 s in all, so that an event outlives a receiver
+# down for a second or a few 500s in a row but a lost one shows within the
+# run. The attempt's deadline bounds the lease a SIGKILL leaves on the rows
+# it was sending (SMSDORA_WEBHOOK_TIMEOUT + 30 s, broker/webhooks/sender.py).
+WEBHOOK_RETRIES = "0.2,0.5,1,1,1,1,1"
+WEBHOOK_TIMEOUT_S = 2.0
 
 
 class BrokerProcess:
     """`python -m broker serve` on a fixed port; stdout and stderr of every
-    start go to one log, `broker.log` in the work dir."""
+    start go to one log, `broker.log` in the work dir. With
+    `lease_margin_s`, through tests/fault/serve.py: the same broker with a
+    shorter lease on the webhook events it is sending (that module says why)."""
 
-    def __init__(self, workdir: Path, dsn: str, port: int) -> None:
+    def __init__(self, workdir: Path, dsn: str, port: int,
+                 lease_margin_s: float | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
         self.log_path = workdir / "broker.log"
@@ -156,7 +168,15 @@ class BrokerProcess:
             "SMSDORA_NODE": "soak", "SMSDORA_REASSIGN_AFTER": "2", "SMSDORA_SWEEP_SECONDS": "0.2",
             "SMSDORA_HEARTBEAT_SECONDS": "2", "SMSDORA_LAST_SEEN_FLUSH_SECONDS": "0.5",
             "SMSDORA_LOG_LEVEL": "WARNING",
+            # The receiver is on loopback (contract section 9).
+            "SMSDORA_WEBHOOK_ALLOW_PRIVATE": "1", "SMSDORA_WEBHOOK_RETRIES": WEBHOOK_RETRIES,
+            "SMSDORA_WEBHOOK_TIMEOUT": f"{WEBHOOK_TIMEOUT_S:g}",
+            "SMSDORA_WEBHOOK_POLL_SECONDS": "0.2",
         })
+        self.module = "broker"
+        if lease_margin_s is not None:
+            self.module = "tests.fault.serve"
+            env["SOAK_WEBHOOK_LEASE_MARGIN"] = f"{lease_margin_s:g}"
         self.env = env
 
     def _mark(self, text: str) -> None:
@@ -168,7 +188,7 @@ class BrokerProcess:
         self._mark(f"broker start {self.starts}")
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "broker", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", self.module, "serve", "--port", str(self.port)],
                 cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -13,9 +13,15 @@ own Idempotency-Key, by turns through each account, while the phones report
 random outcomes (delivered, sent, failed) and drop their connections (the
 socket, the event stream) at random; meanwhile the broker is killed with
 SIGKILL K times (restarted at once on the same port) and PostgreSQL is
-stopped and started R times. Then it waits until every message is final and
-checks the promises of contract section 5 (tests/fault/invariants.py),
-prints a table, and exits 1 if any failed.
+stopped and started R times. Each account has a webhook endpoint for every
+event ("*") at a receiver in this process (tests/e2e/webhook_receiver.py: a
+real uvicorn that verifies each request with the `standardwebhooks`
+library), which answers 500 now and then and is taken off the network for
+a while during the sends, so the sender retries, and events sit in the
+outbox across each SIGKILL. Then it waits until every message is final and
+the outbox has nothing pending (both bounded), checks the promises of
+contract sections 5 and 9 (tests/fault/invariants.py), prints a table, and
+exits 1 if any failed.
 
 A send is retried, with the same Idempotency-Key and the same body, after a
 connection error or timeout, a 503, a 500 (counted, and a failed check), or
@@ -49,9 +55,21 @@ import httpx
 from broker import store
 from broker.device_sim import DeviceRejected
 from tests.conftest import free_port
-from tests.fault.invariants import Check, Evidence, Row, Step, check_all, final_counts, is_final
+from tests.e2e.webhook_receiver import Got, Receiver, Reply
+from tests.fault.invariants import (
+    Arrival,
+    Check,
+    Evidence,
+    Row,
+    Step,
+    check_all,
+    delivered_events,
+    final_counts,
+    is_final,
+)
 from tests.fault.phones import SoakAppPhone, SoakAppSim, SoakPhone, SoakSim
 from tests.fault.services import (
+    WEBHOOK_TIMEOUT_S,
     BrokerProcess,
     Postgres,
     errors,
@@ -80,6 +98,15 @@ class SoakConfig:
     give_up_s: float = 120.0  # per message: retry for at most this long
     recover_s: float = 30.0  # /health ok within this after a fault, or a failed check
     drop_every_s: tuple[float, float] = (0.1, 0.6)  # one random disconnect per interval
+    receiver_down_s: float = 1.0  # the webhook receiver off the network once, this long
+    receiver_500: float = 0.05  # of the receiver's answers, 500 at random
+    # How long to wait, after settle, for the outbox to have nothing pending:
+    # a SIGKILL leaves the rows it was sending leased for the attempt's
+    # deadline + 30 s (services.WEBHOOK_TIMEOUT_S), then the retries.
+    drain_s: float = 60.0
+    # None: that lease as shipped; else its 30 s margin this short instead
+    # (tests/fault/serve.py; the short soak, which cannot wait 30 s).
+    lease_margin_s: float | None = None
     overall_s: float = 600.0  # the whole run, clean-up aside, or SoakAborted
     workdir: Path | None = None  # default: a fresh temp dir, removed after a pass
     keep: bool = False  # keep the work dir (data dir, broker.log) even after a pass
@@ -155,6 +182,14 @@ class Soak:
         self.pg = Postgres(workdir / "pg")
         self.broker: BrokerProcess | None = None
         self.dsn = ""
+        self.receiver = Receiver()
+        self.receiver.answer = self.answer
+        # Drawn apart from self.rng, whose draws the concurrent tasks share.
+        self.answers_rng = random.Random(f"{cfg.seed}/receiver")
+        self.receiver_mark = self.answers_rng.uniform(0.2, 0.8) * cfg.messages
+        self.receiver_down: list[str] = []
+        self.attempts: Counter[str] = Counter()  # webhook_attempts, by outcome
+        self.pending_left = 0  # outbox rows still pending when the drain gave up
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -267,6 +302,55 @@ class Soak:
                 f"PostgreSQL restart at {fault.at_s:.1f} s: no /health ok within"
                 f" {self.cfg.recover_s:g} s of its start (the pool did not heal)")
 
+    # -- the webhook receiver --
+
+    def answer(self, got: Got) -> Reply:
+        return Reply(500 if self.answers_rng.random() < self.cfg.receiver_500 else 204)
+
+    async def subscribe(self, http: httpx.AsyncClient, api_keys: list[str]) -> None:
+        """An endpoint for every event per account, made through the API as a
+        customer makes one; its secret (shown once) to the receiver."""
+        for key in api_keys:
+            r = await http.post("/webhooks", json={"url": self.receiver.url, "events": ["*"]},
+                                headers={"x-api-key": key})
+            if r.status_code != 201:
+                raise RuntimeError(f"POST /webhooks answered {r.status_code}: {r.text[:300]}")
+            self.receiver.secrets.append(r.json()["data"]["secret"])
+
+    async def take_receiver_down(self) -> None:
+        """Once, when a random share (20-80 %) of the messages is accepted."""
+        while len(self.evidence.accepted) < self.receiver_mark and not self.sends_done.is_set():
+            self.accepted_changed.clear()
+            await self.accepted_changed.wait()
+        at, accepted = self.now(), len(self.evidence.accepted)
+        await self.receiver.stop()
+        await asyncio.sleep(self.cfg.receiver_down_s)
+        await self.receiver.start()
+        self.receiver_down.append(f"{self.now() - at:.1f} s from {at:.1f} s"
+                                  f" ({accepted} accepted)")
+
+    async def drain_outbox(self) -> tuple[float, int]:
+        """Poll PostgreSQL until no event is pending; (seconds, pending left)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pending = -1
+        while loop.time() - started < self.cfg.drain_s:
+            try:
+                db = await asyncpg.connect(self.dsn, timeout=5)
+                try:
+                    pending = int(await db.fetchval(
+                        "SELECT count(*) FROM webhook_events WHERE state = 'pending'"))
+                finally:
+                    await db.close()
+            except (*store.DATABASE_DOWN, asyncpg.PostgresError):
+                pending = -1
+            if pending == 0:
+                # The sender records an outcome after its answer came: the
+                # receiver has every request by now.
+                return loop.time() - started, 0
+            await asyncio.sleep(0.2)
+        return loop.time() - started, pending
+
     # -- phones --
 
     async def drop_phones(self) -> None:
@@ -321,6 +405,14 @@ class Soak:
                 e.key_rows[r["key"]] = r["message_id"]
             for r in await db.fetch("SELECT message_id::text, status, at FROM message_history"):
                 e.history.setdefault(r["message_id"], []).append(Step(r["status"], r["at"]))
+            for r in await db.fetch("SELECT state, count(*) AS n FROM webhook_events"
+                                    " GROUP BY state"):
+                e.outbox[r["state"]] = r["n"]
+            for r in await db.fetch(
+                    "SELECT CASE WHEN status_code IS NOT NULL THEN status_code::text"
+                    " ELSE 'no answer' END AS outcome, count(*) AS n FROM webhook_attempts"
+                    " GROUP BY 1"):
+                self.attempts[r["outcome"]] = r["n"]
         finally:
             await db.close()
         if self.broker is not None and self.broker.exited() is not None:
@@ -328,20 +420,23 @@ class Soak:
         e.sends = {s.device_id or "": Counter(s.sent_count) for s in self.sims}
         e.kinds = {s.device_id or "": s.kind for s in self.sims}
         e.outcomes = dict(self.outcomes)
+        e.arrivals = [_arrival(g) for g in self.receiver.requests]
         by_device = {s.device_id: s for s in self.sims}
         for mid, row in e.rows.items():
             sim = by_device.get(row.device_id or "")
             if sim is not None and not is_final(row.status, self.outcomes.get(mid)):
                 e.phone_views[mid] = sim.view(mid)
 
-    async def run(self) -> tuple[float, float]:
-        """Everything but clean-up; returns (send phase s, settle s)."""
+    async def run(self) -> tuple[float, float, float]:
+        """Everything but clean-up; returns (send phase s, settle s, drain s)."""
         smsgate = self.cfg.phones // 2 if self.cfg.smsgate is None else self.cfg.smsgate
         tenant = await prepare(await asyncio.to_thread(self.pg.start_first), self.cfg.phones,
                                smsgate)
         self.dsn = tenant.dsn
-        self.broker = BrokerProcess(self.workdir, tenant.dsn, free_port())
+        self.broker = BrokerProcess(self.workdir, tenant.dsn, free_port(),
+                                    self.cfg.lease_margin_s)
         self.broker.start()
+        await self.receiver.start()
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         limits = httpx.Limits(max_connections=self.cfg.concurrency + 4)
@@ -352,6 +447,7 @@ class Soak:
             try:
                 if await wait_healthy(health, self.broker, self.cfg.recover_s) is None:
                     raise RuntimeError(f"no /health ok within {self.cfg.recover_s:g} s of start")
+                await self.subscribe(http, tenant.keys)
                 for device_id, name, token, transport in tenant.devices:
                     sim: SoakSim | SoakAppSim
                     if transport == store.SMSGATE:
@@ -370,23 +466,27 @@ class Soak:
                                 "every phone to connect")
                 dropper = loop.create_task(self.drop_phones())
                 faults = loop.create_task(self.run_faults(health))
-                tasks += [dropper, faults]
+                outage = loop.create_task(self.take_receiver_down())
+                tasks += [dropper, faults, outage]
                 sending = time.monotonic()
                 await self.send_all(http, tenant.keys)
                 send_s = time.monotonic() - sending
                 await faults
+                await outage
                 # No more drops: from here a report must arrive without the
                 # help of a reconnect.
                 dropper.cancel()
                 settle_s = await self.settle()
+                drain_s, self.pending_left = await self.drain_outbox()
                 await self.collect()
-                return send_s, settle_s
+                return send_s, settle_s, drain_s
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await self.receiver.stop()
 
-    def figures(self, send_s: float, settle_s: float) -> dict[str, Any]:
+    def figures(self, send_s: float, settle_s: float, drain_s: float) -> dict[str, Any]:
         e, cfg = self.evidence, self.cfg
         total: Counter[str] = Counter()
         for s in self.sims:
@@ -429,6 +529,27 @@ class Soak:
             "phone drops / reconnects": f"{sum(s.drops for s in self.sims)} / {reconnects}",
             "send phase": f"{send_s:.1f} s at {cfg.rate:g}/s, {cfg.concurrency} in flight",
             "settle (until all final)": f"{settle_s:.1f} s",
+            **self.webhook_figures(drain_s),
+        }
+
+    def webhook_figures(self, drain_s: float) -> dict[str, Any]:
+        e = self.evidence
+        events = delivered_events(e)
+        answered = sum(1 for a in e.arrivals if a.ok)
+        by_type = Counter(a.type.split(".")[0] for a in events)
+        left = "" if self.pending_left == 0 else f", {self.pending_left} still pending"
+        return {
+            "webhook events delivered": f"{len(events)} deduped ({_counts(by_type)})",
+            "receiver requests": f"{len(e.arrivals)} ("
+                                 + _counts(Counter(str(a.answered) for a in e.arrivals)) + ")",
+            "duplicates dropped by id": answered - len(events),
+            "webhook attempts recorded": f"{sum(self.attempts.values())} ("
+                                         f"{_counts(self.attempts)})",
+            "receiver down": ", ".join(self.receiver_down) or "never",
+            "outbox drained (after settle)": f"{drain_s:.1f} s{left}",
+            "lease of an event being sent": (
+                f"{WEBHOOK_TIMEOUT_S:g} s + " + ("30 s (as shipped)" if self.cfg.lease_margin_s is None
+                                                 else f"{self.cfg.lease_margin_s:g} s (serve.py)")),
         }
 
 
@@ -443,6 +564,14 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) ->
         if loop.time() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def _arrival(got: Got) -> Arrival:
+    kind = str(got.body.get("type", ""))
+    data = got.body.get("data")
+    message = isinstance(data, dict) and kind.startswith("message.") and kind != "message.received"
+    return Arrival(got.webhook_id, kind, str(data.get("id")) if message else None,
+                   str(data.get("status")) if message else None, got.verified, got.status)
 
 
 def _message(r: httpx.Response) -> str | None:
@@ -463,7 +592,7 @@ async def run_soak(cfg: SoakConfig) -> SoakReport:
     try:
         try:
             async with asyncio.timeout(cfg.overall_s):
-                send_s, settle_s = await soak.run()
+                send_s, settle_s, drain_s = await soak.run()
         except (TimeoutError, RuntimeError, OSError, asyncpg.PostgresError,
                 subprocess.SubprocessError) as err:
             what = (f"not done within {cfg.overall_s:g} s" if isinstance(err, TimeoutError)
@@ -473,7 +602,7 @@ async def run_soak(cfg: SoakConfig) -> SoakReport:
                               f"errors in broker.log:\n{errors(log)}\n"
                               f"last lines:\n{tail(log, 20)}") from err
         report = SoakReport(cfg, soak.evidence, check_all(soak.evidence), soak.faults,
-                            soak.figures(send_s, settle_s), workdir, soak.now())
+                            soak.figures(send_s, settle_s, drain_s), workdir, soak.now())
         return report
     finally:
         if soak.broker is not None:
@@ -499,6 +628,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pg-down", type=float, default=d.pg_down_s, metavar="SECONDS",
                    help="how long PostgreSQL stays stopped per restart")
     p.add_argument("--settle", type=float, default=d.settle_s, metavar="SECONDS")
+    p.add_argument("--receiver-down", type=float, default=d.receiver_down_s, metavar="SECONDS",
+                   help="how long the webhook receiver is off the network, once")
+    p.add_argument("--lease-margin", type=float, default=None, metavar="SECONDS",
+                   help="the webhook lease's 30 s margin this short (tests/fault/serve.py)")
     p.add_argument("--workdir", type=Path, help="default: a fresh temp dir")
     p.add_argument("--keep", action="store_true", help="keep the work dir after a pass")
     args = p.parse_args(argv)
@@ -512,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                      kills=args.kills,
                      pg_restarts=args.pg_restarts, seed=args.seed, rate=args.rate,
                      concurrency=args.concurrency, pg_down_s=args.pg_down,
-                     settle_s=args.settle, workdir=args.workdir, keep=args.keep)
+                     settle_s=args.settle, receiver_down_s=args.receiver_down,
+                     lease_margin_s=args.lease_margin, workdir=args.workdir, keep=args.keep)
     try:
         report = asyncio.run(run_soak(cfg))
     except SoakAborted as err:

@@ -5,8 +5,11 @@ Idempotency-Key, to 5 `device-sim` phones (3 on our WebSocket protocol, 2
 SMS Gateway apps on the mobile API; an account each kind, half the messages
 each) that report random outcomes and drop their connections at random,
 while the broker (a real subprocess) is killed with SIGKILL once and
-PostgreSQL is stopped and started once. Each test below asserts one promise
-over that one run (fixture `short_soak`).
+PostgreSQL is stopped and started once. Each account has a webhook endpoint
+for every event at a real receiver that verifies each request with the
+`standardwebhooks` library, answers 500 now and then and is off the network
+for a second during the sends. Each test below asserts one promise over
+that one run (fixture `short_soak`).
 The full form, 1,000 messages to 20 phones (10 of each kind) with 3
 SIGKILLs, is `make soak`.
 
@@ -29,7 +32,7 @@ from collections import Counter
 import pytest
 
 from tests.fault import invariants
-from tests.fault.invariants import Evidence, Row, Step, history_problem, is_final
+from tests.fault.invariants import Arrival, Evidence, Row, Step, history_problem, is_final
 from tests.fault.phones import OUTCOME_WEIGHTS, outcome_for
 from tests.fault.soak import SoakReport
 
@@ -48,6 +51,8 @@ def test_the_short_soak_ran_its_faults(short_soak: SoakReport) -> None:
     assert kinds == {"kill": 1, "pg restart": 1}
     assert short_soak.figures["answered 201"] == 100
     assert short_soak.figures["phones"] == "2 smsgate, 3 websocket"
+    assert short_soak.figures["receiver down"] != "never"
+    assert "500" in short_soak.figures["receiver requests"], short_soak.table()
     assert short_soak.duration_s < 60, short_soak.table()
 
 
@@ -109,8 +114,16 @@ def test_final_means_what_the_phone_last_said() -> None:
     assert not is_final("sending", "failed")
 
 
+def event(mid: str, status: str, answered: int = 204, webhook_id: str | None = None,
+          verified: bool = True) -> Arrival:
+    return Arrival(webhook_id or f"msg_{mid}_{status}", f"message.{status}", mid, status,
+                   verified, answered)
+
+
 def evidence() -> Evidence:
-    """Two messages, each sent once by its owner, as a passing soak sees them."""
+    """Two messages, each sent once by its owner, as a passing soak sees
+    them; each history row's event at the receiver, the first answered 500
+    and sent again, and the outbox drained."""
     e = Evidence(requested=2, kinds={"d1": "websocket", "d2": "smsgate"})
     for i, (status, device) in enumerate([("delivered", "d1"), ("failed", "d2")]):
         mid = f"m{i}"
@@ -121,6 +134,10 @@ def evidence() -> Evidence:
         e.sends.setdefault(device, Counter())[mid] = 1
         e.outcomes[mid] = status
         e.answers["201"] += 1
+        e.arrivals += [event(mid, s.status) for s in e.history[mid]]
+    e.arrivals.insert(0, event("m0", "queued", answered=500))
+    e.arrivals.append(Arrival("dev_1", "device.online", None, None, True, 204))
+    e.outbox = Counter(delivered=9)
     return e
 
 
@@ -163,6 +180,7 @@ def test_a_report_never_stored_is_caught() -> None:
     e = evidence()
     e.rows["m1"] = Row("m1", "sending", "d2", "body 1")  # the phone said failed
     e.history["m1"] = steps("queued", "dispatching", "sending")
+    e.arrivals = [a for a in e.arrivals if a.status != "failed"]  # no history row, no event
     assert failing(e) == {"every message final"}
 
 
@@ -187,3 +205,84 @@ def test_a_phone_outcome_is_fixed_per_message_and_mixed() -> None:
     drawn = Counter(outcome_for(4, f"id-{i}") for i in range(1000))
     assert set(drawn) == set(OUTCOME_WEIGHTS)
     assert 500 < drawn["delivered"] < 700
+
+
+# --- the webhook checks, on hand-made evidence --------------------------------
+
+
+def test_a_lost_event_is_caught() -> None:
+    e = evidence()
+    e.arrivals = [a for a in e.arrivals if (a.message_id, a.status) != ("m1", "sending")]
+    assert failing(e) == {"webhooks: no event lost"}
+
+
+def test_an_event_answered_500_only_is_lost() -> None:
+    e = evidence()
+    e.arrivals = [a for a in e.arrivals if (a.message_id, a.status) != ("m0", "queued")]
+    e.arrivals.append(event("m0", "queued", answered=500))
+    assert "webhooks: no event lost" in failing(e)
+
+
+def test_a_late_sent_after_delivered_fires_nothing() -> None:
+    e = evidence()
+    e.history["m0"].append(Step("sent", e.history["m0"][-1].at + dt.timedelta(seconds=1)))
+    assert failing(e) == set()  # no event owed for it
+    e.arrivals.append(event("m0", "sent"))
+    assert "webhooks: no event lost" in failing(e)  # one arrived all the same
+    e = evidence()  # a late sent after failed fires one, as any history row
+    e.history["m1"].append(Step("sent", e.history["m1"][-1].at + dt.timedelta(seconds=1)))
+    assert failing(e) == {"webhooks: no event lost"}
+    e.arrivals.append(event("m1", "sent"))
+    assert failing(e) == set()
+
+
+def test_an_event_resent_under_a_new_id_is_caught() -> None:
+    e = evidence()
+    e.arrivals.append(event("m0", "sending", webhook_id="msg_other"))
+    assert {"webhooks: one webhook-id per event", "webhooks: no event lost"} == failing(e)
+    e = evidence()  # answered 500 under the first id, delivered under another: still two ids
+    e.arrivals.insert(0, event("m1", "failed", answered=500, webhook_id="msg_first"))
+    assert failing(e) == {"webhooks: one webhook-id per event"}
+
+
+def test_a_webhook_id_reused_for_another_event_is_caught() -> None:
+    e = evidence()
+    e.arrivals.append(event("m1", "queued", answered=500, webhook_id="msg_m0_queued"))
+    assert failing(e) == {"webhooks: one webhook-id per event"}
+
+
+def test_a_duplicate_under_the_same_id_is_dropped() -> None:
+    e = evidence()
+    e.arrivals.append(event("m0", "dispatching"))  # at least once: the receiver dedups it
+    assert failing(e) == set()
+
+
+def test_an_unverified_request_is_caught() -> None:
+    e = evidence()
+    e.arrivals.append(event("m0", "delivered", answered=500, verified=False))
+    assert failing(e) == {"webhooks: every request verified"}
+    e.arrivals = []
+    assert "webhooks: every request verified" in failing(e)
+
+
+def test_events_out_of_order_are_caught() -> None:
+    e = evidence()
+    i = e.arrivals.index(event("m1", "dispatching"))
+    j = e.arrivals.index(event("m1", "sending"))
+    e.arrivals[i], e.arrivals[j] = e.arrivals[j], e.arrivals[i]
+    assert failing(e) == {"webhooks: each message's order kept"}
+
+
+def test_a_late_duplicate_of_an_earlier_event_keeps_the_order() -> None:
+    e = evidence()
+    e.arrivals.append(event("m1", "queued"))  # after failed: only the first arrival counts
+    assert failing(e) == set()
+
+
+def test_an_outbox_left_owing_is_caught() -> None:
+    for state in ("pending", "failed"):
+        e = evidence()
+        e.outbox[state] = 1
+        assert failing(e) == {"webhooks: outbox drained"}
+    e.outbox = Counter()
+    assert failing(e) == {"webhooks: outbox drained"}
