@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -455,6 +456,13 @@ async def test_a_cancel_and_an_ack_at_once_never_both_win(http: httpx.AsyncClien
 
 async def test_cancel_a_message_waiting_for_a_phone(http: httpx.AsyncClient,
                                                     account: Account) -> None:
+    """Its history row is what any other failure's is: a `message.failed`
+    event in the outbox, from the trigger on message_history (CONTRACT
+    section 9), in the cancel's own transaction."""
+    await account.db.execute(
+        "INSERT INTO webhooks (id, account_id, url, events, secret)"
+        " VALUES ($1, $2, 'https://example.invalid/hook', ARRAY['message.failed'], 'whsec_x')",
+        uuid.uuid4(), account.id)
     r = await send_sms(http, account.key, ttl=600)
     assert r.status_code == 201 and r.json()["data"]["status"] == "queued", r.text
     mid = r.json()["data"]["id"]
@@ -462,6 +470,11 @@ async def test_cancel_a_message_waiting_for_a_phone(http: httpx.AsyncClient,
     assert r.status_code == 200, r.text
     assert (r.json()["data"]["status"], r.json()["data"]["error"]) == ("failed", "cancelled")
     assert await stored_history(account.db, mid) == ["queued", "failed"]
+    events = await account.db.fetch(
+        "SELECT type, data FROM webhook_events WHERE message_id = $1", uuid.UUID(mid))
+    data = [json.loads(e["data"]) for e in events]
+    assert [(e["type"], d["status"], d["error"]) for e, d in zip(events, data, strict=True)
+            ] == [("message.failed", "failed", "cancelled")]
     r = await http.post(f"/messages/{NOBODY}/cancel", headers=account.headers)
     assert (r.status_code, r.json()) == (404, error(404, "Message not found"))
 
