@@ -18,8 +18,18 @@ from typing import Any
 from broker.errors import BadRequest, NotFound
 
 
+def _one(query: Mapping[str, str], name: str) -> str | None:
+    """The parameter's value; given more than once, a 400 (which one would
+    be meant is a guess: `?status=sent&status=failed` is not a filter on
+    both)."""
+    getlist = getattr(query, "getlist", None)
+    if getlist is not None and len(getlist(name)) > 1:
+        raise BadRequest(f"{name} must be given at most once")
+    return query.get(name)
+
+
 def _integer(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    raw = query.get(name)
+    raw = _one(query, name)
     if not raw:
         return None
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
@@ -41,7 +51,7 @@ class Choice:
     choices: tuple[str, ...]
 
     def read(self, query: Mapping[str, str]) -> str | None:
-        raw = query.get(self.name) or None
+        raw = _one(query, self.name) or None
         if raw is not None and raw not in self.choices:
             raise BadRequest(f"{self.name} must be one of {', '.join(self.choices)}")
         return raw
@@ -147,7 +157,7 @@ class QueryId:
     description: str
 
     def read(self, query: Mapping[str, str]) -> uuid.UUID | None:
-        raw = query.get(self.name) or None
+        raw = _one(query, self.name) or None
         if raw is None:
             return None
         if re.fullmatch(_UUID, raw) is None:
@@ -167,7 +177,7 @@ class Timestamp:
     description: str
 
     def read(self, query: Mapping[str, str]) -> dt.datetime | None:
-        raw = query.get(self.name) or None
+        raw = _one(query, self.name) or None
         if raw is None:
             return None
         if re.fullmatch(_TIMESTAMP, raw) is None:
@@ -193,7 +203,7 @@ class Text:
     max_length: int
 
     def read(self, query: Mapping[str, str]) -> str | None:
-        raw = query.get(self.name) or None
+        raw = _one(query, self.name) or None
         if raw is not None and len(raw) > self.max_length:
             raise BadRequest(f"{self.name} must be at most {self.max_length} characters")
         return raw
@@ -214,7 +224,7 @@ class Position:
     PATTERN = "^[0-9]{1,17}_[0-9a-f]{32}$"
 
     def read(self, query: Mapping[str, str]) -> tuple[dt.datetime, uuid.UUID] | None:
-        raw = query.get(self.name) or None
+        raw = _one(query, self.name) or None
         if raw is None:
             return None
         if re.fullmatch(self.PATTERN, raw) is None:

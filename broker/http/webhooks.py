@@ -4,7 +4,6 @@ deliveries say where the account's events go."""
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -12,10 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.clock import iso
-from broker.errors import BadRequest
 from broker.http.auth import authenticate
 from broker.http.declaration import Endpoint, Wrap
-from broker.http.params import Cursor, Integer, PathId
+from broker.http.params import Cursor, Integer, PathId, Position
 from broker.http.responses import decode, ok, read_body
 from broker.services import webhooks as service
 from broker.store import webhooks as outbox
@@ -40,6 +38,7 @@ EVENT_ID = PathId("event_id", "The event's id: its `webhook-id` header, a delive
                   not_found="Event not found")
 LIMIT = Integer("limit", "At most this many (default 20).", low=1, high=100, default=20)
 CURSOR = Cursor("cursor", "The `nextCursor` of the previous page.", high=2**62)
+WEBHOOKS_CURSOR = Position("cursor", "The `nextCursor` of the previous page.")
 _ATTEMPT_BITS = 16  # a deliveries cursor: the event's seq and the attempt, in one integer
 
 _create = msgspec.json.Decoder(CreateWebhookRequest)
@@ -78,15 +77,12 @@ async def list_webhooks(request: Request) -> Response:
     broker = _broker(request)
     key = await authenticate(request, SCOPE)
     limit = LIMIT.read(request.query_params)
-    raw = request.query_params.get("cursor") or None
-    try:
-        after = uuid.UUID(raw) if raw else None
-    except ValueError:
-        raise BadRequest("cursor must be the nextCursor of the previous page") from None
+    after = WEBHOOKS_CURSOR.read(request.query_params)
     rows = await outbox.list_webhooks(broker.pool, key.account_id, limit + 1, after)
     more = len(rows) > limit
     rows = rows[:limit]
-    return ok([info(r) for r in rows], next_cursor=str(rows[-1].id) if more else None)
+    return ok([info(r) for r in rows],
+              next_cursor=Position.of(rows[-1].created_at, rows[-1].id) if more else None)
 
 
 async def get_webhook(request: Request) -> Response:
@@ -193,7 +189,7 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/webhooks", list_webhooks, "listWebhooks", "The account's webhooks",
         "A page, oldest first; `nextCursor` is there when more follow.", scope=SCOPE,
-        params=(LIMIT, CURSOR), response=WebhookInfo, wrap=Wrap.LIST,
+        params=(LIMIT, WEBHOOKS_CURSOR), response=WebhookInfo, wrap=Wrap.LIST,
         errors=(400, 401, 403, 405)),
     Endpoint(
         "GET", "/webhooks/{webhook_id}", get_webhook, "getWebhook", "One webhook",

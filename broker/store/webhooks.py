@@ -51,13 +51,14 @@ async def get_webhook(db: Db, account_id: uuid.UUID, webhook_id: uuid.UUID) -> W
 
 
 async def list_webhooks(db: Db, account_id: uuid.UUID, limit: int,
-                        after: uuid.UUID | None = None) -> list[WebhookRow]:
-    """Oldest first (the order they were made in), `limit` after endpoint `after`."""
+                        after: tuple[dt.datetime, uuid.UUID] | None = None) -> list[WebhookRow]:
+    """Oldest first (the order they were made in), `limit` past `after` (a
+    keyset position: creation time, id)."""
+    at, webhook_id = after if after is not None else (None, None)
     rows = await db.fetch(
         f"SELECT {_WEBHOOK} FROM webhooks WHERE account_id = $1"
-        "   AND ($3::uuid IS NULL OR (created_at, id) > ("
-        "        SELECT created_at, id FROM webhooks WHERE id = $3 AND account_id = $1))"
-        " ORDER BY created_at, id LIMIT $2", account_id, limit, after)
+        "   AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))"
+        " ORDER BY created_at, id LIMIT $2", account_id, limit, at, webhook_id)
     return rows_of(WebhookRow, rows)
 
 

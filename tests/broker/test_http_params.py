@@ -85,3 +85,14 @@ def test_header_documents_its_lengths_and_refuses_in_the_same_words() -> None:
         "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
     refusal = header.refusal()
     assert (refusal.status, refusal.message) == (400, "Idempotency-Key must be 1-255 characters")
+
+
+@pytest.mark.parametrize("param", [STATUS, LIMIT, CURSOR])
+def test_a_parameter_given_twice_is_refused(param: Choice | Integer | Cursor) -> None:
+    from starlette.datastructures import QueryParams
+
+    with pytest.raises(BadRequest) as exc:
+        param.read(QueryParams(f"{param.name}=1&{param.name}=2"))
+    assert exc.value.message == f"{param.name} must be given at most once"
+    # Once is fine (and another parameter's repetition is not this one's business).
+    param.read(QueryParams(f"{param.name}=&other=1&other=2"))

@@ -464,3 +464,16 @@ async def test_a_phone_coming_and_going_fires_device_online_and_offline(
     assert offline["type"] == "device.offline" and offline["data"]["online"] is False
     assert offline["data"]["id"] == device.id and offline["data"]["deviceName"] == "Pixel"
     assert all(g.verified for g in receiver.requests)
+
+
+async def test_webhooks_are_listed_oldest_first_a_page_at_a_time(
+        server: Server, http: httpx.AsyncClient, account: Account, receiver: Receiver) -> None:
+    made = [(await subscribe(http, account, receiver, ["message.failed"]))["id"]
+            for _ in range(3)]
+    first = (await http.get("/webhooks?limit=2", headers=account.headers)).json()
+    assert [w["id"] for w in first["data"]] == made[:2]
+    rest = (await http.get(f"/webhooks?limit=2&cursor={first['nextCursor']}",
+                           headers=account.headers)).json()
+    assert [w["id"] for w in rest["data"]] == made[2:] and "nextCursor" not in rest
+    r = await http.get("/webhooks?cursor=nonsense", headers=account.headers)
+    assert r.status_code == 400
