@@ -55,7 +55,7 @@ schema: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tests.fault.soak --messages 1000 --phones 20 --kills 3 --pg-restarts 1
 
-# Issue 5's benchmark, under 4 minutes on 2 cores (bench/README.md): prints the
+# Issue 5's benchmark, under 5 minutes on 2 cores (bench/README.md): prints the
 # table, writes bench/results.json and bench/latency.png. `ARGS=--quick`: seconds.
 .PHONY: bench
 BENCH_STAMP := $(VENV)/.installed-bench

@@ -121,6 +121,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     f"{row['p50_ms']:.2f} / {row['p99_ms']:.2f} / {row['p999_ms']:.2f}",
                     "—", "", target, _holds(ok) if target else ""))
     out += sse_rows(r.get("sse"))
+    out += webhook_rows(r.get("webhooks"))
     bare = {row["phones"]: row for row in r["bare"]["levels"]}
     for row in r["memory"]["levels"]:
         b = bare.get(row["phones"], {})
@@ -254,3 +255,39 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def webhook_rows(w: dict[str, Any] | None) -> list[tuple[str, str, str, str, str, str]]:
+    """bench/webhooks.py: the sender's delivery rate and latency, and the
+    accept path with an endpoint against the runs without one around it."""
+    if w is None:
+        return []
+    one, four = w["prefilled_1"], w[f"prefilled_{four_of(w)}"]
+    sent, acc = w["from_sends"], w["accept"]
+    lost = sum(x["events"] - x["arrived"] for x in (one, four, sent))
+    out = [(f"webhook events/s delivered from a full outbox ({one['events']:,} message events, "
+            f"receiver answering 204 in its own process): to one endpoint / shared by "
+            f"{four_of(w)}", f"{_n(one['per_s'])} / {_n(four['per_s'])}"
+            + (f" ({lost} not delivered)" if lost else ""), "—",
+            f"{_ratio(four['per_s'], one['per_s']):.2f}", "", ""),
+           (f"ms webhook event written → received p50 / p99 at {_n(sent['offered_per_s'])} "
+            f"sends/s, phones answering ({_n(sent['per_s'])} events/s)",
+            f"{sent['latency']['p50_ms']:.2f} / {sent['latency']['p99_ms']:.2f}", "—", "", "", "")]
+    hooked = acc["hooked"]
+    out.append(("sends/s accept path with one webhook endpoint for \"*\" (as the accept-path row, "
+                f"its own broker and {w['sizes']['phones']} phones; {hooked['events_delivered']:,} "
+                f"of {hooked['events_written']:,} events delivered meanwhile)",
+                _n(hooked["accept_per_s"]),
+                f"{_n(acc['without_mean_per_s'])} (no endpoint: {_n(acc['plain-1']['accept_per_s'])}"
+                f" before, {_n(acc['plain-2']['accept_per_s'])} after)", f"{acc['ratio']:.2f}",
+                "", ""))
+    return out
+
+
+def four_of(w: dict[str, Any]) -> int:
+    """How many endpoints shared the full outbox's second run."""
+    return max(int(k.split("_")[1]) for k in w if k.startswith("prefilled_"))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else 0.0

@@ -9,6 +9,8 @@ load generator (bench/loadgen.py). Every phase is bounded in time and count.
 Phases: micro benchmarks in-process; baseline throughput; bare websockets
 memory; in a broker of its own, a send to an SMS Gateway phone (SSE) against
 one to a WebSocket phone at the same rate (bench/sse.py, bench/sse_phones.py);
+in a broker of its own, the webhook sender's delivery rate and latency and
+the accept path with and without an endpoint (bench/webhooks.py);
 broker memory and idle CPU while phones connect (1k, 5k, 10k, 20k); with 10k
 connected: the end-to-end maximum (a closed loop that keeps at most
 `window` messages undelivered), open-loop latency at fractions of it, kill -9
@@ -34,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from bench import database, machine, micro, report, sse
+from bench import database, machine, micro, report, sse, webhooks
 from bench.fleet import Fleet, slices
 from bench.procs import Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib, wait_port
 
@@ -136,10 +138,11 @@ class Bench:
                         "SMSDORA_FRAME_BURST": "1000000"})
         return env
 
-    def start_broker(self, port: int) -> tuple[Proc, Path]:
+    def start_broker(self, port: int, extra_env: dict[str, str] | None = None
+                     ) -> tuple[Proc, Path]:
         self.broker_starts += 1
         gc_file = self.workdir / f"gc-{self.broker_starts}.json"
-        env = {**self.env, "BENCH_GC_FILE": str(gc_file)}
+        env = {**self.env, **(extra_env or {}), "BENCH_GC_FILE": str(gc_file)}
         proc = self.procs.spawn(f"broker-{self.broker_starts}",
                                 ["-m", "bench.serve_with_gc", "--port", str(port)], env=env)
         return proc, gc_file
@@ -243,6 +246,22 @@ class Bench:
             f"{ss['event']['p50_ms']:.2f} / p99 {ss['event']['p99_ms']:.2f} ms, listed p50 "
             f"{ss['listed']['p50_ms']:.2f} / p99 {ss['listed']['p99_ms']:.2f} ms "
             f"({row['elapsed_s']:.0f} s)")
+        return row
+
+    def webhooks_phase(self, quick: bool) -> dict[str, Any]:
+        """The outbox sender's delivery rate and latency, and what the
+        outbox costs the accept path (bench/webhooks.py), in a broker of
+        their own."""
+        row = webhooks.phase(self, quick)
+        one, four, sent, acc = (row["prefilled_1"], row[f"prefilled_{webhooks.ENDPOINTS}"],
+                                row["from_sends"], row["accept"])
+        say(f"webhooks: from a full outbox {one['per_s']:.0f} events/s to one endpoint, "
+            f"{four['per_s']:.0f} to {webhooks.ENDPOINTS}; from sends at {sent['offered_per_s']:g}/s "
+            f"written -> received p50 {sent['latency']['p50_ms']:.2f} / p99 "
+            f"{sent['latency']['p99_ms']:.2f} ms; accept path "
+            f"{acc['plain-1']['accept_per_s']:.0f} / {acc['hooked']['accept_per_s']:.0f} / "
+            f"{acc['plain-2']['accept_per_s']:.0f} /s without / with / without an endpoint "
+            f"(ratio {acc['ratio']:.2f}; {row['elapsed_s']:.0f} s)")
         return row
 
     def lifecycle(self, fleet: Fleet, port: int) -> dict[str, Any]:
@@ -414,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"baseline: {rows['baseline']['per_s']:.0f}/s")
         rows["bare"] = bench.bare()
         rows["sse"] = bench.sse_phase(args.quick)
+        rows["webhooks"] = bench.webhooks_phase(args.quick)
         rows.update(bench.broker())
     finally:
         bench.procs.close()

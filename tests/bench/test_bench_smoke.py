@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 ROWS = ("sends/s end to end", "sends/s accept path", "p50 / p99 / p99.9",
         "RSS KiB per idle phone", "idle CPU", "reconnect after kill -9", "API-key check",
         "device pick", "longest GC pause", "`event: MessageEnqueued` read, SMS Gateway phone",
-        "`GET /message` answered with the job, SMS Gateway phone")
+        "`GET /message` answered with the job, SMS Gateway phone",
+        "webhook events/s delivered from a full outbox", "webhook event written → received",
+        "accept path with one webhook endpoint")
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,6 +68,21 @@ def test_quick_bench_has_every_row_with_sane_numbers(tmp_path: Path) -> None:
         assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"] < 10_000
     assert all(s["ratio"][leg]["p50_ms"] > 0 for leg in ("event", "listed"))
     assert sse["counts"]["patch_200"] >= sent and sse["counts"]["streams_opened"] == s["phones"]
+    w = r["webhooks"]
+    assert w["online"] == 3 * w["sizes"]["phones"]
+    for leg in ("prefilled_1", "prefilled_4", "from_sends"):  # every event delivered, once
+        x = w[leg]
+        assert x["events"] == x["arrived"] > 0 and x["pending"] == 0 and x["per_s"] > 0
+        assert 0 < x["latency"]["p50_ms"] <= x["latency"]["p99_ms"] < 60_000
+    assert w["prefilled_1"]["events"] == w["sizes"]["prefill"]
+    assert w["from_sends"]["statuses"] == {"201": w["from_sends"]["sends"]}
+    assert w["receiver"]["requests"] == w["receiver"]["ids"]  # no repeat on a healthy run
+    acc = w["accept"]
+    for name in ("plain-1", "hooked", "plain-2"):
+        assert acc[name]["accept_per_s"] > 0 and list(acc[name]["statuses"]) == ["201"]
+    assert acc["plain-1"]["events_written"] == acc["plain-2"]["events_written"] == 0
+    assert acc["hooked"]["events_written"] >= 2 * acc["hooked"]["statuses"]["201"]
+    assert acc["ratio"] > 0
     for side in (r["memory"], r["bare"]):
         for level in side["levels"]:
             assert level["connected"] == level["phones"] > 0
