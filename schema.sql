@@ -44,7 +44,10 @@ BEGIN
       LEFT JOIN devices d ON d.id = n.device_id
      WHERE NOT (n.status = 'sent' AND EXISTS (
                SELECT 1 FROM message_history h
-                WHERE h.message_id = n.message_id AND h.status = 'delivered'))
+                WHERE h.message_id = n.message_id AND h.status = 'delivered')
+            AND NOT EXISTS (
+               SELECT 1 FROM new_rows x
+                WHERE x.message_id = n.message_id AND x.status = 'delivered'))
      -- seq in the lifecycle's order: a send writes queued and dispatching
      -- at the same instant.
      ORDER BY n.message_id, n.at,
@@ -319,6 +322,7 @@ CREATE TABLE public.webhook_events (
     next_at timestamp with time zone DEFAULT now() NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     done_at timestamp with time zone,
+    claimed_by text,
     CONSTRAINT webhook_events_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))
 );
 

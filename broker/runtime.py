@@ -22,6 +22,7 @@ from broker.keys import KeyCache, UnknownPrefixes
 from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
 from broker.settings import Settings
+from broker.store import webhooks as outbox
 from broker.store.listener import Listener
 from broker.webhooks.devices import DeviceEvents
 from broker.webhooks.sender import Sender
@@ -80,6 +81,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
         self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
+        await outbox.release_node(self.pool, self.settings.node)
         self.webhooks = Sender(self.pool, self.settings, self.wake)
         self.device_events = DeviceEvents(self.pool, self.wake)
         self.presence.changed = self.device_events.changed

@@ -84,11 +84,11 @@ async def update_webhook(db: Conn, account_id: uuid.UUID, webhook_id: uuid.UUID,
 
 async def _fail_owed(db: Db, webhook_ids: Sequence[uuid.UUID], why: str) -> None:
     await db.execute(
-        "WITH f AS (UPDATE webhook_events SET state = 'failed', done_at = now()"
-        "   WHERE webhook_id = ANY($1::uuid[]) AND state = 'pending' RETURNING seq, webhook_id,"
-        "   tried)"
+        "WITH f AS (UPDATE webhook_events SET state = 'failed', done_at = now(),"
+        "   tried = tried + 1 WHERE webhook_id = ANY($1::uuid[]) AND state = 'pending'"
+        "   RETURNING seq, webhook_id, tried)"
         " INSERT INTO webhook_attempts (event_seq, attempt, webhook_id, error, at)"
-        " SELECT seq, tried + 1, webhook_id, $2, now() FROM f", list(webhook_ids), why)
+        " SELECT seq, tried, webhook_id, $2, now() FROM f", list(webhook_ids), why)
 
 
 async def delete_webhook(db: Db, account_id: uuid.UUID, webhook_id: uuid.UUID) -> bool:
@@ -162,7 +162,7 @@ WITH busy AS (
      LIMIT $4
 )
 UPDATE webhook_events e
-   SET next_at = now() + $5 * interval '1 second', attempts = e.attempts + 1
+   SET next_at = now() + $5 * interval '1 second', attempts = e.attempts + 1, claimed_by = $8
   FROM due
  WHERE e.seq = due.seq
 RETURNING e.seq, e.id, e.webhook_id, e.account_id, e.type, e.data, e.occurred_at, e.attempts,
@@ -170,13 +170,13 @@ RETURNING e.seq, e.id, e.webhook_id, e.account_id, e.type, e.data, e.occurred_at
 """
 
 
-async def claim_due(db: Db, busy: dict[uuid.UUID, int], per_endpoint: int, limit: int,
-                    lease_s: float, endpoints: Sequence[uuid.UUID] | None = None,
+async def claim_due(db: Db, node: str, busy: dict[uuid.UUID, int], per_endpoint: int,
+                    limit: int, lease_s: float, endpoints: Sequence[uuid.UUID] | None = None,
                     accounts: Sequence[uuid.UUID] = ()) -> list[Claimed]:
     """Due rows of every enabled endpoint (a probe per endpoint: about 1 µs
     each), or, with `endpoints`, only of those and of the `accounts`' ones."""
     rows = await db.fetch(_CLAIM, list(busy), list(busy.values()), per_endpoint, limit, lease_s,
-                          None if endpoints is None else list(endpoints), list(accounts))
+                          None if endpoints is None else list(endpoints), list(accounts), node)
     out = rows_of(Claimed, rows)
     out.sort(key=lambda c: c.seq)
     return out
@@ -215,7 +215,7 @@ async def record(db: Conn, outcomes: Sequence[Outcome], disable_after_s: float) 
             "WITH o AS (SELECT * FROM unnest($1::bigint[], $2::bool[], $3::int[], $4::text[],"
             "   $5::timestamptz[], $6::timestamptz[], $7::int[])"
             "   AS o(seq, ok, code, error, at, next_at, claimed)),"
-            " e AS (UPDATE webhook_events e SET tried = e.tried + 1,"
+            " e AS (UPDATE webhook_events e SET tried = e.tried + 1, claimed_by = NULL,"
             "   state = CASE WHEN e.state <> 'pending' OR e.attempts <> o.claimed THEN e.state"
             "           WHEN o.ok THEN 'delivered' WHEN o.next_at IS NULL THEN 'failed'"
             "           ELSE 'pending' END,"
@@ -228,7 +228,7 @@ async def record(db: Conn, outcomes: Sequence[Outcome], disable_after_s: float) 
             " INSERT INTO webhook_attempts (event_seq, attempt, webhook_id, status_code, error,"
             "   at, next_retry_at)"
             " SELECT seq, tried, webhook_id, code, error, at, CASE WHEN NOT ok THEN next_at END"
-            "   FROM e",
+            "   FROM e ON CONFLICT DO NOTHING",
             [o.seq for o in outcomes], [o.ok for o in outcomes],
             [o.status_code for o in outcomes], [o.error for o in outcomes],
             [o.at for o in outcomes], [o.next_at for o in outcomes],
@@ -357,8 +357,8 @@ async def release(db: Db, seqs: Sequence[int]) -> None:
     """Claimed rows whose attempts were cut short (shutdown): due again now,
     their place in the schedule given back."""
     await db.execute(
-        "UPDATE webhook_events SET next_at = now(), attempts = GREATEST(0, attempts - 1)"
-        " WHERE seq = ANY($1::bigint[]) AND state = 'pending'", list(seqs))
+        "UPDATE webhook_events SET next_at = now(), attempts = GREATEST(0, attempts - 1),"
+        " claimed_by = NULL WHERE seq = ANY($1::bigint[]) AND state = 'pending'", list(seqs))
 
 
 async def emit_device_events(db: Db, ids: Sequence[uuid.UUID], online: Sequence[bool],
@@ -377,3 +377,13 @@ async def emit_device_events(db: Db, ids: Sequence[uuid.UUID], online: Sequence[
         "   WITH ORDINALITY AS v(id, online, at, health, ver, n)"
         " JOIN devices d ON d.id = v.id ORDER BY v.n",
         list(ids), list(online), list(at), list(health), list(versions))
+
+
+async def release_node(db: Db, node: str) -> int:
+    """At start-up: the attempts this node had under way died with it; their
+    events are due again now rather than at the end of their lease."""
+    return int(await db.fetchval(
+        "WITH r AS (UPDATE webhook_events SET next_at = now(), claimed_by = NULL,"
+        "   attempts = GREATEST(0, attempts - 1)"
+        " WHERE claimed_by = $1 AND state = 'pending' AND next_at > now() RETURNING 1)"
+        " SELECT count(*) FROM r", node))

@@ -183,7 +183,7 @@ class Sender:
             self._full_at = now
         try:
             claimed = await outbox.claim_due(
-                self.pool, self.busy, self.settings.webhook_per_endpoint, room, self.lease_s,
+                self.pool, self.settings.node, self.busy, self.settings.webhook_per_endpoint, room, self.lease_s,
                 None if full else endpoints, accounts)
         except BaseException:
             self.wake.hot.update(accounts)

@@ -95,3 +95,58 @@ async def test_an_event_carries_the_row_s_device_and_error(db: asyncpg.Connectio
     assert data["status"] == "failed" and data["error"] == "expired"
     assert data["device"] == {"id": str(dev.id), "deviceName": "Galaxy"}
     assert data["recipient"] == "+16502530000" and data["message"] == "hello"
+
+
+async def test_sent_and_delivered_written_in_one_statement_both_fire(
+        db: asyncpg.Connection) -> None:
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    await endpoint(db, acc.id, ["message.sent", "message.delivered"])
+    mid = await new_message(db, acc, dev, status="dispatching")
+    await db.execute("INSERT INTO message_history (message_id, status, device_id)"
+                     " SELECT $1, s, $2 FROM unnest(ARRAY['delivered', 'sent']) AS s",
+                     mid, dev.id)
+    types = [r["type"] for r in await db.fetch("SELECT type FROM webhook_events ORDER BY seq")]
+    assert types == ["message.sent", "message.delivered"]
+
+
+async def test_disabling_an_endpoint_fails_its_owed_events_as_a_numbered_attempt(
+        db: asyncpg.Connection) -> None:
+    from broker.store import webhooks as outbox
+
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    wid = await endpoint(db, acc.id, ["message.queued"])
+    await new_message(db, acc, dev)
+    [claimed] = await outbox.claim_due(db, "node-a", {}, 8, 8, 30)
+    await outbox.update_webhook(db, acc.id, wid, None, None, None, False)
+    # The attempt under way ends after the disable: its outcome is still
+    # recorded, numbered after the disable's row (it once collided with it).
+    import datetime as dt
+    now = dt.datetime.now(dt.UTC)
+    await outbox.record(db, [outbox.Outcome(seq=claimed.seq, webhook_id=wid, ok=True,
+                                            status_code=200, error=None, at=now, next_at=None,
+                                            claimed=claimed.attempts)], 86400)
+    rows = await db.fetch("SELECT attempt, error, status_code FROM webhook_attempts"
+                          " ORDER BY attempt")
+    assert [(r["attempt"], r["error"], r["status_code"]) for r in rows] == \
+        [(1, "endpoint disabled", None), (2, None, 200)]
+    assert await db.fetchval("SELECT state FROM webhook_events") == "failed"
+
+
+async def test_a_node_that_starts_again_releases_what_it_had_claimed(
+        db: asyncpg.Connection) -> None:
+    from broker.store import webhooks as outbox
+
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    await endpoint(db, acc.id, ["message.queued"])
+    for _ in range(2):
+        await new_message(db, acc, dev)
+    [mine] = await outbox.claim_due(db, "node-a", {}, 8, 1, 300)
+    [theirs] = await outbox.claim_due(db, "node-b", {}, 8, 1, 300)
+    assert await outbox.claim_due(db, "node-a", {}, 8, 8, 300) == []  # both leased
+    assert await outbox.release_node(db, "node-a") == 1
+    [again] = await outbox.claim_due(db, "node-a", {}, 8, 8, 300)
+    assert again.seq == mine.seq and again.attempts == 1 and again.id == mine.id
+    assert theirs.seq != mine.seq

@@ -262,10 +262,12 @@ MESSAGE_EVENT: Final = "message."
 
 def fires(steps: list[Step]) -> list[Step]:
     """The history rows that fire an event, in the history's order: all but
-    a `sent` recorded after (or with) `delivered` (contract section 9)."""
+    a `sent` recorded after `delivered` (contract section 9), i.e. by a later
+    transaction (`at` is the writing transaction's start); the two written
+    together both fire (migration 0007)."""
     delivered = [s.at for s in steps if s.status == lifecycle.DELIVERED]
     return [s for s in sorted(steps, key=lambda s: (s.at, RANK.get(s.status, 99)))
-            if not (s.status == lifecycle.SENT and any(at <= s.at for at in delivered))]
+            if not (s.status == lifecycle.SENT and any(at < s.at for at in delivered))]
 
 
 def delivered_events(e: Evidence) -> list[Arrival]:

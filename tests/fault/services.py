@@ -150,12 +150,9 @@ WEBHOOK_TIMEOUT_S = 2.0
 
 class BrokerProcess:
     """`python -m broker serve` on a fixed port; stdout and stderr of every
-    start go to one log, `broker.log` in the work dir. With
-    `lease_margin_s`, through tests/fault/serve.py: the same broker with a
-    shorter lease on the webhook events it is sending (that module says why)."""
+    start go to one log, `broker.log` in the work dir."""
 
-    def __init__(self, workdir: Path, dsn: str, port: int,
-                 lease_margin_s: float | None = None) -> None:
+    def __init__(self, workdir: Path, dsn: str, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
         self.log_path = workdir / "broker.log"
@@ -173,10 +170,6 @@ class BrokerProcess:
             "SMSDORA_WEBHOOK_TIMEOUT": f"{WEBHOOK_TIMEOUT_S:g}",
             "SMSDORA_WEBHOOK_POLL_SECONDS": "0.2",
         })
-        self.module = "broker"
-        if lease_margin_s is not None:
-            self.module = "tests.fault.serve"
-            env["SOAK_WEBHOOK_LEASE_MARGIN"] = f"{lease_margin_s:g}"
         self.env = env
 
     def _mark(self, text: str) -> None:
@@ -188,7 +181,7 @@ class BrokerProcess:
         self._mark(f"broker start {self.starts}")
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "broker", "serve", "--port", str(self.port)],
                 cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -69,7 +69,6 @@ from tests.fault.invariants import (
 )
 from tests.fault.phones import SoakAppPhone, SoakAppSim, SoakPhone, SoakSim
 from tests.fault.services import (
-    WEBHOOK_TIMEOUT_S,
     BrokerProcess,
     Postgres,
     errors,
@@ -100,13 +99,10 @@ class SoakConfig:
     drop_every_s: tuple[float, float] = (0.1, 0.6)  # one random disconnect per interval
     receiver_down_s: float = 1.0  # the webhook receiver off the network once, this long
     receiver_500: float = 0.05  # of the receiver's answers, 500 at random
-    # How long to wait, after settle, for the outbox to have nothing pending:
-    # a SIGKILL leaves the rows it was sending leased for the attempt's
-    # deadline + 30 s (services.WEBHOOK_TIMEOUT_S), then the retries.
+    # How long to wait, after settle, for the outbox to have nothing pending
+    # (the rows a SIGKILL left leased are released when the broker starts
+    # again, migration 0007; then their retries).
     drain_s: float = 60.0
-    # None: that lease as shipped; else its 30 s margin this short instead
-    # (tests/fault/serve.py; the short soak, which cannot wait 30 s).
-    lease_margin_s: float | None = None
     overall_s: float = 600.0  # the whole run, clean-up aside, or SoakAborted
     workdir: Path | None = None  # default: a fresh temp dir, removed after a pass
     keep: bool = False  # keep the work dir (data dir, broker.log) even after a pass
@@ -433,8 +429,7 @@ class Soak:
         tenant = await prepare(await asyncio.to_thread(self.pg.start_first), self.cfg.phones,
                                smsgate)
         self.dsn = tenant.dsn
-        self.broker = BrokerProcess(self.workdir, tenant.dsn, free_port(),
-                                    self.cfg.lease_margin_s)
+        self.broker = BrokerProcess(self.workdir, tenant.dsn, free_port())
         self.broker.start()
         await self.receiver.start()
         loop = asyncio.get_running_loop()
@@ -547,9 +542,6 @@ class Soak:
                                          f"{_counts(self.attempts)})",
             "receiver down": ", ".join(self.receiver_down) or "never",
             "outbox drained (after settle)": f"{drain_s:.1f} s{left}",
-            "lease of an event being sent": (
-                f"{WEBHOOK_TIMEOUT_S:g} s + " + ("30 s (as shipped)" if self.cfg.lease_margin_s is None
-                                                 else f"{self.cfg.lease_margin_s:g} s (serve.py)")),
         }
 
 
@@ -630,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=d.settle_s, metavar="SECONDS")
     p.add_argument("--receiver-down", type=float, default=d.receiver_down_s, metavar="SECONDS",
                    help="how long the webhook receiver is off the network, once")
-    p.add_argument("--lease-margin", type=float, default=None, metavar="SECONDS",
-                   help="the webhook lease's 30 s margin this short (tests/fault/serve.py)")
     p.add_argument("--workdir", type=Path, help="default: a fresh temp dir")
     p.add_argument("--keep", action="store_true", help="keep the work dir after a pass")
     args = p.parse_args(argv)
@@ -646,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                      pg_restarts=args.pg_restarts, seed=args.seed, rate=args.rate,
                      concurrency=args.concurrency, pg_down_s=args.pg_down,
                      settle_s=args.settle, receiver_down_s=args.receiver_down,
-                     lease_margin_s=args.lease_margin, workdir=args.workdir, keep=args.keep)
+                     workdir=args.workdir, keep=args.keep)
     try:
         report = asyncio.run(run_soak(cfg))
     except SoakAborted as err:

@@ -236,6 +236,15 @@ def test_a_late_sent_after_delivered_fires_nothing() -> None:
     assert failing(e) == set()
 
 
+def test_a_sent_written_with_delivered_fires_too() -> None:
+    e = evidence()
+    delivered = next(s for s in e.history["m0"] if s.status == "delivered")
+    e.history["m0"].append(Step("sent", delivered.at))  # one transaction wrote both
+    assert failing(e) == {"webhooks: no event lost"}  # its event is owed
+    e.arrivals.append(event("m0", "sent"))
+    assert "webhooks: no event lost" not in failing(e)
+
+
 def test_an_event_resent_under_a_new_id_is_caught() -> None:
     e = evidence()
     e.arrivals.append(event("m0", "sending", webhook_id="msg_other"))
