@@ -134,7 +134,8 @@ CREATE TABLE public.api_keys (
     rate_limit integer,
     expires_at timestamp with time zone,
     revoked boolean DEFAULT false NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone
 );
 
 --
@@ -287,6 +288,19 @@ CREATE TABLE public.schema_migrations (
     version integer NOT NULL,
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: sessions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.sessions (
+    token_hash bytea NOT NULL,
+    account_id uuid NOT NULL,
+    csrf text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    seen_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 --
@@ -501,6 +515,13 @@ ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 
 --
+-- Name: sessions sessions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (token_hash);
+
+--
 -- Name: webhook_attempts webhook_attempts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -623,6 +644,18 @@ CREATE INDEX messages_unreported ON public.messages USING btree (updated_at) WHE
 --
 
 CREATE INDEX pairing_codes_account ON public.pairing_codes USING btree (account_id);
+
+--
+-- Name: sessions_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX sessions_account ON public.sessions USING btree (account_id);
+
+--
+-- Name: sessions_expires; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX sessions_expires ON public.sessions USING btree (expires_at);
 
 --
 -- Name: webhook_attempts_by_webhook; Type: INDEX; Schema: public; Owner: -
@@ -753,6 +786,13 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE ONLY public.pairing_codes
     ADD CONSTRAINT pairing_codes_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
+
+--
+-- Name: sessions sessions_account_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sessions
+    ADD CONSTRAINT sessions_account_id_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id) ON DELETE CASCADE;
 
 --
 -- Name: webhook_attempts webhook_attempts_event_seq_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Router, WebSocketRoute
 
-from broker import http
+from broker import dashboard, http
 from broker.http.ops import LISTENER_ROUTES
 from broker.runtime import Broker
 from broker.settings import Settings
@@ -29,7 +29,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
     # The HTTP routes come from the endpoint declarations (broker/http/endpoints.py);
     # the phones' transports bring their own (the SMS Gateway app's mobile API).
-    routes = [*http.routes(), WebSocketRoute("/devices/ws", device_socket), *smsgate.routes()]
+    routes = [*http.routes(), WebSocketRoute("/devices/ws", device_socket), *smsgate.routes(),
+              *dashboard.routes()]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=http.EXCEPTION_HANDLERS)
     _no_slash_redirects(app.router)
     app.state.broker = broker

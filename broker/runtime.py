@@ -141,6 +141,7 @@ class Broker:
         """Tell every connected phone the broker is restarting. At shutdown,
         before the server waits for open requests: an event stream is one,
         and would hold the shutdown for its whole grace period."""
+        self.wake.close()  # and the dashboard's live streams
         for conn in self.presence.all_connections():
             await conn.channel.close(CloseReason.RESTARTING)
 

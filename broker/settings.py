@@ -56,6 +56,13 @@ def _seconds_list(env: dict[str, str], name: str, default: tuple[float, ...]) ->
     return out
 
 
+def _signup(env: dict[str, str]) -> bool:
+    raw = env.get("SMSDORA_SIGNUP", "open").strip().lower() or "open"
+    if raw not in ("open", "closed"):
+        raise SystemExit(f"SMSDORA_SIGNUP must be open or closed, got {raw!r}")
+    return raw == "open"
+
+
 def _listen_address(env: dict[str, str], name: str, default: str) -> tuple[str, int] | None:
     """`host:port` (`[::1]:9464` for IPv6); empty: None (off)."""
     raw = env.get(name, default).strip()
@@ -135,6 +142,8 @@ class Settings:
     webhook_poll_s: float = 1.0  # due rows looked for at least this often
     webhook_disable_after_s: float = 5 * 86400.0  # no 2xx this long, events owed: disabled
     webhook_keep_days: int = 30  # delivered and failed events kept this long
+    signup_open: bool = True  # /signup makes accounts (SMSDORA_SIGNUP=closed: it does not)
+    session_days: float = 14.0  # a dashboard session lasts this long from its login
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -193,6 +202,8 @@ class Settings:
             webhook_poll_s=_float(e, "SMSDORA_WEBHOOK_POLL_SECONDS", 1.0),
             webhook_disable_after_s=_float(e, "SMSDORA_WEBHOOK_DISABLE_AFTER", 5 * 86400.0),
             webhook_keep_days=_int(e, "SMSDORA_WEBHOOK_KEEP_DAYS", 30),
+            signup_open=_signup(e),
+            session_days=_float(e, "SMSDORA_SESSION_DAYS", 14.0),
         )
 
     def with_(self, **changes: object) -> Settings:

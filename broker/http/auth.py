@@ -23,6 +23,7 @@ from broker import keys, store
 from broker.errors import BrokerError, Forbidden, RateLimited, Unauthorized
 from broker.http.client import client_address
 from broker.limits import Buckets
+from broker.services import passwords
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
@@ -182,3 +183,33 @@ async def _known_key(broker: Broker, raw: str, cached: bool, now: float) -> stor
     if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
         raise Unauthorized("API key expired")
     return key
+
+
+async def login(broker: Broker, address: str, email: str, password: str) -> store.Account:
+    """The account whose email and password these are, or 401 `Invalid email
+    or password`; 429 past the failed-credential budget of the address or of
+    the email (every address together: each guess costs an argon2 verify,
+    about 90 ms of CPU, in a worker thread). One implementation for every
+    door that takes a password (the SMS Gateway app's Basic sign-in, the
+    dashboard's login). An unknown email costs the same verify as a wrong
+    password (services/passwords.py)."""
+    now = time.monotonic()
+    taken = check_throttle(broker, address, now)
+    email = email.strip().lower()
+    try:
+        email_taken = check_login(broker, email, now)
+    except Throttled:
+        passed(broker, address, taken)  # nothing was tried
+        raise
+    found = await store.password_of(broker.pool, email)
+    if not await passwords.verify(found[1] if found is not None else None, password):
+        failed(broker, address, taken)
+        if not email_taken:
+            broker.login_failures.charge(email, time.monotonic())
+        raise Unauthorized("Invalid email or password")
+    passed(broker, address, taken)
+    if email_taken:
+        broker.login_failures.refund(email)
+    assert found is not None  # verified, so found
+    return found[0]
+

@@ -23,6 +23,12 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN = "-"
 
 
+def from_trusted_proxy(scope: Scope, trusted: Sequence[Network]) -> bool:
+    """The peer is one of `trusted`: only then are its X-Forwarded-* believed."""
+    client = scope.get("client")
+    return bool(client and trusted and _is_trusted(client[0], trusted))
+
+
 def client_address(scope: Scope, trusted: Sequence[Network]) -> str:
     """The client's address as text (an IP address, or "-" when the
     connection has none); `trusted`: `Settings.trusted_proxies`."""

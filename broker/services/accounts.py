@@ -10,6 +10,7 @@ from typing import NamedTuple
 from broker import store
 from broker.clock import utcnow
 from broker.errors import BadRequest, Conflict, NotFound
+from broker.services import passwords
 
 MAX_PLAN_NAME = 64
 MAX_LIMIT = 2**31 - 1  # the plans table's integers
@@ -61,3 +62,43 @@ async def create_plan(db: store.Db, name: str, monthly_messages: int,
         return await store.create_plan(db, name, monthly_messages, max_devices)
     except store.DuplicatePlan:
         raise Conflict(f"a plan named {name!r} already exists") from None
+
+
+MAX_EMAIL = 254
+MAX_PASSWORD = 1024  # argon2 takes any length; a megabyte of it is only CPU
+
+
+class EmailTaken(Conflict):
+    def __init__(self) -> None:
+        super().__init__("An account with this email already exists")
+
+
+def normalize_email(raw: str) -> str:
+    email = raw.strip().lower()
+    local, at, domain = email.partition("@")
+    if (not at or not local or "." not in domain or "@" in domain or len(email) > MAX_EMAIL
+            or any(c.isspace() for c in email)):
+        raise BadRequest("Enter an email address (name@example.com)")
+    return email
+
+
+def check_new_password(password: str) -> str:
+    if not passwords.MIN_LENGTH <= len(password) <= MAX_PASSWORD:
+        raise BadRequest(f"The password must be at least {passwords.MIN_LENGTH} characters")
+    return password
+
+
+async def sign_up(db: store.Db, email: str, password: str,
+                  plan: str = "default") -> store.Account:
+    """A new account with a password (argon2id, off the event loop)."""
+    email = normalize_email(email)
+    hashed = await passwords.hash_password(check_new_password(password))
+    try:
+        return await store.create_account(db, email, plan, hashed)
+    except store.DuplicateEmail:
+        raise EmailTaken() from None
+
+
+async def set_password(db: store.Db, account_id: uuid.UUID, new: str) -> None:
+    await store.set_password(db, account_id,
+                             await passwords.hash_password(check_new_password(new)))

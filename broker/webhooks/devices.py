@@ -31,6 +31,7 @@ class DeviceEvents:
 
     def changed(self, conn: Connection, online: bool) -> None:
         """Presence's hook: cheap for an account without endpoints (a set lookup)."""
+        self.wake.notify(conn.account_id)  # its dashboard tabs, if any
         if conn.account_id not in self.wake.accounts:
             return
         self._accounts.add(conn.account_id)

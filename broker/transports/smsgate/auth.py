@@ -24,7 +24,7 @@ from broker import keys, store
 from broker.errors import BrokerError, Unauthorized
 from broker.http import auth
 from broker.http.auth import authenticate
-from broker.services import pairing, passwords
+from broker.services import pairing
 
 if TYPE_CHECKING:
     from broker.runtime import Broker
@@ -81,26 +81,8 @@ async def account_by_password(request: Request) -> store.Account:
     except Unauthorized:
         auth.failed(broker, address, taken)
         raise
-    email = email.strip().lower()
-    # Each guess costs an argon2 verify (about 90 ms of CPU): guesses at one
-    # email are counted too, from every address together.
-    try:
-        email_taken = auth.check_login(broker, email, now)
-    except auth.Throttled:
-        auth.passed(broker, address, taken)  # nothing was tried
-        raise
-    found = await store.password_of(broker.pool, email)
-    # An unknown email costs the same verify as a wrong password (passwords.verify).
-    if not await passwords.verify(found[1] if found is not None else None, password):
-        auth.failed(broker, address, taken)
-        if not email_taken:
-            broker.login_failures.charge(email, time.monotonic())
-        raise Unauthorized("Invalid email or password")
-    auth.passed(broker, address, taken)
-    if email_taken:
-        broker.login_failures.refund(email)
-    assert found is not None  # verified, so found
-    return found[0]
+    auth.passed(broker, address, taken)  # the password itself is tried by login
+    return await auth.login(broker, address, email, password)
 
 
 async def account_to_register_into(request: Request) -> store.Account:

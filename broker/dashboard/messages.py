@@ -1,0 +1,7 @@
+"""The dashboard's messages page(s) (CONTRACT section 11)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+ROUTES: list[BaseRoute] = []
