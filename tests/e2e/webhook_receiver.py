@@ -103,6 +103,8 @@ class Receiver:
         raw = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sender went away mid-request (a SIGKILL): nothing was delivered
             raw += message.get("body", b"")
             if not message.get("more_body"):
                 break
