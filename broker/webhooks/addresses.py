@@ -1,7 +1,8 @@
 """Where a webhook may be sent (CONTRACT section 9): not to the broker's own
 network. A URL whose host resolves to a loopback, private, link-local or
 otherwise non-global address is refused when the endpoint is saved, and
-every connection is checked again (`GuardedBackend`), so a name that
+every connection is checked again (client.py resolves, checks, and
+connects to a checked address), so a name that
 resolved to a public address then and to 127.0.0.1 now (DNS rebinding)
 reaches nothing. SMSDORA_WEBHOOK_ALLOW_PRIVATE=1 lets them all through (a
 receiver on the LAN; the tests)."""
@@ -11,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import typing
 from urllib.parse import urlsplit
-
-import httpcore
 
 MAX_URL = 2048
 
@@ -75,42 +73,3 @@ async def check(url: str, allow_private: bool) -> None:
     for ip in await resolve(host, port):
         if not allowed(ip):
             raise NotAllowed("url must not point to a loopback, private or link-local address")
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, connecting only to allowed addresses:
-    the name is resolved here, each address checked, and the connection made
-    to the first allowed one. TLS is still verified against the name."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend, allow_private: bool) -> None:
-        self.inner = inner
-        self.allow_private = allow_private
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: typing.Iterable[typing.Any] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await resolve(host, port)
-        except NotAllowed as err:
-            raise httpcore.ConnectError(str(err)) from None
-        usable = [ip for ip in addresses if self.allow_private or allowed(ip)]
-        if not usable:
-            raise httpcore.ConnectError(f"{host} resolves to an address webhooks may not use")
-        last: Exception | None = None
-        for ip in usable:
-            try:
-                return await self.inner.connect_tcp(str(ip), port, timeout, local_address,
-                                                    socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as err:
-                last = err
-        assert last is not None
-        raise last
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: typing.Iterable[typing.Any] | None = None,
-                                  ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("webhooks go over TCP")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)

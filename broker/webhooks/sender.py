@@ -26,8 +26,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import httpcore
-import httpx
 import msgspec
 
 from broker import store
@@ -37,7 +35,7 @@ from broker.ops import metrics
 from broker.settings import Settings
 from broker.store import webhooks as outbox
 from broker.webhooks import signing
-from broker.webhooks.addresses import GuardedBackend
+from broker.webhooks.client import Client, RequestFailed
 
 log = logging.getLogger("smsdora.webhooks")
 
@@ -107,29 +105,13 @@ def next_attempt(attempts: int, schedule: tuple[float, ...], now: dt.datetime,
     return now + dt.timedelta(seconds=delay)
 
 
-class _Transport(httpx.AsyncHTTPTransport):
-    """httpx's transport over a connection pool that connects only where
-    webhooks may go (addresses.GuardedBackend), never through a proxy."""
-
-    def __init__(self, allow_private: bool, max_connections: int) -> None:
-        super().__init__(trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=max_connections, max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-            network_backend=GuardedBackend(httpcore.AnyIOBackend(), allow_private))
-
-
 class Sender:
     def __init__(self, pool: store.Pool, settings: Settings, wake: Wake) -> None:
         self.pool = pool
         self.settings = settings
         self.wake = wake
         self.rng = random.Random()
-        self.client = httpx.AsyncClient(
-            transport=_Transport(settings.webhook_allow_private, settings.webhook_concurrency),
-            timeout=httpx.Timeout(settings.webhook_timeout_s), follow_redirects=False,
-            trust_env=False, headers={"user-agent": USER_AGENT})
+        self.client = Client(settings.webhook_allow_private, MAX_ANSWER_BYTES, USER_AGENT)
         self.lease_s = settings.webhook_timeout_s + 30.0
         self.busy: dict[uuid.UUID, int] = {}  # attempts under way per endpoint
         self.running: dict[int, asyncio.Task[None]] = {}  # by event seq
@@ -227,23 +209,12 @@ class Sender:
         answer_headers: Mapping[str, str] = {}
         try:
             async with asyncio.timeout(self.settings.webhook_timeout_s):
-                async with self.client.stream("POST", c.url, content=body.encode(),
-                                              headers=headers) as response:
-                    code = response.status_code
-                    answer_headers = response.headers
-                    # Read (and drop) a short answer, so that its connection
-                    # is kept alive for the next attempt; a long one is cut.
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        read += len(chunk)
-                        if read > MAX_ANSWER_BYTES:
-                            break
+                answer = await self.client.post(c.url, body.encode(), headers)
+            code, answer_headers = answer.status, answer.headers
         except TimeoutError:
             error = f"no answer within {self.settings.webhook_timeout_s:g} s"
-        except httpx.TimeoutException:
-            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
-        except httpx.HTTPError as err:
-            error = str(err) or type(err).__name__
+        except RequestFailed as err:
+            error = str(err)
         ok = code is not None and 200 <= code < 300
         if code is not None and not ok:
             error = ("redirects are not followed" if 300 <= code < 400
@@ -320,4 +291,4 @@ class Sender:
         if cut:
             with contextlib.suppress(*store.DATABASE_DOWN):
                 await outbox.release(self.pool, cut)
-        await self.client.aclose()
+        await self.client.close()

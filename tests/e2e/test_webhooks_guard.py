@@ -94,8 +94,7 @@ async def test_events_go_out_right_after_the_commit_not_at_the_next_poll(
     # The receiver is on loopback: allowed for this test by going past the
     # guard (the poke is what is under test here, not the guard).
     assert server.broker.webhooks is not None
-    guard = server.broker.webhooks.client._transport._pool._network_backend  # type: ignore
-    guard.allow_private = True
+    server.broker.webhooks.client.allow_private = True
     await endpoint_row(db, account, receiver.url)
     receiver.secrets.append("whsec_" + "A" * 32)
     await server.broker.webhooks.refresh_accounts()
