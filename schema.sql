@@ -88,6 +88,10 @@ CREATE FUNCTION public.smsdora_key_changed() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
+    IF TG_OP = 'UPDATE'
+       AND to_jsonb(OLD) - 'last_used_at' = to_jsonb(NEW) - 'last_used_at' THEN
+        RETURN NULL;
+    END IF;
     PERFORM pg_notify('smsdora_key_changed', OLD.id::text);
     RETURN NULL;
 END

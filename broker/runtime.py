@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 import uuid
 
 from broker import store
+from broker.clock import utcnow
 from broker.delivery.channel import CloseReason
 from broker.delivery.dispatch import Dispatcher
 from broker.delivery.presence import Presence
@@ -22,6 +24,7 @@ from broker.keys import KeyCache, UnknownPrefixes
 from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
 from broker.settings import Settings
+from broker.store import keys as key_store
 from broker.store import webhooks as outbox
 from broker.store.listener import Listener
 from broker.webhooks.devices import DeviceEvents
@@ -41,6 +44,7 @@ class Broker:
         self.presence = Presence()
         self.rate_window = RateWindow()
         self.key_cache: KeyCache[store.KeyRow] = KeyCache()
+        self.keys_used = KeysUsed()
         self.unknown_keys = UnknownPrefixes(ttl_s=settings.unknown_key_ttl_s)
         # Failed credentials per client address (every kind) and per email
         # (passwords); each account's requests; its share of the pool.
@@ -135,6 +139,7 @@ class Broker:
         if self.webhooks is not None:
             await self.webhooks.close()
         await self.flush_last_seen()
+        await self.flush_keys_used()
         await self.pool.close()
 
     async def close_phones(self) -> None:
@@ -152,16 +157,58 @@ class Broker:
             await store.flush_last_seen(self.pool, ids, seen, health, versions, online,
                                         self.settings.node)
 
+    async def flush_keys_used(self) -> None:
+        used = self.keys_used.take()
+        try:
+            await key_store.mark_keys_used(self.pool, used)
+        except store.DATABASE_DOWN:
+            self.keys_used.restore(used)  # the next round writes them
+            raise
+
     async def _flush_loop(self) -> None:
-        """Last-seen reaches PostgreSQL in batches, not once per frame."""
+        """Last-seen and keys' last use reach PostgreSQL in batches, not once
+        per frame or request."""
         while True:
             await asyncio.sleep(self.settings.last_seen_flush_s)
-            try:
-                await self.flush_last_seen()
-            except store.DATABASE_DOWN as err:
-                log.warning("last-seen flush failed", extra={"error": type(err).__name__})
-            except Exception:
-                log.exception("last-seen flush failed: batch dropped")
+            for what, flush in (("last-seen", self.flush_last_seen),
+                                ("key last-used", self.flush_keys_used)):
+                try:
+                    await flush()
+                except store.DATABASE_DOWN as err:
+                    log.warning(f"{what} flush failed", extra={"error": type(err).__name__})
+                except Exception:
+                    log.exception(f"{what} flush failed: batch dropped")
+
+
+class KeysUsed:
+    """When each API key was last used on this node: noted by `authenticate`
+    in memory, at most once per EVERY_S per key, and written by the flush
+    loop in one UPDATE, never on a request's path."""
+
+    EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self._noted_mono: dict[uuid.UUID, float] = {}  # when each was last noted
+        self._unwritten: dict[uuid.UUID, dt.datetime] = {}
+
+    def note(self, key_id: uuid.UUID, now_mono: float) -> None:
+        last = self._noted_mono.get(key_id)
+        if last is not None and now_mono - last < self.EVERY_S:
+            return
+        self._noted_mono[key_id] = now_mono
+        self._unwritten[key_id] = utcnow()
+
+    def take(self) -> dict[uuid.UUID, dt.datetime]:
+        """What to write now; notes older than EVERY_S are forgotten (a key
+        used again is noted again), so this holds only the recent keys."""
+        used, self._unwritten = self._unwritten, {}
+        horizon = time.monotonic() - self.EVERY_S
+        self._noted_mono = {k: t for k, t in self._noted_mono.items() if t > horizon}
+        return used
+
+    def restore(self, used: dict[uuid.UUID, dt.datetime]) -> None:
+        for key_id, at in used.items():
+            self._unwritten.setdefault(key_id, at)
 
 
 def _per_window(failures: int, window_s: float) -> Buckets:

@@ -141,6 +141,9 @@ class KeyInfo(msgspec.Struct, frozen=True):
     expiresAt: str | None
     revoked: bool
     createdAt: str
+    # When the key was last accepted: noted at most once a minute per broker
+    # node and written a few seconds later, so it can lag that much.
+    lastUsedAt: str | None
 
 
 class UpdateDeviceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -56,7 +56,8 @@ async def accounts_create(db: asyncpg.Connection, args: argparse.Namespace,
 def _key_info(row: store.KeyRow) -> dict[str, Any]:
     return {"id": str(row.id), "name": row.name, "prefix": row.prefix, "scopes": row.scopes,
             "rateLimit": row.rate_limit, "expiresAt": iso(row.expires_at),
-            "revoked": row.revoked, "createdAt": iso(row.created_at)}
+            "revoked": row.revoked, "createdAt": iso(row.created_at),
+            "lastUsedAt": iso(row.last_used_at)}
 
 
 async def keys_create(db: asyncpg.Connection, args: argparse.Namespace,

@@ -151,6 +151,7 @@ async def authenticate(request: Request, scope: str, *, cached: bool = False) ->
     retry = broker.account_budget.hit(key.account_id, now)
     if retry is not None:
         raise AccountOverBudget(retry)
+    broker.keys_used.note(key.id, now)  # written by the flush loop, not here
     return key
 
 

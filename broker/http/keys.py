@@ -30,7 +30,8 @@ KEYS_CURSOR = Position("cursor", "The `nextCursor` of the previous page.")
 def key_info(row: store.KeyRow) -> KeyInfo:
     return KeyInfo(id=str(row.id), name=row.name, prefix=row.prefix, scopes=row.scopes,
                    rateLimit=row.rate_limit, expiresAt=iso(row.expires_at),
-                   revoked=row.revoked, createdAt=iso(row.created_at) or "")
+                   revoked=row.revoked, createdAt=iso(row.created_at) or "",
+                   lastUsedAt=iso(row.last_used_at))
 
 
 def issued_key(issued: key_service.Issued) -> IssuedKey:

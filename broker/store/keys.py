@@ -21,6 +21,7 @@ class KeyRow(msgspec.Struct, frozen=True):
     expires_at: dt.datetime | None
     revoked: bool
     created_at: dt.datetime
+    last_used_at: dt.datetime | None = None  # noted by each node, written by its flush loop
     monthly_messages: int = 0
 
 
@@ -31,7 +32,7 @@ KEY_CHANGED = "smsdora_key_changed"
 KEY_ADDED = "smsdora_key_added"
 
 _KEY_COLS = "k.id, k.account_id, k.name, k.prefix, k.secret_hash, k.scopes, k.rate_limit, " \
-            "k.expires_at, k.revoked, k.created_at"
+            "k.expires_at, k.revoked, k.created_at, k.last_used_at"
 
 
 async def insert_key(db: Db, account_id: uuid.UUID, name: str, prefix: str, secret_hash: bytes,
@@ -96,3 +97,15 @@ async def rotate_key(db: Db, key_id: uuid.UUID, prefix: str, secret_hash: bytes,
         key_id, prefix, secret_hash, account_id,
     )
     return KeyRow(**dict(r)) if r else None
+
+
+async def mark_keys_used(db: Db, used: dict[uuid.UUID, dt.datetime]) -> None:
+    """When these keys were last used, in one statement (a node's flush loop,
+    never a request); a later time another node wrote stays."""
+    if not used:
+        return
+    await db.execute(
+        "UPDATE api_keys AS k SET last_used_at = u.at"
+        "  FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)"
+        " WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+        list(used), list(used.values()))
