@@ -4,7 +4,6 @@ devices`."""
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, TypeVar
 
@@ -23,7 +22,6 @@ from broker.services import devices as device_service
 from broker.services import pairing
 from protocol.api import (
     CreatedDevice,
-    DeviceHealth,
     DeviceInfo,
     DeviceToken,
     PairingCode,
@@ -57,21 +55,7 @@ async def list_devices(request: Request) -> Response:
 
 
 def _info(broker: Broker, d: store.DeviceRow) -> DeviceInfo:
-    # Online, or gone so recently that last-seen is not flushed yet.
-    conn = broker.presence.get(d.id) or broker.presence.unflushed(d.id)
-    last_seen = (dt.datetime.fromtimestamp(conn.last_seen_at, dt.UTC)
-                 if conn is not None else d.last_seen_at)
-    if conn is not None and conn.health is not None:
-        health: DeviceHealth | None = DeviceHealth(
-            battery=conn.health.battery, charging=conn.health.charging, signal=conn.health.signal)
-    else:
-        health = msgspec.convert(d.health, DeviceHealth) if d.health else None
-    return DeviceInfo(
-        id=str(d.id), deviceName=d.name, online=broker.presence.get(d.id) is not None,
-        lastSeen=iso(last_seen), active=d.active, sendRate=d.send_rate, health=health,
-        appVersion=(conn.app_version if conn is not None else d.app_version),
-        transport=d.transport,
-    )
+    return device_service.info(broker.presence, d)
 
 
 async def create_device(request: Request) -> Response:
@@ -111,14 +95,7 @@ async def update_device(request: Request) -> Response:
         row = await device_service.update(
             db, device_id, key.account_id, name=_given(req.name), send_rate=_given(req.sendRate),
             active=_given(req.active))
-    conn = broker.presence.get(row.id)
-    if conn is not None:
-        # What this broker holds of a connected phone follows at once: the
-        # name the send answers with, the pace of its next jobs. (Its
-        # connection, when deactivated, is dropped by the notice every
-        # broker hears, store.DEVICE_DEACTIVATED.)
-        conn.name = row.name
-        broker.presence.pacer(row.id, row.send_rate)
+    device_service.follow(broker.presence, row)
     return ok(_info(broker, row))
 
 

@@ -8,8 +8,13 @@ import datetime as dt
 import uuid
 from typing import Any, NamedTuple
 
+import msgspec
+
 from broker import keys, store
+from broker.clock import iso
+from broker.delivery.presence import Presence
 from broker.errors import BadRequest, Conflict, Forbidden, NotFound
+from protocol.api import DeviceHealth, DeviceInfo
 
 
 class Registered(NamedTuple):
@@ -135,3 +140,35 @@ async def delete(db: store.Conn, device_id: uuid.UUID, account_id: uuid.UUID) ->
     if outcome is store.Deleted.IN_USE:
         raise DeviceInUse()
     return row
+
+
+def info(presence: Presence, d: store.DeviceRow) -> DeviceInfo:
+    """A device as `/devices` and the dashboard show it: online when this
+    broker holds its connection; last seen, health and app version the
+    connection's (or, gone so recently that they are not flushed yet, the
+    last connection's), else what PostgreSQL has."""
+    conn = presence.get(d.id) or presence.unflushed(d.id)
+    last_seen = (dt.datetime.fromtimestamp(conn.last_seen_at, dt.UTC)
+                 if conn is not None else d.last_seen_at)
+    if conn is not None and conn.health is not None:
+        health: DeviceHealth | None = DeviceHealth(
+            battery=conn.health.battery, charging=conn.health.charging, signal=conn.health.signal)
+    else:
+        health = msgspec.convert(d.health, DeviceHealth) if d.health else None
+    return DeviceInfo(
+        id=str(d.id), deviceName=d.name, online=presence.get(d.id) is not None,
+        lastSeen=iso(last_seen), active=d.active, sendRate=d.send_rate, health=health,
+        appVersion=(conn.app_version if conn is not None else d.app_version),
+        transport=d.transport,
+    )
+
+
+def follow(presence: Presence, row: store.DeviceRow) -> None:
+    """After `update`: what this broker holds of a connected phone follows
+    at once, the name the send answers with and the pace of its next jobs.
+    (Its connection, when deactivated, is dropped by the notice every
+    broker hears, store.DEVICE_DEACTIVATED.)"""
+    conn = presence.get(row.id)
+    if conn is not None:
+        conn.name = row.name
+        presence.pacer(row.id, row.send_rate)

@@ -39,8 +39,9 @@ async def claim(db: store.Db, server_secret: bytes, code: str) -> uuid.UUID | No
     return await store.claim_code(db, keys.digest(server_secret, code), utcnow())
 
 
-def server_url(settings: Settings) -> str:
+def server_url(settings: Settings, seen: str | None = None) -> str:
     """What a phone types as the app's server: SMSDORA_PUBLIC_URL, else
-    where `serve` listens, and the mobile API's path."""
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    `seen` (the origin a browser reached us at: the dashboard's), else where
+    `serve` listens; and the mobile API's path."""
+    base = settings.public_url or seen or f"http://{settings.host}:{settings.port}"
     return base.rstrip("/") + "/api/mobile/v1"

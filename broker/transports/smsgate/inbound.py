@@ -90,13 +90,23 @@ _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,4
 
 def inbound_url(broker: Broker, request: Request, device_id: uuid.UUID) -> str:
     """The broker's inbound URL for this phone, at the base the app called
-    (`GET {base}/webhooks`): what it demonstrably reaches. Its scheme is the
-    connection's, or behind a trusted proxy (SMSDORA_TRUSTED_PROXIES) the
-    `X-Forwarded-Proto` that proxy sent; its host the `Host` the app sent
-    (or, behind a trusted proxy, `X-Forwarded-Host`). A request without a
-    usable Host gets SMSDORA_PUBLIC_URL, else the listening address."""
+    (`GET {base}/webhooks`): what it demonstrably reaches. Its origin is
+    `request_origin`'s; a request without a usable Host gets
+    SMSDORA_PUBLIC_URL, else the listening address."""
     path = request.scope["path"]
     base_path = path[:path.rfind("/webhooks")].rstrip("/")  # "//webhooks": a trailing slash
+    base = request_origin(broker, request)
+    if base is None:
+        settings = broker.settings
+        base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    return f"{base}{base_path}{INBOUND_PATH}/{device_id}"
+
+
+def request_origin(broker: Broker, request: Request) -> str | None:
+    """`scheme://host` as the client reached us: the connection's scheme,
+    or behind a trusted proxy (SMSDORA_TRUSTED_PROXIES) the
+    `X-Forwarded-Proto` that proxy sent; the `Host` the client sent (or,
+    behind a trusted proxy, `X-Forwarded-Host`). None without a usable Host."""
     headers = request.headers
     scheme, host = request.scope.get("scheme", "http"), headers.get("host", "")
     if _from_trusted_proxy(broker, request):
@@ -108,12 +118,7 @@ def inbound_url(broker: Broker, request: Request, device_id: uuid.UUID) -> str:
             host = forwarded_host
     if scheme not in ("http", "https"):
         scheme = "https" if scheme == "wss" else "http"
-    if _HOST.match(host):
-        base = f"{scheme}://{host}"
-    else:
-        settings = broker.settings
-        base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    return f"{base}{base_path}{INBOUND_PATH}/{device_id}"
+    return f"{scheme}://{host}" if _HOST.match(host) else None
 
 
 def _from_trusted_proxy(broker: Broker, request: Request) -> bool:
