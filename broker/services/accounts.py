@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import NamedTuple
 
 from broker import store
@@ -102,3 +103,20 @@ async def sign_up(db: store.Db, email: str, password: str,
 async def set_password(db: store.Db, account_id: uuid.UUID, new: str) -> None:
     await store.set_password(db, account_id,
                              await passwords.hash_password(check_new_password(new)))
+
+
+class Phones(NamedTuple):
+    registered: int  # active devices
+    online: int  # of those, connected to a node now
+    devices: list[store.DeviceRow]  # every device of the account, oldest first
+
+
+async def phones(db: store.Db, account_id: uuid.UUID, node: str,
+                 connected_here: Callable[[uuid.UUID], bool]) -> Phones:
+    """The account's phones, in one query: online is connected to this node
+    (`node`, its presence: at once) or, by its presence row, to another."""
+    rows = await store.list_devices(db, account_id)
+    active = [d for d in rows if d.active]
+    online = sum(1 for d in active if connected_here(d.id)
+                 or (d.online_node is not None and d.online_node != node))
+    return Phones(len(active), online, rows)

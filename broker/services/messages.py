@@ -4,6 +4,7 @@ Sending is the delivery engine's (broker/delivery/)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from typing import NamedTuple
@@ -14,6 +15,8 @@ from broker import store
 from broker.delivery.presence import Presence
 from broker.errors import BadRequest, Conflict, NotFound
 from broker.ops import metrics
+from broker.store import inbox as inbox_store
+from broker.store import messages as message_store
 from protocol import lifecycle
 
 
@@ -95,3 +98,47 @@ async def cancel(db: store.Db, presence: Presence, account_id: uuid.UUID,
             conn.inflight.discard(message_id)
             presence.room_freed(conn, time.monotonic())
             await conn.channel.cancel(str(message_id), store.CANCELLED)
+
+
+MAX_MESSAGE_CHARS = 1600
+
+
+def check_text(text: str) -> str:
+    """A message's text as a send takes it (contract section 3)."""
+    if not 1 <= len(text) <= MAX_MESSAGE_CHARS:
+        raise BadRequest(f"Message must be 1-{MAX_MESSAGE_CHARS} characters")
+    if "\x00" in text:  # PostgreSQL text cannot hold it
+        raise BadRequest("Message must not contain NUL characters")
+    return text
+
+
+async def changed(db: store.Db, account_id: uuid.UUID, after: dt.datetime, from_seq: int,
+                  where: store.MessageFilter, limit: int) -> message_store.Changed:
+    """The account's messages at `from_seq` or newer whose row changed
+    after `after` (a live page's news), oldest change first."""
+    return await message_store.changed_messages(db, account_id, after, from_seq, limit, where)
+
+
+async def newest_seq(db: store.Db, account_id: uuid.UUID) -> int:
+    return await message_store.newest_seq(db, account_id)
+
+
+class InboxPage(NamedTuple):
+    sms: list[store.InboxRow]
+    next_seq: int | None  # the keyset position of the next page, if one follows
+
+
+async def inbox_page(db: store.Db, account_id: uuid.UUID, device_id: uuid.UUID | None,
+                     sender: str | None, limit: int, before_seq: int | None) -> InboxPage:
+    """The SMS the account's phones received, newest first (GET /inbox)."""
+    rows = await store.list_inbox(db, account_id, device_id, sender, limit + 1, before_seq)
+    if len(rows) > limit:
+        return InboxPage(rows[:limit], rows[limit - 1].seq)
+    return InboxPage(rows, None)
+
+
+async def inbox_after(db: store.Db, account_id: uuid.UUID, device_id: uuid.UUID | None,
+                      sender: str | None, after_seq: int,
+                      limit: int) -> tuple[list[store.InboxRow], dt.datetime]:
+    """The SMS received past `after_seq`, oldest first, and the database's clock."""
+    return await inbox_store.inbox_after(db, account_id, device_id, sender, after_seq, limit)

@@ -149,3 +149,9 @@ async def deliveries(db: store.Db, account_id: uuid.UUID, webhook_id: uuid.UUID,
                      before: tuple[int, int] | None) -> list[outbox.AttemptRow]:
     await get(db, account_id, webhook_id)
     return await outbox.list_attempts(db, account_id, webhook_id, limit, before)
+
+
+async def failing(db: store.Db, account_id: uuid.UUID) -> list[outbox.Failing]:
+    """What the dashboard's overview warns of: endpoints disabled, or
+    failing since their latest attempt."""
+    return await outbox.failing_webhooks(db, account_id)

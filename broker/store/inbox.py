@@ -85,3 +85,23 @@ async def list_inbox(db: Db, account_id: uuid.UUID, device_id: uuid.UUID | None,
         " ORDER BY i.seq DESC LIMIT $5",
         account_id, device_id, sender, before_seq, limit,
     ))
+
+
+async def inbox_after(db: Db, account_id: uuid.UUID, device_id: uuid.UUID | None,
+                      sender: str | None, after_seq: int,
+                      limit: int) -> tuple[list[InboxRow], dt.datetime]:
+    """The account's inbound SMS past keyset position `after_seq`, oldest
+    first (what a live inbox has not shown yet), and the database's clock."""
+    records = await db.fetch(
+        "SELECT now() AS now, c.* FROM (SELECT 1) one LEFT JOIN LATERAL ("
+        " SELECT i.seq, i.id, i.sender, i.body, i.received_at, i.created_at, i.device_id,"
+        " d.name AS device_name"
+        " FROM inbox i LEFT JOIN devices d ON d.id = i.device_id"
+        " WHERE i.account_id = $1 AND ($2::uuid IS NULL OR i.device_id = $2)"
+        " AND ($3::text IS NULL OR i.sender = $3) AND i.seq > $4"
+        " ORDER BY i.seq LIMIT $5) c ON true",
+        account_id, device_id, sender, after_seq, limit,
+    )
+    now: dt.datetime = records[0]["now"]
+    return [InboxRow(**{k: r[k] for k in InboxRow.__struct_fields__})
+            for r in records if r["id"] is not None], now

@@ -274,3 +274,44 @@ async def cancel_message(db: Db, account_id: uuid.UUID, message_id: uuid.UUID) -
     if r is None:
         return Cancelled(None, None, False)
     return Cancelled(r["was"], r["device_id"], r["cancelled"])
+
+
+class Changed(NamedTuple):
+    """What `changed_messages` found: the rows, oldest change first, and the
+    database's clock when it looked."""
+
+    rows: list[MessageRow]
+    updated_at: list[dt.datetime]  # each row's
+    now: dt.datetime
+
+
+async def changed_messages(db: Db, account_id: uuid.UUID, after: dt.datetime, from_seq: int,
+                           limit: int, where: MessageFilter = _ANY) -> Changed:
+    """The account's messages whose row changed after `after` (a send, a
+    report, a cancel, the sweeper: each sets `updated_at`), at keyset
+    position `from_seq` or newer, narrowed by `where`; at most `limit`, the
+    oldest changes first. What a live page asks every time it is woken: the
+    seq bound keeps it on the rows of the page (the account's index on
+    `(account_id, seq)`), however many messages the account has."""
+    records = await db.fetch(
+        f"SELECT now() AS now, c.* FROM (SELECT 1) one LEFT JOIN LATERAL ("
+        f" SELECT {_MESSAGE_COLS}, m.updated_at"
+        " FROM messages m LEFT JOIN devices d ON d.id = m.device_id"
+        " WHERE m.account_id = $1 AND m.seq >= $2 AND m.updated_at > $3"
+        " AND ($5::uuid IS NULL OR m.device_id = $5) AND ($6::text IS NULL OR m.recipient = $6)"
+        " AND ($7::timestamptz IS NULL OR m.created_at >= $7)"
+        " AND ($8::timestamptz IS NULL OR m.created_at < $8)"
+        " ORDER BY m.updated_at LIMIT $4) c ON true",
+        account_id, from_seq, after, limit, where.device_id, where.recipient, where.since,
+        where.until,
+    )
+    now: dt.datetime = records[0]["now"]
+    found = [r for r in records if r["id"] is not None]
+    return Changed([MessageRow(**{k: r[k] for k in MessageRow.__struct_fields__}) for r in found],
+                   [r["updated_at"] for r in found], now)
+
+
+async def newest_seq(db: Db, account_id: uuid.UUID) -> int:
+    """The keyset position of the account's newest message (0: none yet)."""
+    return int(await db.fetchval(
+        "SELECT COALESCE(max(seq), 0) FROM messages WHERE account_id = $1", account_id))

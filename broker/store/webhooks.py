@@ -387,3 +387,20 @@ async def release_node(db: Db, node: str) -> int:
         "   attempts = GREATEST(0, attempts - 1)"
         " WHERE claimed_by = $1 AND state = 'pending' AND next_at > now() RETURNING 1)"
         " SELECT count(*) FROM r", node))
+
+
+class Failing(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    url: str
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: dt.datetime | None
+
+
+async def failing_webhooks(db: Db, account_id: uuid.UUID) -> list[Failing]:
+    """The account's endpoints that are disabled or whose latest attempt
+    failed (`failing_since` runs from a failure until the next 2xx)."""
+    return rows_of(Failing, await db.fetch(
+        "SELECT id, url, enabled, disabled_reason, failing_since FROM webhooks"
+        " WHERE account_id = $1 AND (NOT enabled OR failing_since IS NOT NULL)"
+        " ORDER BY created_at, id", account_id))
