@@ -102,7 +102,7 @@ async def devices_feed(request: Request, account_id: uuid.UUID, query: Mapping[s
 @page
 async def devices_page(request: Request, user: Session) -> Response:
     devices = await _infos(broker_of(request), user.account_id)
-    return render(request, "devices.html", user=user, devices=devices, count=len(devices),
+    return render(request, "devices.html", user=user, devices=devices,
                   into=BODY_ID, transports=TRANSPORTS,
                   live=f"/dashboard/live?view=devices&v={_version(_rows(devices))}")
 
@@ -166,6 +166,7 @@ async def register(request: Request, user: Session) -> Response:
     async with broker.pool.acquire() as db:
         device, token = await device_service.register(db, broker.secret, user.account_id, name,
                                                       send_rate)
+    broker.wake.notify(user.account_id)  # its other devices tabs
     return _new(request, user, 201, device=device, token=token)
 
 
@@ -205,6 +206,7 @@ async def _update(request: Request, user: Session, *, name: str | None = None,
         row = await device_service.update(db, device_id, user.account_id, name=name,
                                           send_rate=send_rate, active=active)
     device_service.follow(broker.presence, row)
+    broker.wake.notify(user.account_id)
     return redirect(f"/dashboard/devices/{row.id}")
 
 

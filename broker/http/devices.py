@@ -67,6 +67,7 @@ async def create_device(request: Request) -> Response:
     async with broker.pool.acquire() as db:
         device, token = await device_service.register(db, broker.secret, key.account_id,
                                                       req.name, send_rate)
+    broker.wake.notify(key.account_id)  # the dashboard's devices tabs on this node
     return ok(CreatedDevice(id=str(device.id), deviceName=device.name, token=token,
                             sendRate=device.send_rate), status=201)
 
@@ -96,6 +97,7 @@ async def update_device(request: Request) -> Response:
             db, device_id, key.account_id, name=_given(req.name), send_rate=_given(req.sendRate),
             active=_given(req.active))
     device_service.follow(broker.presence, row)
+    broker.wake.notify(key.account_id)
     return ok(_info(broker, row))
 
 
