@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/smsdora migrate && $(BIN)/smsdora serve
 
 # Extra pytest arguments: make test ARGS='-k lifecycle -x'
-test: lint typecheck nginx
+test: lint typecheck nginx chromium
 	$(BIN)/pytest -q $(ARGS)
 
 # tests/proxy runs docs/nginx/smsdora.conf through a real nginx: Debian's
@@ -36,6 +36,18 @@ nginx:
 	    $(SUDO) apt-get install -y -qq nginx >/dev/null; } || { \
 	  echo "make nginx: could not install nginx (apt-get install -y nginx, as root);" \
 	       "tests/proxy needs it" >&2; exit 1; }; }
+
+# tests/browser drives Debian's chromium through Playwright (never
+# `playwright install`, which downloads a browser): installed when missing,
+# as nginx is. A machine that cannot install it fails here, loudly.
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "make chromium: installing Debian's chromium for tests/browser"; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -qq chromium >/dev/null; } || { \
+	  echo "make chromium: could not install chromium (apt-get install -y chromium, as root);" \
+	       "tests/browser needs it at /usr/bin/chromium" >&2; exit 1; }; }
 
 # STYLE.md: strict typing (pyproject.toml [tool.mypy]; asyncpg through asyncpg-stubs).
 typecheck: $(STAMP)
