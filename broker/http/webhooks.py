@@ -78,9 +78,7 @@ async def list_webhooks(request: Request) -> Response:
     key = await authenticate(request, SCOPE)
     limit = LIMIT.read(request.query_params)
     after = WEBHOOKS_CURSOR.read(request.query_params)
-    rows = await outbox.list_webhooks(broker.pool, key.account_id, limit + 1, after)
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await service.page(broker.pool, key.account_id, limit, after)
     return ok([info(r) for r in rows],
               next_cursor=Position.of(rows[-1].created_at, rows[-1].id) if more else None)
 

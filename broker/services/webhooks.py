@@ -155,3 +155,16 @@ async def failing(db: store.Db, account_id: uuid.UUID) -> list[outbox.Failing]:
     """What the dashboard's overview warns of: endpoints disabled, or
     failing since their latest attempt."""
     return await outbox.failing_webhooks(db, account_id)
+
+
+class Page(NamedTuple):
+    webhooks: list[outbox.WebhookRow]
+    more: bool  # another page follows the last of these
+
+
+async def page(db: store.Db, account_id: uuid.UUID, limit: int,
+               after: tuple[dt.datetime, uuid.UUID] | None = None) -> Page:
+    """The account's endpoints, oldest first, `limit` of them past the keyset
+    position `after` (creation time, id)."""
+    rows = await outbox.list_webhooks(db, account_id, limit + 1, after)
+    return Page(rows[:limit], len(rows) > limit)
