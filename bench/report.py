@@ -122,6 +122,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     "—", "", target, _holds(ok) if target else ""))
     out += sse_rows(r.get("sse"))
     out += webhook_rows(r.get("webhooks"))
+    out += dashboard_rows(r.get("dashboard"))
     bare = {row["phones"]: row for row in r["bare"]["levels"]}
     for row in r["memory"]["levels"]:
         b = bare.get(row["phones"], {})
@@ -291,3 +292,21 @@ def four_of(w: dict[str, Any]) -> int:
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else 0.0
+
+
+def dashboard_rows(d: dict[str, Any] | None) -> list[tuple[str, str, str, str, str, str]]:
+    """bench/dashboard.py: p50 / p99 / max of each page, one request after another."""
+    if d is None:
+        return []
+    sz = d["sizes"]
+    where = f"{sz['messages']:,}-message account, {sz['requests']} requests one after another"
+    out = []
+    for key, what in (("list", "`/dashboard/messages` (first page)"),
+                      ("list_failed", "`/dashboard/messages?status=failed`"),
+                      ("list_oldest", "`/dashboard/messages?cursor=…` (the oldest page)"),
+                      ("detail", "`/dashboard/messages/{id}` (history timeline), random ids")):
+        p = d[key]
+        out.append((f"ms dashboard page {what} p50 / p99 / max, {where}",
+                    f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} / {p['max_ms']:.2f}"
+                    f" ({p['bytes'] // 1024} KiB)", "—", "", "", ""))
+    return out

@@ -11,6 +11,8 @@ memory; in a broker of its own, a send to an SMS Gateway phone (SSE) against
 one to a WebSocket phone at the same rate (bench/sse.py, bench/sse_phones.py);
 in a broker of its own, the webhook sender's delivery rate and latency and
 the accept path with and without an endpoint (bench/webhooks.py);
+in a broker of its own, dashboard page render times for a 10,000-message
+account (bench/dashboard.py);
 broker memory and idle CPU while phones connect (1k, 5k, 10k, 20k); with 10k
 connected: the end-to-end maximum (a closed loop that keeps at most
 `window` messages undelivered), open-loop latency at fractions of it, kill -9
@@ -36,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from bench import database, machine, micro, report, sse, webhooks
+from bench import dashboard, database, machine, micro, report, sse, webhooks
 from bench.fleet import Fleet, slices
 from bench.procs import Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib, wait_port
 
@@ -264,6 +266,16 @@ class Bench:
             f"(ratio {acc['ratio']:.2f}; {row['elapsed_s']:.0f} s)")
         return row
 
+    def dashboard_phase(self, quick: bool) -> dict[str, Any]:
+        """Dashboard pages for a 10,000-message account (bench/dashboard.py),
+        in a broker of their own."""
+        row = dashboard.phase(self, quick)
+        say("dashboard: " + "; ".join(
+            f"{name} p50 {row[name]['p50_ms']:.2f} / p99 {row[name]['p99_ms']:.2f} ms"
+            for name in ("list", "list_failed", "list_oldest", "detail"))
+            + f" ({row['elapsed_s']:.0f} s)")
+        return row
+
     def lifecycle(self, fleet: Fleet, port: int) -> dict[str, Any]:
         """The end-to-end maximum: closed loop, at most `window` messages
         accepted and not yet delivered; delivered rows stored a second."""
@@ -434,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         rows["bare"] = bench.bare()
         rows["sse"] = bench.sse_phase(args.quick)
         rows["webhooks"] = bench.webhooks_phase(args.quick)
+        rows["dashboard"] = bench.dashboard_phase(args.quick)
         rows.update(bench.broker())
     finally:
         bench.procs.close()

@@ -21,7 +21,8 @@ ROWS = ("sends/s end to end", "sends/s accept path", "p50 / p99 / p99.9",
         "device pick", "longest GC pause", "`event: MessageEnqueued` read, SMS Gateway phone",
         "`GET /message` answered with the job, SMS Gateway phone",
         "webhook events/s delivered from a full outbox", "webhook event written → received",
-        "accept path with one webhook endpoint")
+        "accept path with one webhook endpoint", "ms dashboard page `/dashboard/messages` (first page)",
+        "ms dashboard page `/dashboard/messages/{id}`")
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,6 +84,12 @@ def test_quick_bench_has_every_row_with_sane_numbers(tmp_path: Path) -> None:
     assert acc["plain-1"]["events_written"] == acc["plain-2"]["events_written"] == 0
     assert acc["hooked"]["events_written"] >= 2 * acc["hooked"]["statuses"]["201"]
     assert acc["ratio"] > 0
+    d = r["dashboard"]  # every request a 200 naming its message (or the phase fails)
+    assert d["sizes"]["messages"] == 10_000
+    for page in ("list", "list_failed", "list_oldest", "detail"):
+        p = d[page]
+        assert p["samples"] == d["sizes"]["requests"] and p["bytes"] > 0
+        assert 0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] < 10_000
     for side in (r["memory"], r["bare"]):
         for level in side["levels"]:
             assert level["connected"] == level["phones"] > 0
