@@ -28,9 +28,9 @@ __all__ = ["broker_settings"]
 
 
 def number(page: str, element_id: str) -> int:
-    found = re.search(rf'id="{element_id}">(\d+)<', page)
+    found = re.search(rf'id="{element_id}">([\d,]+)<', page)  # 1,000,000 as the page writes it
     assert found, element_id
-    return int(found.group(1))
+    return int(found.group(1).replace(",", ""))
 
 
 async def test_the_overview_counts_what_the_api_counts(
