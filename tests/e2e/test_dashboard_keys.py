@@ -223,7 +223,8 @@ async def test_a_hundred_requests_in_a_second_are_one_write(
         started = loop.time()
         answers = await asyncio.gather(*(http.get("/messages", headers={"x-api-key": secret})
                                          for _ in range(100)))
-        assert loop.time() - started < 1.0
+        # Well within the minute a key's last use is written at most once in.
+        assert loop.time() - started < 30.0
         assert [a.status_code for a in answers] == [200] * 100
 
         async def written() -> bool:

@@ -88,7 +88,7 @@ async def test_keys_create_read_list_rotate_revoke(http: httpx.AsyncClient,
     assert info == {"id": made["id"], "name": "reader", "prefix": made["prefix"],
                     "scopes": ["messages:read"], "rateLimit": 5,
                     "expiresAt": made["expiresAt"], "revoked": False,
-                    "createdAt": info["createdAt"]}
+                    "createdAt": info["createdAt"], "lastUsedAt": None}
 
     # Listed oldest first, a page at a time, never with a secret.
     listed = await pages(http, account, "/keys", 1)
