@@ -135,7 +135,7 @@ async def test_metrics_are_prometheus_text_and_move_with_a_send(
 async def test_unknown_route_is_404_cannot_method_path(http: httpx.AsyncClient,
                                                        account: Account) -> None:
     for method, path in [("GET", "/nope"), ("POST", "/nope/deeper"),
-                         ("GET", "/messages/abc/history"), ("DELETE", "/")]:
+                         ("GET", "/messages/abc/history"), ("DELETE", "/nowhere/")]:
         for headers in (account.headers, {}):  # with or without a key
             r = await http.request(method, path, headers=headers)
             assert (r.status_code, r.json()) == (404, error(404, f"Cannot {method} {path}")), \
