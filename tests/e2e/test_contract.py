@@ -224,7 +224,8 @@ async def test_a_phone_at_its_rate_is_passed_over_for_one_with_room(
 async def test_past_the_send_rate_a_job_waits_queued_and_goes_when_room_comes(
         http: httpx.AsyncClient, account: Account, db: asyncpg.Connection,
         driver: DriverFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker.delivery.presence, "PACING_WINDOW_S", 2.5)  # long enough for the checks below on a busy machine
+    # Long enough for the checks below on a busy machine.
+    monkeypatch.setattr(broker.delivery.presence, "PACING_WINDOW_S", 2.5)
     p = await driver(account, "Paced", send_rate=2)
     for n in range(2):
         await dispatch(http, account, p, message=f"job {n}")
