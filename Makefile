@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/smsdora migrate && $(BIN)/smsdora serve
 
 # Extra pytest arguments: make test ARGS='-k lifecycle -x'
-test: lint typecheck nginx chromium
+test: lint typecheck nginx chromium nats
 	$(BIN)/pytest -q $(ARGS)
 
 # tests/proxy runs docs/nginx/smsdora.conf through a real nginx: Debian's
@@ -36,6 +36,18 @@ nginx:
 	    $(SUDO) apt-get install -y -qq nginx >/dev/null; } || { \
 	  echo "make nginx: could not install nginx (apt-get install -y nginx, as root);" \
 	       "tests/proxy needs it" >&2; exit 1; }; }
+
+# tests/broker/test_cluster_bus.py runs the NATS bus against a real
+# nats-server (Debian's), installed when missing, as nginx is. A machine that
+# cannot install it fails here, loudly: the NATS bus tests are never skipped.
+.PHONY: nats
+nats:
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || { \
+	  echo "make nats: installing Debian's nats-server for tests/broker/test_cluster_bus.py"; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -qq nats-server >/dev/null; } || { \
+	  echo "make nats: could not install nats-server (apt-get install -y nats-server, as root);" \
+	       "the NATS bus tests need it" >&2; exit 1; }; }
 
 # tests/browser drives Debian's chromium through Playwright (never
 # `playwright install`, which downloads a browser): installed when missing,

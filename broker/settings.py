@@ -8,6 +8,9 @@ import secrets
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, cast
+
+BusName = Literal["postgres", "nats"]
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -61,6 +64,13 @@ def _signup(env: dict[str, str]) -> bool:
     if raw not in ("open", "closed"):
         raise SystemExit(f"SMSDORA_SIGNUP must be open or closed, got {raw!r}")
     return raw == "open"
+
+
+def _bus(env: dict[str, str]) -> BusName:
+    raw = env.get("SMSDORA_BUS", "postgres").strip().lower() or "postgres"
+    if raw not in ("postgres", "nats"):
+        raise SystemExit(f"SMSDORA_BUS must be postgres or nats, got {raw!r}")
+    return cast(BusName, raw)
 
 
 def _listen_address(env: dict[str, str], name: str, default: str) -> tuple[str, int] | None:
@@ -144,6 +154,10 @@ class Settings:
     webhook_keep_days: int = 30  # delivered and failed events kept this long
     signup_open: bool = True  # /signup makes accounts (SMSDORA_SIGNUP=closed: it does not)
     session_days: float = 14.0  # a dashboard session lasts this long from its login
+    # Between nodes (CONTRACT section 13, broker/cluster/bus.py): PostgreSQL's
+    # LISTEN/NOTIFY for a handful of nodes, NATS for many.
+    bus: BusName = "postgres"
+    nats_url: str = "nats://127.0.0.1:4222"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -204,6 +218,8 @@ class Settings:
             webhook_keep_days=_int(e, "SMSDORA_WEBHOOK_KEEP_DAYS", 30),
             signup_open=_signup(e),
             session_days=_float(e, "SMSDORA_SESSION_DAYS", 14.0),
+            bus=_bus(e),
+            nats_url=e.get("SMSDORA_NATS_URL") or "nats://127.0.0.1:4222",
         )
 
     def with_(self, **changes: object) -> Settings:

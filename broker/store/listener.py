@@ -2,7 +2,9 @@
 another process (the CLI, another node) changed, e.g. a deactivated device.
 
 The connection is re-made after it breaks (a PostgreSQL restart, a network
-blip), with backoff, so a broker outlives its database's restarts.
+blip), with backoff, so a broker outlives its database's restarts. Channels
+may be added while it runs (`listen`): the cluster bus's (broker/cluster/
+pg_bus.py) share this one connection with the store's own notices.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+
+import asyncpg
 
 from broker import store
 
@@ -25,6 +29,8 @@ class Listener:
         self.on_connect = on_connect  # what was missed while away is unknown
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The connection while every channel is listened on it, else None.
+        self._conn: asyncpg.Connection | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -33,6 +39,17 @@ class Listener:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def listen(self, channel: str, handler: Handler) -> None:
+        """Add a channel, now if connected and on every connection made after."""
+        if channel in self.channels:
+            raise ValueError(f"channel {channel!r} already has a handler")
+        self.channels[channel] = handler
+        if self._conn is not None:
+            try:
+                await self._conn.add_listener(channel, _call(handler))
+            except store.DATABASE_DOWN:
+                pass  # the connection is going: the next one listens on it too
 
     async def _run(self) -> None:
         backoff = 0.2
@@ -47,8 +64,14 @@ class Listener:
             lost = asyncio.Event()
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                for channel, handler in self.channels.items():
-                    await conn.add_listener(channel, _call(handler))
+                listened: set[str] = set()
+                # `listen` may add a channel during these awaits: look again
+                # until none is left, then publish the connection at once.
+                while todo := [c for c in self.channels if c not in listened]:
+                    for channel in todo:
+                        await conn.add_listener(channel, _call(self.channels[channel]))
+                        listened.add(channel)
+                self._conn = conn
                 backoff = 0.2
                 if self.on_connect is not None:
                     self.on_connect()
@@ -61,6 +84,7 @@ class Listener:
                 log.exception("listen: unexpected failure, reconnecting")
                 await asyncio.sleep(backoff)
             finally:
+                self._conn = None
                 self.connected.clear()
                 if not conn.is_closed():
                     conn.terminate()

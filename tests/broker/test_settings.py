@@ -78,6 +78,15 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
     assert (s.port, s.default_send_rate) == (9001, 5)
 
 
+def test_the_bus_between_nodes_is_postgres_unless_nats_is_named() -> None:
+    s = Settings.from_env({})
+    assert (s.bus, s.nats_url) == ("postgres", "nats://127.0.0.1:4222")
+    s = Settings.from_env({"SMSDORA_BUS": "NATS", "SMSDORA_NATS_URL": "nats://10.0.0.5:4222"})
+    assert (s.bus, s.nats_url) == ("nats", "nats://10.0.0.5:4222")
+    with pytest.raises(SystemExit, match="SMSDORA_BUS must be postgres or nats, got 'redis'"):
+        Settings.from_env({"SMSDORA_BUS": "redis"})
+
+
 @pytest.mark.parametrize("name", INTEGERS)
 @pytest.mark.parametrize("bad", ["abc", "1.5", "12x"])
 def test_from_env_bad_integer_exits_naming_the_variable(name: str, bad: str) -> None:
