@@ -83,7 +83,12 @@ class NatsBus:
         async def on_message(msg: Msg) -> None:
             handler(msg.data)
         self._subscriptions.append(await self._client.subscribe(PREFIX + topic, cb=on_message))
-        await self._client.flush()  # the server has the subscription when this returns
+        try:
+            await self._client.flush()  # the server has the subscription when this returns
+        except nats.errors.Error as err:
+            # Lost meanwhile: nats-py keeps the subscription and makes it again
+            # on the next connection.
+            log.warning("bus: NATS subscription not confirmed", extra={"error": type(err).__name__})
 
     async def _send_loop(self) -> None:
         while True:
