@@ -38,10 +38,11 @@ def test_normalize_recipient_valid(raw: str, e164: str) -> None:
     "+" + "1" * 70,
 ])
 def test_normalize_recipient_invalid(raw: str) -> None:
-    with pytest.raises(BadRequest) as exc:
-        messages.normalize_recipient(raw)
-    assert exc.value.message == "Invalid phone number"
-    assert exc.value.status == 400
+    for _ in range(2):  # refused again when its verdict is the one kept
+        with pytest.raises(BadRequest) as exc:
+            messages.normalize_recipient(raw)
+        assert exc.value.message == "Invalid phone number"
+        assert exc.value.status == 400
 
 
 def test_normalize_recipient_length_limit_is_64() -> None:
