@@ -6,6 +6,44 @@
 -- `smsdora migrate`, not this file: it is for reading.
 
 --
+-- Name: devices; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.devices (
+    id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    name text NOT NULL,
+    token_prefix text NOT NULL,
+    token_hash bytea NOT NULL,
+    send_rate integer DEFAULT 30 NOT NULL,
+    active boolean DEFAULT true NOT NULL,
+    last_seen_at timestamp with time zone,
+    health jsonb,
+    app_version text,
+    online_node text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    transport text DEFAULT 'websocket'::text NOT NULL,
+    push_token text,
+    sim_cards jsonb,
+    CONSTRAINT devices_transport_check CHECK ((transport = ANY (ARRAY['websocket'::text, 'smsgate'::text])))
+);
+
+--
+-- Name: smsdora_device_event(public.devices, boolean, timestamp with time zone, jsonb, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.smsdora_device_event(d public.devices, p_online boolean, p_at timestamp with time zone, p_health jsonb, p_ver text) RETURNS integer
+    LANGUAGE sql
+    AS $$
+    SELECT smsdora_emit(d.account_id,
+        CASE WHEN p_online THEN 'device.online' ELSE 'device.offline' END, NULL,
+        jsonb_build_object('id', d.id, 'deviceName', d.name, 'online', p_online,
+            'lastSeen', smsdora_iso(p_at), 'active', d.active, 'sendRate', d.send_rate,
+            'health', COALESCE(p_health, d.health),
+            'appVersion', COALESCE(p_ver, d.app_version), 'transport', d.transport), p_at)
+$$;
+
+--
 -- Name: smsdora_emit(uuid, text, uuid, jsonb, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -143,29 +181,6 @@ CREATE TABLE public.api_keys (
 );
 
 --
--- Name: devices; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.devices (
-    id uuid NOT NULL,
-    account_id uuid NOT NULL,
-    name text NOT NULL,
-    token_prefix text NOT NULL,
-    token_hash bytea NOT NULL,
-    send_rate integer DEFAULT 30 NOT NULL,
-    active boolean DEFAULT true NOT NULL,
-    last_seen_at timestamp with time zone,
-    health jsonb,
-    app_version text,
-    online_node text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    transport text DEFAULT 'websocket'::text NOT NULL,
-    push_token text,
-    sim_cards jsonb,
-    CONSTRAINT devices_transport_check CHECK ((transport = ANY (ARRAY['websocket'::text, 'smsgate'::text])))
-);
-
---
 -- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -264,6 +279,18 @@ CREATE SEQUENCE public.messages_seq_seq
 ALTER SEQUENCE public.messages_seq_seq OWNED BY public.messages.seq;
 
 --
+-- Name: nodes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.nodes (
+    name text NOT NULL,
+    epoch uuid NOT NULL,
+    lease_until timestamp with time zone NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    address text
+);
+
+--
 -- Name: pairing_codes; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -282,6 +309,18 @@ CREATE TABLE public.plans (
     name text NOT NULL,
     monthly_messages integer NOT NULL,
     max_devices integer NOT NULL
+);
+
+--
+-- Name: presence; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.presence (
+    device_id uuid NOT NULL,
+    node text NOT NULL,
+    epoch uuid NOT NULL,
+    connected_at timestamp with time zone NOT NULL,
+    last_seen_at timestamp with time zone NOT NULL
 );
 
 --
@@ -498,6 +537,13 @@ ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_seq_key UNIQUE (seq);
 
 --
+-- Name: nodes nodes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.nodes
+    ADD CONSTRAINT nodes_pkey PRIMARY KEY (name);
+
+--
 -- Name: pairing_codes pairing_codes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -510,6 +556,13 @@ ALTER TABLE ONLY public.pairing_codes
 
 ALTER TABLE ONLY public.plans
     ADD CONSTRAINT plans_pkey PRIMARY KEY (name);
+
+--
+-- Name: presence presence_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.presence
+    ADD CONSTRAINT presence_pkey PRIMARY KEY (device_id);
 
 --
 -- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -648,6 +701,12 @@ CREATE INDEX messages_unreported ON public.messages USING btree (updated_at) WHE
 --
 
 CREATE INDEX pairing_codes_account ON public.pairing_codes USING btree (account_id);
+
+--
+-- Name: presence_by_node; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX presence_by_node ON public.presence USING btree (node, epoch);
 
 --
 -- Name: sessions_account; Type: INDEX; Schema: public; Owner: -

@@ -12,18 +12,22 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 from broker import store
 from broker.clock import utcnow
+from broker.cluster.leases import NodeLease
 from broker.delivery.channel import CloseReason
 from broker.delivery.dispatch import Dispatcher
-from broker.delivery.presence import Presence
+from broker.delivery.presence import Connection, Presence
 from broker.delivery.sweeper import Sweeper
 from broker.delivery.wake import Wake
 from broker.keys import KeyCache, UnknownPrefixes
 from broker.limits import Buckets, RateWindow
 from broker.lookups import Coalescer
 from broker.settings import Settings
+from broker.store import cluster as cluster_store
 from broker.store import keys as key_store
 from broker.store import webhooks as outbox
 from broker.store.listener import Listener
@@ -69,6 +73,7 @@ class Broker:
         self.devices_by_token: Coalescer[str, store.DeviceRow] = Coalescer(self._devices_by_token)
         self.webhooks: Sender | None = None  # set by start()
         self.device_events: DeviceEvents | None = None
+        self.lease: NodeLease | None = None  # set by start(): this node's name and phones
         self._webhook_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -78,6 +83,15 @@ class Broker:
     async def start(self) -> None:
         self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
                                             max_size=self.settings.pool_max)
+        # First: a second process under this node's name must not touch its rows.
+        lease = NodeLease(self.pool, self.settings.node, self.settings.lease_s,
+                          on_lost=self._lease_lost, on_reaped=self._reaped)
+        try:
+            await lease.claim()
+        except BaseException:
+            await self.pool.close()
+            raise
+        self.lease = lease
         self.dispatcher = Dispatcher(self.pool, self.presence,
                                      max_queued=self.settings.max_queued_per_account,
                                      wake=self.wake)
@@ -88,7 +102,8 @@ class Broker:
         await outbox.release_node(self.pool, self.settings.node)
         self.webhooks = Sender(self.pool, self.settings, self.wake)
         self.device_events = DeviceEvents(self.pool, self.wake)
-        self.presence.changed = self.device_events.changed
+        self.presence.changed = self._presence_changed
+        lease.start()
         await self.webhooks.refresh_accounts()
         self._webhook_task = loop.create_task(self.webhooks.run())
         self._listener = Listener(
@@ -98,6 +113,29 @@ class Broker:
             on_connect=self._forget_keys)
         self._listener.start()
         await asyncio.wait_for(self._listener.connected.wait(), 10)
+
+    def _presence_changed(self, conn: Connection, online: bool) -> None:
+        """Presence's hook: the shared presence rows, then the webhook events."""
+        assert self.lease is not None and self.device_events is not None
+        self.lease.rows.changed(conn, online)
+        self.device_events.changed(conn, online)
+
+    def _lease_lost(self) -> None:
+        """Other nodes reaped our lease: we hold nobody, so every phone goes
+        (and reconnects, to be registered anew)."""
+        for conn in self.presence.all_connections():
+            self._spawn(conn.channel.close(CloseReason.RESTARTING))
+
+    def _reaped(self, reaped: list[cluster_store.Reaped]) -> None:
+        """Dead nodes' phones: their device.offline is due now."""
+        for account_id in {r.account_id for r in reaped}:
+            self.wake.notify(account_id)
+            self.wake.poke_now(account_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _devices_by_token(self, prefixes: list[str]) -> dict[str, store.DeviceRow]:
         return await store.devices_by_token_prefix(self.pool, prefixes)
@@ -118,10 +156,7 @@ class Broker:
         except ValueError:
             return
         if conn is not None:
-            task = asyncio.get_running_loop().create_task(
-                conn.channel.close(CloseReason.DEACTIVATED))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(conn.channel.close(CloseReason.DEACTIVATED))
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -140,6 +175,8 @@ class Broker:
             await self.webhooks.close()
         await self.flush_last_seen()
         await self.flush_keys_used()
+        if self.lease is not None:
+            await self.lease.stop()
         await self.pool.close()
 
     async def close_phones(self) -> None:
@@ -156,6 +193,12 @@ class Broker:
             online = [self.presence.get(i) is not None for i in ids]
             await store.flush_last_seen(self.pool, ids, seen, health, versions, online,
                                         self.settings.node)
+            if self.lease is not None:
+                here = [(i, at) for i, at, on in zip(ids, seen, online, strict=True) if on]
+                if here:
+                    await cluster_store.touch_online(self.pool, self.settings.node,
+                                                     self.lease.epoch, [i for i, _ in here],
+                                                     [at for _, at in here])
 
     async def flush_keys_used(self) -> None:
         used = self.keys_used.take()

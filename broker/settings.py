@@ -33,6 +33,13 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
+def _positive(env: dict[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value <= 0:
+        raise SystemExit(f"{name} must be more than 0, got {env.get(name)!r}")
+    return value
+
+
 def _networks(env: dict[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """Comma-separated CIDRs (a bare address is a /32 or /128)."""
     out = []
@@ -101,6 +108,10 @@ class Settings:
     # The address phones (and, later, webhooks) use, e.g. https://192.168.1.5:8443.
     public_url: str | None = None
     node: str = field(default_factory=socket.gethostname)
+    # Several nodes (CONTRACT section 13): the node's lease on its name and
+    # its phones, renewed every third of it; a dead node's phones are
+    # offline for the others once it lapses.
+    lease_s: float = 10.0
     heartbeat_s: int = 20
     hello_timeout_s: int = 10
     default_send_rate: int = 30
@@ -173,6 +184,7 @@ class Settings:
             tls_key=Path(e["SMSDORA_TLS_KEY"]) if e.get("SMSDORA_TLS_KEY") else None,
             public_url=e.get("SMSDORA_PUBLIC_URL") or None,
             node=e.get("SMSDORA_NODE") or socket.gethostname(),
+            lease_s=_positive(e, "SMSDORA_LEASE_SECONDS", 10.0),
             heartbeat_s=_int(e, "SMSDORA_HEARTBEAT_SECONDS", 20),
             hello_timeout_s=_int(e, "SMSDORA_HELLO_TIMEOUT", 10),
             default_send_rate=_int(e, "SMSDORA_SEND_RATE", 30),

@@ -47,7 +47,8 @@ TEST_PGDATA = REPO / ".smsdora" / "test-pg"
 # Every table the migrations create except `plans`, which `db` resets
 # instead, and `schema_migrations`, which says what the schema is.
 TABLES = ("accounts, api_keys, devices, messages, message_history, idempotency_keys,"
-          " pairing_codes, webhooks, webhook_events, webhook_attempts, inbox, sessions")
+          " pairing_codes, webhooks, webhook_events, webhook_attempts, inbox, sessions, nodes,"
+          " presence")
 # `plans` as the migrations left it (the `default` plan), for `db` to restore.
 _FRESH_PLANS: list[asyncpg.Record] = []
 

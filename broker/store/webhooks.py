@@ -365,14 +365,11 @@ async def emit_device_events(db: Db, ids: Sequence[uuid.UUID], online: Sequence[
                              at: Sequence[dt.datetime], health: Sequence[str | None],
                              versions: Sequence[str | None]) -> None:
     """device.online / device.offline, `data` the device as GET /devices
-    shows it at that moment (what the connection knew, over the row)."""
+    shows it at that moment (what the connection knew, over the row): the
+    shape is smsdora_device_event's (migration 0010), which the reaper of a
+    dead node's phones shares (broker/store/cluster.py)."""
     await db.execute(
-        "SELECT smsdora_emit(d.account_id,"
-        "   CASE WHEN v.online THEN 'device.online' ELSE 'device.offline' END, NULL,"
-        "   jsonb_build_object('id', d.id, 'deviceName', d.name, 'online', v.online,"
-        "     'lastSeen', smsdora_iso(v.at), 'active', d.active, 'sendRate', d.send_rate,"
-        "     'health', COALESCE(v.health::jsonb, d.health),"
-        "     'appVersion', COALESCE(v.ver, d.app_version), 'transport', d.transport), v.at)"
+        "SELECT smsdora_device_event(d, v.online, v.at, v.health::jsonb, v.ver)"
         " FROM unnest($1::uuid[], $2::bool[], $3::timestamptz[], $4::text[], $5::text[])"
         "   WITH ORDINALITY AS v(id, online, at, health, ver, n)"
         " JOIN devices d ON d.id = v.id ORDER BY v.n",

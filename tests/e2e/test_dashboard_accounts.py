@@ -105,7 +105,7 @@ async def test_a_session_survives_a_broker_restart(
     from tests.e2e.conftest import start_server, stop_server
 
     await sign_up(http)
-    other = await start_server(broker_settings, database_url)  # another node, same database
+    other = await start_server(broker_settings.with_(node="other"), database_url)  # same database
     try:
         async with httpx.AsyncClient(base_url=other.url, cookies=http.cookies) as again:
             assert (await again.get("/dashboard")).status_code == 200
@@ -146,7 +146,8 @@ async def test_sign_up_closed(server: Server, http: httpx.AsyncClient,
                               broker_settings: Settings, database_url: str) -> None:
     from tests.e2e.conftest import start_server, stop_server
 
-    closed = await start_server(broker_settings.with_(signup_open=False), database_url)
+    closed = await start_server(broker_settings.with_(signup_open=False, node="closed"),
+                                database_url)
     try:
         async with httpx.AsyncClient(base_url=closed.url) as client:
             r = await client.get("/signup")

@@ -164,6 +164,8 @@ class BrokerProcess:
             "DATABASE_URL": dsn, "SMSDORA_SECRET": SECRET, "SMSDORA_HOME": str(workdir / "home"),
             "SMSDORA_NODE": "soak", "SMSDORA_REASSIGN_AFTER": "2", "SMSDORA_SWEEP_SECONDS": "0.2",
             "SMSDORA_HEARTBEAT_SECONDS": "2", "SMSDORA_LAST_SEEN_FLUSH_SECONDS": "0.5",
+            # A SIGKILLed broker's successor waits out its lease (at most this).
+            "SMSDORA_LEASE_SECONDS": "2",
             "SMSDORA_LOG_LEVEL": "WARNING",
             # The receiver is on loopback (contract section 9).
             "SMSDORA_WEBHOOK_ALLOW_PRIVATE": "1", "SMSDORA_WEBHOOK_RETRIES": WEBHOOK_RETRIES,

@@ -33,11 +33,13 @@ ServerFactory = Callable[..., Awaitable[Server]]
 async def serve_with(db: asyncpg.Connection, database_url: str,
                      broker_settings: Settings,  # noqa: F811 - the fixture, imported above
                      ) -> AsyncIterator[ServerFactory]:
-    """`await serve_with(max_connections=30)`: one more server, with the
-    test's `broker_settings` so changed; stopped after the test."""
+    """`await serve_with(max_connections=30)`: one more server (node), with
+    the test's `broker_settings` so changed; stopped after the test."""
     started: list[Server] = []
 
     async def start(**changes: Any) -> Server:
+        # Beside the test's `server`: another node, under a name of its own.
+        changes.setdefault("node", f"more-{len(started) + 1}")
         srv = await start_server(broker_settings.with_(**changes), database_url)
         started.append(srv)
         return srv

@@ -1,0 +1,101 @@
+"""The lease a node holds on its name (CONTRACT section 13): claimed at
+start, renewed every third of `SMSDORA_LEASE_SECONDS`, released at a clean
+stop. Each turn also reaps the other nodes' lapsed leases: a node that dies
+writes no device.offline, the others notice within a lease (section 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+
+from broker import store
+from broker.cluster.online import OnlineRows
+from broker.errors import BrokerError
+from broker.store import cluster
+
+log = logging.getLogger("smsdora.cluster")
+
+
+class NodeNameTaken(BrokerError):
+    """Another live process holds this node's name."""
+
+
+class NodeLease:
+    def __init__(self, pool: store.Pool, node: str, lease_s: float, *,
+                 on_lost: Callable[[], None],
+                 on_reaped: Callable[[list[cluster.Reaped]], None]) -> None:
+        self.pool = pool
+        self.node = node
+        self.lease_s = lease_s
+        self.epoch = uuid.uuid4()  # this process start's
+        self.rows = OnlineRows(pool, node, self.epoch)
+        self._on_lost = on_lost  # the lease was lost: drop every phone
+        self._on_reaped = on_reaped  # dead nodes' phones went offline
+        self._task: asyncio.Task[None] | None = None
+
+    async def claim(self) -> None:
+        """Take the name, or wait out a lease that may be lapsing (a
+        process of this name that died a moment ago); one renewed meanwhile
+        is a live process: NodeNameTaken."""
+        holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s)
+        if holder is None:
+            return
+        log.warning("node name held: waiting for its lease to lapse", extra={
+            "node": self.node, "holder": str(holder.epoch), "lease_left_s": holder.lease_left_s})
+        await asyncio.sleep(max(0.0, holder.lease_left_s) + 0.05)
+        holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s)
+        if holder is not None:
+            raise NodeNameTaken(
+                f"another live process holds node name {self.node!r} (epoch {holder.epoch}):"
+                " give every process its own SMSDORA_NODE")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.turn()
+            except store.DATABASE_DOWN as err:
+                log.warning("lease not renewed", extra={"error": type(err).__name__})
+            except Exception:
+                log.exception("lease turn failed")  # the next turn tries again
+
+    async def turn(self) -> None:
+        """Renew (claiming again if the lease was lost), write the presence
+        rows still owed, reap the others."""
+        if not await cluster.renew_lease(self.pool, self.node, self.epoch, self.lease_s):
+            # Reaped while we could not renew: the others wrote our phones'
+            # device.offline and see them nowhere. They reconnect, and are
+            # registered anew (to us or to another node).
+            log.error("lease lost: dropping every phone", extra={"node": self.node})
+            self._on_lost()
+            holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s)
+            if holder is not None:
+                log.error("node name taken by another process", extra={
+                    "node": self.node, "holder": str(holder.epoch)})
+                return
+        await self.rows.flush()
+        async with self.pool.acquire() as conn:
+            reaped = await cluster.reap_lapsed(conn, self.node, self.epoch)
+        if reaped:
+            log.info("lapsed phones reaped", extra={
+                "count": len(reaped), "nodes": sorted({r.node for r in reaped})})
+            self._on_reaped(reaped)
+
+    async def stop(self) -> None:
+        """At a clean stop, after the phones were closed: their rows and the
+        lease go, so that the name is free at once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.rows.close()
+        try:
+            await cluster.release_lease(self.pool, self.node, self.epoch)
+        except store.DATABASE_DOWN as err:
+            log.warning("lease not released: it lapses", extra={"error": type(err).__name__})
