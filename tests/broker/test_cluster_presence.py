@@ -169,9 +169,12 @@ async def test_a_second_process_under_a_live_name_is_refused_a_dead_ones_is_take
     finally:
         await live.stop()
     assert await db.fetchval("SELECT count(*) FROM nodes") == 0  # released: free at once
-    dead = lease_of(pool, "b", 0.6)
+    dead = lease_of(pool, "b", 3.0)
     await dead.claim()  # and never renewed: it died
-    await lease_of(pool, "b", 0.6).claim()
+    started = time.monotonic()
+    await lease_of(pool, "b", 3.0).claim()
+    # Taken once it missed a renewal (1 s + 0.5 s), not after its whole lease.
+    assert 1.3 < time.monotonic() - started < 2.5
 
 
 async def test_the_loop_renews_and_reaps_a_node_that_stopped_renewing(
