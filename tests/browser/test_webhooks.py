@@ -11,19 +11,15 @@ import pytest_asyncio
 from playwright.async_api import Page, expect
 
 from tests.browser.conftest import LOOP, User, shot
-from tests.e2e.webhook_receiver import Receiver
+from tests.e2e.webhook_receiver import Receiver, running
 
 pytestmark = LOOP
 
 
 @pytest_asyncio.fixture(loop_scope="package")
 async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
+    async with running() as r:
         yield r
-    finally:
-        await r.stop()
 
 
 async def test_a_webhook_added_in_the_page_gets_a_signed_test_event(

@@ -25,6 +25,7 @@ from broker.app import Broker, create_app
 from broker.ops.server import uvicorn_config
 from broker.settings import Settings
 from tests.conftest import Stored, free_port, stored  # noqa: F401 - the e2e modules' too
+from tests.e2e.webhook_receiver import Receiver, running
 
 pytestmark = pytest.mark.timeout(30)
 SECRET = b"e2e-server-secret-0123456789abcdef"
@@ -141,6 +142,13 @@ async def server(db: asyncpg.Connection, database_url: str,
         yield srv
     finally:
         await stop_server(srv)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A customer's webhook receiver on loopback (tests/e2e/webhook_receiver.py)."""
+    async with running() as r:
+        yield r
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import dataclasses
 import html
 import re
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -31,15 +30,6 @@ def broker_settings(tmp_path: Path) -> Settings:
                     webhook_allow_private=True, webhook_retries_s=(0.05,), webhook_poll_s=0.1,
                     webhook_timeout_s=2.0)
 
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 def secret_of(page: str) -> str:

@@ -10,7 +10,6 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from broker.ops import metrics
 from broker.settings import Settings
 from tests.e2e.conftest import SECRET, Account, PhoneFactory, Server, send_sms, wait_for
-from tests.e2e.webhook_receiver import Got, Receiver, Reply
+from tests.e2e.webhook_receiver import Got, Receiver, Reply, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,15 +35,6 @@ def broker_settings(tmp_path: Path) -> Settings:
                     webhook_allow_private=True, webhook_retries_s=RETRIES, webhook_poll_s=0.2,
                     webhook_timeout_s=2.0)
 
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 async def subscribe(http: httpx.AsyncClient, account: Account, receiver: Receiver,
@@ -189,9 +179,7 @@ async def test_redirects_are_not_followed(
 async def test_a_slow_receiver_times_out_and_never_delays_another_endpoint(
         server: Server, http: httpx.AsyncClient, account: Account,
         make_account: Any, receiver: Receiver) -> None:
-    slow = Receiver()
-    await slow.start()
-    try:
+    async with running() as slow:
         slow.answer = lambda got: Reply(200, delay_s=5)
         other = await make_account("other@example.com")
         slow_hook = await subscribe(http, account, slow, ["message.queued"])
@@ -208,8 +196,6 @@ async def test_a_slow_receiver_times_out_and_never_delays_another_endpoint(
         items = (await http.get(f"/webhooks/{slow_hook['id']}/deliveries",
                                 headers=account.headers)).json()["data"]
         assert items[0]["statusCode"] is None and items[0]["error"] == "no answer within 2 s"
-    finally:
-        await slow.stop()
 
 
 async def _attempted(http: httpx.AsyncClient, account: Account, webhook_id: str) -> bool:

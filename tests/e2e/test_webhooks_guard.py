@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -29,15 +28,6 @@ def broker_settings(tmp_path: Path) -> Settings:
                     webhook_allow_private=False, webhook_poll_s=60.0,
                     webhook_retries_s=(0.2,) * 7)
 
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 async def endpoint_row(db: asyncpg.Connection, account: Account, url: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,3 +161,16 @@ class Receiver:
             await asyncio.wait_for(self._task, 10)
         self._server = None
         self._task = None
+
+
+@contextlib.asynccontextmanager
+async def running(secrets: list[str] | None = None) -> AsyncIterator[Receiver]:
+    """A started receiver, stopped on the way out (the `receiver` fixture of
+    tests/e2e/conftest.py, and any second one a test needs)."""
+    r = Receiver(secrets)
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
