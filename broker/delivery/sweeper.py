@@ -12,7 +12,8 @@ only in memory and a restarted broker picks up where the last one stopped:
 - a job in `sending`, or listed by an SMS Gateway phone, with no report
   within `no_report_after_s` fails as `no report`;
 - idempotency rows older than 24 h (each holds a whole response) are
-  deleted, at most `idempotency_purge_batch` a sweep (contract section 12).
+  deleted, at most `idempotency_purge_batch` a sweep (contract section 12);
+  so are expired dashboard sessions.
 Every move is a conditional UPDATE, so a phone's report that lands at the
 same moment wins or loses cleanly, and several nodes may sweep at once.
 """
@@ -32,6 +33,7 @@ from broker.delivery.presence import Presence
 from broker.delivery.sending import IDEMPOTENCY_WINDOW
 from broker.ops import metrics
 from broker.settings import Settings
+from broker.store import sessions
 from protocol import lifecycle
 
 log = logging.getLogger("smsdora.sweeper")
@@ -68,6 +70,9 @@ class Sweeper:
                 log.info("no report: failed", extra={"message_id": str(stopped.id)})
                 await self._stopped(stopped, "no report")
         await self._purge_idempotency(now)
+        # Expired dashboard sessions (already refused by every read): one
+        # bounded DELETE a sweep, as for idempotency rows.
+        await sessions.purge_sessions(self.pool, self.settings.idempotency_purge_batch)
 
     async def _purge_idempotency(self, now: dt.datetime) -> None:
         """One bounded DELETE a sweep: a backlog (a broker that was down, an

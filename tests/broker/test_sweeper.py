@@ -101,3 +101,17 @@ async def test_a_job_whose_phone_is_online_or_back_in_time_stays(
     await sweeper(pool, presence, tmp_path).sweep()
     assert (await stored(db, mid)).device_id == str(first.id)
     assert other_channel.offered == []
+
+
+async def test_expired_dashboard_sessions_are_purged_and_live_ones_kept(
+        db: asyncpg.Connection, pool: store.Pool, tmp_path: Path) -> None:
+    from broker.store import sessions
+
+    account = await new_account(db)
+    await sessions.create_session(db, "live-token", account.id, "c", 3600)
+    await sessions.create_session(db, "old-token", account.id, "c", 3600)
+    await db.execute("UPDATE sessions SET expires_at = now() - interval '1 s'"
+                     " WHERE token_hash = $1", sessions.token_hash("old-token"))
+    await sweeper(pool, Presence(), tmp_path).sweep()
+    left = [r[0] for r in await db.fetch("SELECT token_hash FROM sessions")]
+    assert left == [sessions.token_hash("live-token")]
