@@ -121,8 +121,6 @@ class Sender:
         self._full_at = 0.0
         self._hot_endpoints: set[uuid.UUID] = set()
         self._purged_at = time.monotonic()
-        self.delivered = 0  # attempts that got a 2xx (bench, metrics)
-        self.failed = 0
 
     async def run(self) -> None:
         while True:
@@ -187,12 +185,7 @@ class Sender:
         started = time.monotonic()
         outcome = await self.attempt(c)
         metrics.WEBHOOK_LATENCY.observe(time.monotonic() - started)
-        if outcome.ok:
-            self.delivered += 1
-            metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
-        else:
-            self.failed += 1
-            metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
+        metrics.WEBHOOK_ATTEMPTS.labels("delivered" if outcome.ok else "failed").inc()
         self._outcomes.append(outcome)
         if self._recording is None:
             self._recording = asyncio.get_running_loop().create_task(self._record())
