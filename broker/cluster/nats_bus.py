@@ -84,6 +84,12 @@ class NatsBus:
             handler(msg.data)
         self._subscriptions.append(await self._client.subscribe(PREFIX + topic, cb=on_message))
         try:
+            # nats-py (2.16) writes flush()'s PING straight to the socket, ahead
+            # of a SUB still waiting in its buffer: the PONG would come back
+            # before the server has the subscription, and a message published
+            # meanwhile by another node would be lost (seen under load). So the
+            # buffer is written out first, then the round trip confirms it.
+            await self._client._flush_pending(force_flush=True)
             await self._client.flush()  # the server has the subscription when this returns
         except nats.errors.Error as err:
             # Lost meanwhile: nats-py keeps the subscription and makes it again
