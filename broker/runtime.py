@@ -17,7 +17,10 @@ from typing import Any
 
 from broker import store
 from broker.clock import utcnow
+from broker.cluster import make_bus
+from broker.cluster.bus import Bus
 from broker.cluster.leases import NodeLease
+from broker.cluster.peers import Peers
 from broker.delivery.channel import CloseReason
 from broker.delivery.dispatch import Dispatcher
 from broker.delivery.presence import Connection, Presence
@@ -74,18 +77,27 @@ class Broker:
         self.webhooks: Sender | None = None  # set by start()
         self.device_events: DeviceEvents | None = None
         self.lease: NodeLease | None = None  # set by start(): this node's name and phones
+        self.bus: Bus | None = None  # set by start(): ids to and from the other nodes
+        self.peers: Peers = None  # type: ignore[assignment]  # set by start()
         self._webhook_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         self.pool = await store.create_pool(self.database_url, min_size=self.settings.pool_min,
                                             max_size=self.settings.pool_max)
         # First: a second process under this node's name must not touch its rows.
+        self._listener = Listener(
+            self.database_url,
+            {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop,
+             store.KEY_ADDED: self.unknown_keys.drop},
+            on_connect=self._forget_keys)
+        self.bus = make_bus(self.settings, self.pool, self._listener)
+        self.peers = Peers(self.pool, self.bus, self.settings.node)
         lease = NodeLease(self.pool, self.settings.node, self.settings.lease_s,
-                          on_lost=self._lease_lost, on_reaped=self._reaped)
+                          on_lost=self._lease_lost, on_reaped=self._reaped, on_live=self._live)
         try:
             await lease.claim()
         except BaseException:
@@ -94,11 +106,14 @@ class Broker:
         self.lease = lease
         self.dispatcher = Dispatcher(self.pool, self.presence,
                                      max_queued=self.settings.max_queued_per_account,
-                                     wake=self.wake)
+                                     wake=self.wake, peers=self.peers)
+        self.peers.on_queued = self._queued_here
+        self.peers.on_stop = self._stop_here
         await store.forget_node(self.pool, self.settings.node)
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
-        self._sweeper = loop.create_task(Sweeper(self.pool, self.presence, self.settings).run())
+        self._sweeper = loop.create_task(
+            Sweeper(self.pool, self.presence, self.settings, self.peers).run())
         await outbox.release_node(self.pool, self.settings.node)
         self.webhooks = Sender(self.pool, self.settings, self.wake)
         self.device_events = DeviceEvents(self.pool, self.wake)
@@ -106,13 +121,13 @@ class Broker:
         lease.start()
         await self.webhooks.refresh_accounts()
         self._webhook_task = loop.create_task(self.webhooks.run())
-        self._listener = Listener(
-            self.database_url,
-            {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop,
-             store.KEY_ADDED: self.unknown_keys.drop},
-            on_connect=self._forget_keys)
+        await self.peers.start()  # subscribed before the LISTEN connection is made
         self._listener.start()
+        await self.bus.start()
         await asyncio.wait_for(self._listener.connected.wait(), 10)
+        # The bus may lag (NATS away at start): it connects in the background,
+        # and PostgreSQL, the truth, covers what it misses.
+        self.peers.hello()
 
     def _presence_changed(self, conn: Connection, online: bool) -> None:
         """Presence's hook: the shared presence rows, then the webhook events."""
@@ -132,7 +147,25 @@ class Broker:
             self.wake.notify(account_id)
             self.wake.poke_now(account_id)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _live(self, nodes: list[str]) -> None:
+        """The lease loop counted the live nodes."""
+        self.peers.others = sum(1 for n in nodes if n != self.settings.node)
+
+    def _queued_here(self, account_id: uuid.UUID) -> None:
+        """Another node queued jobs of the account for our phones: drain."""
+        self.dispatcher.queue.filled(account_id)
+        self.dispatcher.kick(account_id)
+
+    def _stop_here(self, device_id: uuid.UUID, message_id: uuid.UUID, reason: str) -> None:
+        """Another node failed a job our phone may hold: out of its window,
+        and cancelled on it (as the sweeper does for its own)."""
+        conn = self.presence.get(device_id)
+        if conn is not None:
+            conn.inflight.discard(message_id)
+            self.presence.room_freed(conn, time.monotonic())
+            self._spawn(conn.channel.cancel(str(message_id), reason))
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -161,6 +194,8 @@ class Broker:
     async def stop(self) -> None:
         if self._listener is not None:
             await self._listener.stop()
+        if self.bus is not None:
+            await self.bus.stop()
         await self.dispatcher.close()
         await self.devices_by_token.close()
         await self.close_phones()

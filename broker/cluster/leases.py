@@ -26,7 +26,8 @@ class NodeNameTaken(BrokerError):
 class NodeLease:
     def __init__(self, pool: store.Pool, node: str, lease_s: float, *,
                  on_lost: Callable[[], None],
-                 on_reaped: Callable[[list[cluster.Reaped]], None]) -> None:
+                 on_reaped: Callable[[list[cluster.Reaped]], None],
+                 on_live: Callable[[list[str]], None] = lambda _nodes: None) -> None:
         self.pool = pool
         self.node = node
         self.lease_s = lease_s
@@ -34,6 +35,7 @@ class NodeLease:
         self.rows = OnlineRows(pool, node, self.epoch)
         self._on_lost = on_lost  # the lease was lost: drop every phone
         self._on_reaped = on_reaped  # dead nodes' phones went offline
+        self._on_live = on_live  # the nodes holding a live lease, counted each turn
         self._task: asyncio.Task[None] | None = None
 
     async def claim(self) -> None:
@@ -42,6 +44,7 @@ class NodeLease:
         is a live process: NodeNameTaken."""
         holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s)
         if holder is None:
+            self._on_live(await cluster.live_nodes(self.pool))
             return
         # A live holder renews every lease / 3: one silent for that long and
         # a margin more (a sixth of the lease, at most a second) is taken for
@@ -58,6 +61,7 @@ class NodeLease:
             raise NodeNameTaken(
                 f"another live process holds node name {self.node!r} (epoch {holder.epoch}):"
                 " give every process its own SMSDORA_NODE")
+        self._on_live(await cluster.live_nodes(self.pool))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -87,6 +91,7 @@ class NodeLease:
                     "node": self.node, "holder": str(holder.epoch)})
                 return
         await self.rows.flush()
+        self._on_live(await cluster.live_nodes(self.pool))
         async with self.pool.acquire() as conn:
             reaped = await cluster.reap_lapsed(conn, self.node, self.epoch)
         if reaped:

@@ -216,7 +216,8 @@ async def cancel_page(request: Request, user: Session) -> Response:
     broker = broker_of(request)
     message_id = _message_id(request)
     try:
-        await message_service.cancel(broker.pool, broker.presence, user.account_id, message_id)
+        await message_service.cancel(broker.pool, broker.presence, user.account_id, message_id,
+                                     broker.peers)
     except message_service.TooLateToCancel as err:
         row, history = await message_service.get(broker.pool, user.account_id, message_id)
         return _detail(request, user, row, history, err.status, err.message)

@@ -12,6 +12,7 @@ import time
 import uuid
 
 from broker import store
+from broker.cluster.peers import Peers
 from broker.delivery import reports
 from broker.delivery.channel import Answer, Cancel, CloseReason, Receipt, Refusal
 from broker.delivery.handoff import hand, job_of
@@ -26,12 +27,13 @@ from protocol import lifecycle
 
 class Dispatcher:
     def __init__(self, pool: store.Pool, presence: Presence, max_queued: int = 10_000,
-                 wake: Wake | None = None) -> None:
+                 wake: Wake | None = None, peers: Peers | None = None) -> None:
         self.pool = pool
         self.presence = presence
         self.wake = wake or Wake()
+        self.peers = peers or Peers(pool, None, "")
         self.queue = Queue(pool, presence)
-        self.sender = Sender(pool, presence, self.queue, max_queued, self.wake)
+        self.sender = Sender(pool, presence, self.queue, max_queued, self.wake, self.peers)
         self.reports = reports.ReportWriter(pool, self._reports_written)
         redelivered = sorted(lifecycle.REDELIVERED)
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from broker import store
 from broker.clock import Month, utcnow
+from broker.cluster.peers import Peers
 from broker.delivery.channel import CloseReason, Job
 from broker.delivery.handoff import hand
 from broker.delivery.presence import Connection, Presence
@@ -24,6 +25,7 @@ from broker.delivery.queue import Queue
 from broker.delivery.wake import Wake
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
 from broker.ops import metrics
+from broker.store import cluster as cluster_store
 from protocol import lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse
 from protocol.api import encoder as api_encoder
@@ -36,9 +38,12 @@ _QUEUE_FULL_RETRY_S = 30
 
 class Sender:
     def __init__(self, pool: store.Pool, presence: Presence, queue: Queue,
-                 max_queued: int = 10_000, wake: Wake | None = None) -> None:
+                 max_queued: int = 10_000, wake: Wake | None = None,
+                 peers: Peers | None = None) -> None:
         self.pool = pool
         self.wake = wake or Wake()  # the webhook sender: this send's events are committed
+        # The other nodes (CONTRACT section 13): their phones, when ours have no room.
+        self.peers = peers or Peers(pool, None, "")
         self.presence = presence
         self.queue = queue
         self.max_queued = max_queued
@@ -111,6 +116,8 @@ class Sender:
                     metrics.SENDS.labels("queue_full").inc()
                     raise Unavailable("Too many queued messages",
                                       headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
+                # Other nodes' phones may have room: they drain it if so.
+                wake = tuple(await self.peers.nodes_holding(db, job.account_id))
             try:
                 written = await self._insert(db, job, conn.device_id, status)
             except BaseException:
@@ -124,7 +131,7 @@ class Sender:
                                      status=status, device=DeviceRef(id=str(conn.device_id),
                                                                      deviceName=conn.name)),
                 ))
-                return _Accepted(conn, has_room, mono, response)
+                return _Accepted(conn, has_room, mono, response, () if has_room else wake)
             if has_room:
                 self._give_back(conn, mono)  # nothing went to the phone
             if written is store.Inserted.KEY_GONE:
@@ -133,11 +140,41 @@ class Sender:
                 raise Forbidden("Monthly message quota exceeded")
             self.presence.unregister(conn)  # DEVICE_GONE
             await conn.channel.close(CloseReason.DEACTIVATED)
+        remote = await self.peers.holder(db, job.account_id)
+        if remote is not None:
+            held = await self._queue_for(db, job, remote)
+            if held is not None:
+                return held
         if job.expires_at is None:
             # Without a ttl the caller asked for now or never (contract section 3).
             metrics.SENDS.labels("no_device").inc()
             raise NoEligibleDevice()
         return await self._wait_for_a_phone(db, job)
+
+    async def _queue_for(self, db: store.Db, job: _NewJob,
+                         remote: cluster_store.Online) -> _Accepted | None:
+        """No phone here: the message waits `queued` for the freshest phone
+        held by another node, which is woken after the commit and drains it
+        to its freshest phone with room (broker/cluster/peers.py). None: that
+        phone was deactivated meanwhile."""
+        self.queue.filled(job.account_id)
+        if await store.queued_count(db, job.account_id) >= self.max_queued:
+            metrics.SENDS.labels("queue_full").inc()
+            raise Unavailable("Too many queued messages",
+                              headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
+        written = await self._insert(db, job, remote.device_id, lifecycle.QUEUED)
+        if written is store.Inserted.KEY_GONE:
+            raise KeyChanged()
+        if written is store.Inserted.OVER_QUOTA:
+            raise Forbidden("Monthly message quota exceeded")
+        if written is store.Inserted.DEVICE_GONE:
+            return None
+        response = api_encoder.encode(SendResponse(
+            statusCode=201, message="SMS queued for delivery",
+            data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
+                             status=lifecycle.QUEUED,
+                             device=DeviceRef(id=str(remote.device_id), deviceName=remote.name))))
+        return _Accepted(None, False, time.monotonic(), response, (remote.node,))
 
     async def _wait_for_a_phone(self, db: store.Db, job: _NewJob) -> _Accepted:
         """No phone of the account is connected and the message has a ttl: it
@@ -158,7 +195,8 @@ class Sender:
             statusCode=201, message="SMS queued for delivery",
             data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
                              status=lifecycle.QUEUED, device=None)))
-        return _Accepted(None, False, time.monotonic(), response)
+        # Every node: the first phone to connect anywhere takes it at once.
+        return _Accepted(None, False, time.monotonic(), response, None)
 
     async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID | None,
                       status: str) -> store.Inserted:
@@ -194,6 +232,9 @@ class Sender:
             # uncommitted found the queue empty and may have said so since.
             self.queue.filled(job.account_id)
             metrics.SENDS.labels("queued").inc()
+            if accepted.wake != ():
+                self.peers.queued(job.account_id, None if accepted.wake is None
+                                  else list(accepted.wake))
             self.queue.wake_at(job.account_id, self.presence.next_room_at(job.account_id,
                                                                     accepted.mono))
 
@@ -222,10 +263,13 @@ class _NewJob(NamedTuple):
 
 
 class _Accepted(NamedTuple):
-    conn: Connection | None  # None: waiting for a phone of the account to connect
+    conn: Connection | None  # None: no phone here (one elsewhere, or none yet)
     has_room: bool
     mono: float
     response: bytes
+    # Other nodes to wake after the commit to drain the account's queue
+    # (None: every node; empty: none).
+    wake: tuple[str, ...] | None = ()
 
 
 class _LostRace(Exception):

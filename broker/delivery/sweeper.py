@@ -24,15 +24,18 @@ import asyncio
 import datetime as dt
 import logging
 import time
+import uuid
 
 from broker import store
 from broker.clock import utcnow
+from broker.cluster.peers import Peers
 from broker.delivery.channel import Job
 from broker.delivery.handoff import move
 from broker.delivery.presence import Presence
 from broker.delivery.sending import IDEMPOTENCY_WINDOW
 from broker.ops import metrics
 from broker.settings import Settings
+from broker.store import cluster as cluster_store
 from broker.store import sessions
 from protocol import lifecycle
 
@@ -40,10 +43,12 @@ log = logging.getLogger("smsdora.sweeper")
 
 
 class Sweeper:
-    def __init__(self, pool: store.Pool, presence: Presence, settings: Settings) -> None:
+    def __init__(self, pool: store.Pool, presence: Presence, settings: Settings,
+                 peers: Peers | None = None) -> None:
         self.pool = pool
         self.presence = presence
         self.settings = settings
+        self.peers = peers or Peers(pool, None, "")  # the other nodes: their phones
         self.started_at = time.time()
 
     async def run(self) -> None:
@@ -104,6 +109,8 @@ class Sweeper:
             conn.inflight.discard(stopped.id)
             self.presence.room_freed(conn, time.monotonic())
             await conn.channel.cancel(str(stopped.id), reason)
+        else:
+            await self.peers.stop_job(stopped.device_id, stopped.id, reason)
 
     async def _reassign(self, now: dt.datetime) -> None:
         delay_s = self.settings.reassign_after_s
@@ -113,10 +120,19 @@ class Sweeper:
         accounts = self.presence.online_accounts()
         if not accounts:
             return
-        for job in await store.unacked_jobs(self.pool, now - dt.timedelta(seconds=delay_s),
-                                            accounts):
+        jobs = await store.unacked_jobs(self.pool, now - dt.timedelta(seconds=delay_s), accounts)
+        # Phones held by another live node have their jobs too (CONTRACT
+        # section 13): one query for every job's device not connected here.
+        elsewhere: set[uuid.UUID] = set()
+        if self.peers.others:
+            away = {j.device_id for j in jobs if self.presence.get(j.device_id) is None}
+            if away:
+                elsewhere = set(await cluster_store.online_elsewhere(
+                    self.pool, self.peers.node, list(away)))
+        for job in jobs:
             if not job.released:
-                if job.active and self.presence.get(job.device_id) is not None:
+                if job.active and (self.presence.get(job.device_id) is not None
+                                   or job.device_id in elsewhere):
                     continue  # online: its phone has the job
                 if job.active and wall - self._away_since(job) < delay_s:
                     continue

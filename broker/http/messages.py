@@ -136,7 +136,8 @@ async def cancel_message(request: Request) -> Response:
     broker: Broker = request.app.state.broker
     key = await authenticate(request, "messages:send")
     message_id = MESSAGE_ID.read(request.path_params)
-    await message_service.cancel(broker.pool, broker.presence, key.account_id, message_id)
+    await message_service.cancel(broker.pool, broker.presence, key.account_id, message_id,
+                                 broker.peers)
     return ok(message_detail(*await message_service.get(broker.pool, key.account_id,
                                                         message_id)))
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import phonenumbers
 
 from broker import store
+from broker.cluster.peers import Peers
 from broker.delivery.presence import Presence
 from broker.errors import BadRequest, Conflict, NotFound
 from broker.ops import metrics
@@ -84,9 +85,10 @@ async def page(db: store.Db, account_id: uuid.UUID, status: str | None,
 
 
 async def cancel(db: store.Db, presence: Presence, account_id: uuid.UUID,
-                 message_id: uuid.UUID) -> None:
+                 message_id: uuid.UUID, peers: Peers | None = None) -> None:
     """Fail a message no phone can have sent yet, with error `cancelled`,
-    and tell its phone, if it is connected here, to drop the job.
+    and tell its phone, connected here or (through `peers`) to another
+    node, to drop the job.
 
     "Not yet sent" is decided in one guarded UPDATE (store.cancel_message):
     `queued`, or `dispatching` and not listed by an SMS Gateway phone. A
@@ -111,6 +113,8 @@ async def cancel(db: store.Db, presence: Presence, account_id: uuid.UUID,
             conn.inflight.discard(message_id)
             presence.room_freed(conn, time.monotonic())
             await conn.channel.cancel(str(message_id), store.CANCELLED)
+        elif peers is not None:
+            await peers.stop_job(done.device_id, message_id, store.CANCELLED)
 
 
 MAX_MESSAGE_CHARS = 1600

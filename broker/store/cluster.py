@@ -30,6 +30,7 @@ class Online(msgspec.Struct, frozen=True):
     device_id: uuid.UUID
     node: str
     last_seen_at: dt.datetime
+    name: str  # the device's
 
 
 class Reaped(msgspec.Struct, frozen=True):
@@ -139,13 +140,30 @@ async def online_elsewhere(db: Db, node: str,
     return {r["device_id"]: r["node"] for r in rows}
 
 
-async def holders_of(db: Db, account_id: uuid.UUID) -> list[Online]:
-    """The account's active phones online on any live node, the freshest first."""
+async def holders_of(db: Db, account_id: uuid.UUID, exclude_node: str | None = None,
+                     limit: int | None = None) -> list[Online]:
+    """The account's active phones online on any live node (but
+    `exclude_node`), the freshest first."""
     return rows_of(Online, await db.fetch(
-        f"SELECT p.device_id, p.node, p.last_seen_at FROM presence p {_LIVE}"
+        f"SELECT p.device_id, p.node, p.last_seen_at, d.name FROM presence p {_LIVE}"
         " JOIN devices d ON d.id = p.device_id"
-        " WHERE d.account_id = $1 AND d.active ORDER BY p.last_seen_at DESC, p.device_id",
-        account_id))
+        " WHERE d.account_id = $1 AND d.active AND p.node IS DISTINCT FROM $2"
+        " ORDER BY p.last_seen_at DESC, p.device_id LIMIT $3",
+        account_id, exclude_node, limit))
+
+
+async def nodes_holding(db: Db, account_id: uuid.UUID, exclude_node: str) -> list[str]:
+    """The live nodes but `exclude_node` holding an active phone of the account."""
+    return [r["node"] for r in await db.fetch(
+        f"SELECT DISTINCT p.node FROM presence p {_LIVE} JOIN devices d ON d.id = p.device_id"
+        " WHERE d.account_id = $1 AND d.active AND p.node <> $2 ORDER BY p.node",
+        account_id, exclude_node)]
+
+
+async def live_nodes(db: Db) -> list[str]:
+    """The nodes holding a live lease, ours included."""
+    return [r["name"] for r in await db.fetch(
+        "SELECT name FROM nodes WHERE lease_until > now() ORDER BY name")]
 
 
 # --- the reaper ---------------------------------------------------------------

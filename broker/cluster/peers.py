@@ -1,0 +1,137 @@
+"""`Peers`: what one node says to the others over the bus, and hears from
+them (CONTRACT section 13). Ids only; PostgreSQL holds the work.
+
+- **"queued for your phones"** (`q ACCOUNT`): a node took a send for an
+  account whose phones with room are all held by other nodes. It commits
+  the message `queued` (naming the freshest such phone) and wakes the nodes
+  that hold the account's phones; each drains the account's queue to its
+  freshest phone with room (broker/delivery/queue.py), so the job frame or
+  SSE event is written by the node that holds the socket. A send with a ttl
+  and no phone anywhere wakes every node (`all` topic), so that the first
+  phone to connect anywhere is given it at once.
+- **"I am up"** (`h NODE`): a node that starts says so to every node, which
+  look at its phones from then on (they count the live leases again every
+  third of a lease anyway).
+- **"stop this job"** (`x DEVICE MESSAGE REASON`): a job was cancelled or
+  expired at one node while its phone is connected to another: that node
+  takes it out of the phone's window and tells the phone.
+
+A lost message costs at most a sweep: the queue is drained again when a
+phone connects or answers, and the sweeper's clocks run on every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable
+
+from broker import store
+from broker.cluster.bus import Bus
+from broker.store import cluster
+
+log = logging.getLogger("smsdora.cluster")
+
+ALL = "all"  # the topic every node hears
+_WORD = re.compile(r"[A-Za-z0-9_-]+")
+_REASON = re.compile(r"[a-z ]{1,40}")
+
+
+def node_topic(node: str) -> str:
+    """The topic a node hears its own messages on: its name, each run of
+    other characters (a hostname's dots are fine) made `_`."""
+    words = [w for w in re.split(r"[^A-Za-z0-9_-]+", node) if w]
+    return "node." + "_".join(words)[:40] if words else "node._"
+
+
+class Peers:
+    def __init__(self, pool: store.Pool, bus: Bus | None, node: str) -> None:
+        self.pool = pool
+        self.bus = bus  # None: this node is alone by configuration (tests, tools)
+        self.node = node
+        # Other live nodes, as the lease loop last counted them: 0 means a
+        # send never looks past this node's own phones (one node: no cost).
+        self.others = 0
+        # Set by the runtime: drain the account's queue here; stop a job of
+        # a phone connected here.
+        self.on_queued: Callable[[uuid.UUID], None] = lambda _account: None
+        self.on_stop: Callable[[uuid.UUID, uuid.UUID, str], None] = lambda _d, _m, _r: None
+        self.received = 0  # messages heard (tests and metrics)
+        self.refused = 0  # messages that made no sense (another version?)
+
+    async def start(self) -> None:
+        if self.bus is None:
+            return
+        await self.bus.subscribe(node_topic(self.node), self._heard)
+        await self.bus.subscribe(ALL, self._heard)
+
+    # --- what a send asks ------------------------------------------------
+
+    async def holder(self, db: store.Db, account_id: uuid.UUID) -> cluster.Online | None:
+        """The account's freshest phone held by another live node, if any."""
+        if not self.others or self.bus is None:
+            return None
+        held = await cluster.holders_of(db, account_id, exclude_node=self.node, limit=1)
+        return held[0] if held else None
+
+    async def nodes_holding(self, db: store.Db, account_id: uuid.UUID) -> list[str]:
+        """The other live nodes that hold a phone of the account."""
+        if not self.others or self.bus is None:
+            return []
+        return await cluster.nodes_holding(db, account_id, exclude_node=self.node)
+
+    # --- what a node says (after the commit) ------------------------------
+
+    def queued(self, account_id: uuid.UUID, nodes: list[str] | None) -> None:
+        """Jobs of the account wait `queued`: the named nodes (None: every
+        node) drain the account's queue to their phones."""
+        if self.bus is None:
+            return
+        payload = f"q {account_id}".encode()
+        if nodes is None:
+            if self.others:
+                self.bus.publish(ALL, payload)
+            return
+        for node in nodes:
+            self.bus.publish(node_topic(node), payload)
+
+    async def stop_job(self, device_id: uuid.UUID, message_id: uuid.UUID, reason: str) -> None:
+        """A job failed here while its phone may hold it at another node:
+        that node tells the phone to drop it (else the phone learns at its
+        next report on it)."""
+        if not self.others or self.bus is None or not _REASON.fullmatch(reason):
+            return
+        held = await cluster.online_elsewhere(self.pool, self.node, [device_id])
+        node = held.get(device_id)
+        if node is not None:
+            self.bus.publish(node_topic(node), f"x {device_id} {message_id} {reason}".encode())
+
+    def hello(self) -> None:
+        """Tell every node we are up: they look at our phones from now, not
+        from their lease loop's next count (up to a third of a lease)."""
+        if self.bus is not None:
+            self.bus.publish(ALL, f"h {node_topic(self.node)}".encode())
+
+    # --- what a node hears --------------------------------------------------
+
+    def _heard(self, payload: bytes) -> None:
+        self.received += 1
+        try:
+            kind, _, rest = payload.decode().partition(" ")
+            if kind == "q":
+                self.on_queued(uuid.UUID(rest))
+            elif kind == "h":
+                if rest != node_topic(self.node):
+                    self.others = max(self.others, 1)
+            elif kind == "x":
+                device, message, reason = rest.split(" ", 2)
+                if not _REASON.fullmatch(reason):
+                    raise ValueError(reason)
+                self.on_stop(uuid.UUID(device), uuid.UUID(message), reason)
+            else:
+                raise ValueError(kind)
+        except ValueError:
+            self.refused += 1
+            log.warning("bus: message not understood", extra={"payload": payload[:80].decode(
+                errors="replace")})
