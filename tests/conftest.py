@@ -19,7 +19,9 @@ import asyncio
 import datetime as dt
 import http
 import os
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -271,3 +273,34 @@ def online(presence: Presence, device: store.DeviceRow,
                       presence.pacer(device.id, device.send_rate), time.time(), window)
     presence.register(conn)
     return conn, channel
+
+
+class NatsServer:
+    """A real nats-server on a loopback port, killed and started again at will."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.argv = [binary, "-a", "127.0.0.1", "-p", str(free_port())]
+        self.url = f"nats://127.0.0.1:{self.argv[-1]}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", int(self.argv[-1])), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise AssertionError(f"nats-server did not start: {err}") from None
+                time.sleep(0.01)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+            self.proc = None

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -24,7 +21,7 @@ from broker.cluster.nats_bus import NatsBus
 from broker.cluster.pg_bus import PgBus
 from broker.settings import Settings
 from broker.store.listener import Listener
-from tests.conftest import free_port
+from tests.conftest import NatsServer, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,37 +33,6 @@ async def until(predicate: Callable[[], object], what: str, timeout: float = 10.
                 await asyncio.sleep(0.005)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
-
-
-class NatsServer:
-    """A real nats-server on a loopback port, killed and started again at will."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        self.argv = [binary, "-a", "127.0.0.1", "-p", str(free_port())]
-        self.url = f"nats://127.0.0.1:{self.argv[-1]}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", int(self.argv[-1])), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise AssertionError(f"nats-server did not start: {err}") from None
-                time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
-            self.proc = None
 
 
 @pytest.fixture(scope="module")
