@@ -90,13 +90,19 @@ class Window:
 
 class RateWindow:
     """Per-key request limits: one `Window` of 60 s per key (contract: "per-
-    minute rate limit"). Per process: with several nodes each enforces it
-    alone (docs/OPERATIONS.md)."""
+    minute rate limit").
+
+    With several nodes each counts its own requests and tells the others
+    what it let through (`take_told`, sent over the bus a few times a
+    second: broker/cluster/peers.py), which count them as theirs
+    (`heard`): a key's window holds its requests at every node, give or
+    take the requests of the last gossip interval (docs/SCALING.md)."""
 
     SPAN_S = 60.0
 
     def __init__(self) -> None:
         self._windows: dict[str, Window] = {}
+        self._told: dict[str, list[int]] = {}  # key -> [requests let through, limit]
 
     def hit(self, key_id: str, limit: int, now: float) -> int | None:
         """Count one request; None if allowed, else whole seconds (at least 1)
@@ -106,7 +112,31 @@ class RateWindow:
             window = self._windows[key_id] = Window(limit, self.SPAN_S)
         window.limit = limit
         wait = window.hit(now)
-        return None if wait is None else max(1, math.ceil(wait))
+        if wait is None:
+            told = self._told.get(key_id)
+            if told is None:
+                self._told[key_id] = [1, limit]
+            else:
+                told[0] += 1
+            return None
+        return max(1, math.ceil(wait))
+
+    def take_told(self) -> dict[str, tuple[int, int]]:
+        """The requests let through here since the last call, per key, with
+        the key's limit: what the other nodes are told."""
+        told, self._told = self._told, {}
+        return {k: (n, limit) for k, (n, limit) in told.items()}
+
+    def heard(self, key_id: str, count: int, limit: int, now: float) -> None:
+        """Another node let `count` requests of the key through just now:
+        they fill this node's window too (no more than it holds)."""
+        if limit <= 0 or count <= 0:
+            return
+        window = self._windows.get(key_id)
+        if window is None:
+            window = self._windows[key_id] = Window(limit, self.SPAN_S)
+        for _ in range(min(count, window.room(now))):
+            window.take(now)
 
     def held(self, key_id: str) -> int:
         """Requests of the key still in its window (for tests and metrics)."""

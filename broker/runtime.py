@@ -38,6 +38,9 @@ from broker.webhooks.devices import DeviceEvents
 from broker.webhooks.sender import Sender
 
 log = logging.getLogger("smsdora.runtime")
+# How often the nodes tell each other their keys' requests: a key can go
+# over its limit by what the other nodes let through in this long.
+RATE_GOSSIP_S = 0.2
 
 
 class Broker:
@@ -81,6 +84,7 @@ class Broker:
         self.peers: Peers = None  # type: ignore[assignment]  # set by start()
         self._webhook_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._gossip: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[object]] = set()
@@ -109,9 +113,11 @@ class Broker:
                                      wake=self.wake, peers=self.peers)
         self.peers.on_queued = self._queued_here
         self.peers.on_stop = self._stop_here
+        self.peers.on_rates = self._rates_heard
         await store.forget_node(self.pool, self.settings.node)
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
+        self._gossip = loop.create_task(self._gossip_loop())
         self._sweeper = loop.create_task(
             Sweeper(self.pool, self.presence, self.settings, self.peers).run())
         await outbox.release_node(self.pool, self.settings.node)
@@ -156,6 +162,22 @@ class Broker:
         self.dispatcher.queue.filled(account_id)
         self.dispatcher.kick(account_id)
 
+    def _rates_heard(self, used: dict[str, tuple[int, int]]) -> None:
+        now = time.monotonic()
+        for key_id, (count, limit) in used.items():
+            self.rate_window.heard(key_id, count, limit, now)
+
+    async def _gossip_loop(self) -> None:
+        """The keys' requests let through here, to the other nodes, every
+        RATE_GOSSIP_S (nothing when alone: take_told just empties)."""
+        while True:
+            await asyncio.sleep(RATE_GOSSIP_S)
+            used = self.rate_window.take_told()
+            try:
+                self.peers.rates(used)
+            except Exception:
+                log.exception("rate gossip failed")
+
     def _stop_here(self, device_id: uuid.UUID, message_id: uuid.UUID, reason: str) -> None:
         """Another node failed a job our phone may hold: out of its window,
         and cancelled on it (as the sweeper does for its own)."""
@@ -199,7 +221,7 @@ class Broker:
         await self.dispatcher.close()
         await self.devices_by_token.close()
         await self.close_phones()
-        for task in (self._flusher, self._sweeper, self._webhook_task):
+        for task in (self._flusher, self._gossip, self._sweeper, self._webhook_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

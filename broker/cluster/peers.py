@@ -12,6 +12,10 @@ them (CONTRACT section 13). Ids only; PostgreSQL holds the work.
 - **"I am up"** (`h NODE`): a node that starts says so to every node, which
   look at its phones from then on (they count the live leases again every
   third of a lease anyway).
+- **"these keys were used"** (`r KEY=COUNT/LIMIT ...`): each node tells
+  the others, a few times a second, how many requests of each API key it
+  let through, and counts theirs in its own windows, so a key's rate limit
+  holds across nodes (broker/limits.py, RateWindow).
 - **"stop this job"** (`x DEVICE MESSAGE REASON`): a job was cancelled or
   expired at one node while its phone is connected to another: that node
   takes it out of the phone's window and tells the phone.
@@ -28,7 +32,7 @@ import uuid
 from collections.abc import Callable
 
 from broker import store
-from broker.cluster.bus import Bus
+from broker.cluster.bus import MAX_PAYLOAD, Bus
 from broker.store import cluster
 
 log = logging.getLogger("smsdora.cluster")
@@ -57,6 +61,7 @@ class Peers:
         # a phone connected here.
         self.on_queued: Callable[[uuid.UUID], None] = lambda _account: None
         self.on_stop: Callable[[uuid.UUID, uuid.UUID, str], None] = lambda _d, _m, _r: None
+        self.on_rates: Callable[[dict[str, tuple[int, int]]], None] = lambda _used: None
         self.received = 0  # messages heard (tests and metrics)
         self.refused = 0  # messages that made no sense (another version?)
 
@@ -107,6 +112,21 @@ class Peers:
         if node is not None:
             self.bus.publish(node_topic(node), f"x {device_id} {message_id} {reason}".encode())
 
+    def rates(self, used: dict[str, tuple[int, int]]) -> None:
+        """Tell every node the requests of each key let through here."""
+        if self.bus is None or not self.others or not used:
+            return
+        parts: list[str] = []
+        size = 1
+        for key_id, (count, limit) in used.items():
+            part = f"{key_id}={count}/{limit}"
+            if size + len(part) + 1 > MAX_PAYLOAD - 2:
+                self.bus.publish(ALL, ("r " + " ".join(parts)).encode())
+                parts, size = [], 1
+            parts.append(part)
+            size += len(part) + 1
+        self.bus.publish(ALL, ("r " + " ".join(parts)).encode())
+
     def hello(self) -> None:
         """Tell every node we are up: they look at our phones from now, not
         from their lease loop's next count (up to a third of a lease)."""
@@ -124,6 +144,13 @@ class Peers:
             elif kind == "h":
                 if rest != node_topic(self.node):
                     self.others = max(self.others, 1)
+            elif kind == "r":
+                used: dict[str, tuple[int, int]] = {}
+                for part in rest.split(" "):
+                    key_id, _, counts = part.partition("=")
+                    count, _, limit = counts.partition("/")
+                    used[str(uuid.UUID(key_id))] = (int(count), int(limit))
+                self.on_rates(used)
             elif kind == "x":
                 device, message, reason = rest.split(" ", 2)
                 if not _REASON.fullmatch(reason):

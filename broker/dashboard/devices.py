@@ -51,7 +51,7 @@ async def _infos(broker: Broker, account_id: uuid.UUID,
             rows = [await device_service.get(broker.pool, device_id, account_id)]
         else:
             rows = (await device_service.page(broker.pool, account_id, None)).devices[::-1]
-    return [device_service.info(broker.presence, d) for d in rows]
+    return [device_service.info(broker.presence, d, broker.settings.node) for d in rows]
 
 
 def _rows(devices: list[DeviceInfo], *, into: bool = True) -> list[str]:

@@ -55,7 +55,7 @@ async def list_devices(request: Request) -> Response:
 
 
 def _info(broker: Broker, d: store.DeviceRow) -> DeviceInfo:
-    return device_service.info(broker.presence, d)
+    return device_service.info(broker.presence, d, broker.settings.node)
 
 
 async def create_device(request: Request) -> Response:

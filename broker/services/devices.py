@@ -142,9 +142,11 @@ async def delete(db: store.Conn, device_id: uuid.UUID, account_id: uuid.UUID) ->
     return row
 
 
-def info(presence: Presence, d: store.DeviceRow) -> DeviceInfo:
+def info(presence: Presence, d: store.DeviceRow, node: str | None = None) -> DeviceInfo:
     """A device as `/devices` and the dashboard show it: online when this
-    broker holds its connection; last seen, health and app version the
+    broker holds its connection, or when another node (not `node`, this one)
+    does by the row it last flushed (cleared when that node's lease is
+    reaped, CONTRACT section 13); last seen, health and app version the
     connection's (or, gone so recently that they are not flushed yet, the
     last connection's), else what PostgreSQL has."""
     conn = presence.get(d.id) or presence.unflushed(d.id)
@@ -156,7 +158,9 @@ def info(presence: Presence, d: store.DeviceRow) -> DeviceInfo:
     else:
         health = msgspec.convert(d.health, DeviceHealth) if d.health else None
     return DeviceInfo(
-        id=str(d.id), deviceName=d.name, online=presence.get(d.id) is not None,
+        id=str(d.id), deviceName=d.name,
+        online=presence.get(d.id) is not None or (
+            node is not None and d.online_node is not None and d.online_node != node),
         lastSeen=iso(last_seen), active=d.active, sendRate=d.send_rate, health=health,
         appVersion=(conn.app_version if conn is not None else d.app_version),
         transport=d.transport,

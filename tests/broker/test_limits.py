@@ -219,3 +219,30 @@ def test_buckets_refund_a_unit_taken_for_what_did_not_count() -> None:
     assert [b.hit("a", 0.0) for _ in range(3)] == [None, None, NO_LIMIT]
     b.refund("nobody")  # nothing to give back to
     assert "nobody" not in b
+
+
+def test_rate_window_tells_what_it_let_through_and_counts_what_it_hears() -> None:
+    """Several nodes (CONTRACT section 13): node A's allowed requests, told
+    to node B, fill B's window for the key; refused ones are not told."""
+    a, b = RateWindow(), RateWindow()
+    for _ in range(3):
+        assert a.hit("k", 4, 0.0) is None
+    assert a.hit("k", 4, 0.0) is None
+    assert a.hit("k", 4, 0.0) == 60  # refused: not told
+    told = a.take_told()
+    assert told == {"k": (4, 4)}
+    assert a.take_told() == {}  # told once
+    for key, (count, limit) in told.items():
+        b.heard(key, count, limit, 1.0)
+    assert b.hit("k", 4, 2.0) == 59  # B's window is full of A's requests
+    assert b.take_told() == {}
+    assert b.hit("k", 4, 61.0) is None  # and they leave it as A's do
+
+
+def test_rate_window_hears_no_more_than_its_window_holds() -> None:
+    w = RateWindow()
+    w.heard("k", 10_000, 5, 0.0)
+    assert w.held("k") == 5
+    w.heard("k", 3, 0, 0.0)  # no limit: nothing to count
+    w.heard("other", 3, 0, 0.0)
+    assert w.held("other") == 0

@@ -31,7 +31,7 @@ from websockets.asyncio.client import connect
 from broker import store
 from tests.conftest import TABLES, NatsServer, free_port
 from tests.e2e.conftest import SECRET, Account, Device, Phone, send_sms, wait_for
-from tests.e2e.drivers import PhoneDriver, SmsGateDriver, WsDriver
+from tests.e2e.drivers import PhoneDriver, SmsGateDriver, WsDriver, device_offline
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
@@ -263,6 +263,10 @@ async def phones(cluster: Cluster) -> AsyncIterator[Phones]:
     await made.close()
 
 
+async def shown_online(http: httpx.AsyncClient, account: Account, phone: PhoneDriver) -> bool:
+    return not await device_offline(http, account, phone.device)
+
+
 async def status_of(dbc: asyncpg.Connection, mid: str) -> str:
     return str(await dbc.fetchval("SELECT status FROM messages WHERE id = $1", uuid.UUID(mid)))
 
@@ -282,6 +286,9 @@ async def test_a_send_through_any_node_reaches_a_phone_on_any_node(
     for at in NODES:
         account = await new_account(dbc)
         phone = await phones.make(transport, account, at, f"phone-at-{at}")
+        for via in NODES:  # GET /devices through any node sees it online
+            await wait_for(lambda h=cluster.http[via], a=account, p=phone: shown_online(h, a, p),
+                           what=f"the phone at {at} online through {via}")
         for via in NODES:
             r = await send_sms(cluster.http[via], account.key, message=f"{via} to {at}")
             assert r.status_code == 201, (via, at, r.text)
@@ -352,3 +359,20 @@ async def test_a_killed_node_holds_nobody_and_its_phone_gets_its_jobs_elsewhere(
 async def phones_row_gone(dbc: asyncpg.Connection, device_id: str) -> bool:
     return await dbc.fetchval("SELECT count(*) FROM presence WHERE device_id = $1",
                               uuid.UUID(device_id)) == 0
+
+
+async def test_a_keys_rate_limit_holds_across_nodes(
+        cluster: Cluster, dbc: asyncpg.Connection) -> None:
+    """6 a minute: 3 requests through n1 and 3 through n2 use it up, and n3,
+    told of them, refuses the seventh (contract section 3: 403 "Rate limit
+    exceeded", with a Retry-After)."""
+    account = await new_account(dbc)
+    key = await account.make_key(["messages:read"], rate_limit=6)
+    for via in ("n1", "n2"):
+        for _ in range(3):
+            r = await cluster.http[via].get("/messages", headers={"x-api-key": key})
+            assert r.status_code == 200, r.text
+        await asyncio.sleep(0.5)  # the nodes' gossip runs every 0.2 s
+    r = await cluster.http["n3"].get("/messages", headers={"x-api-key": key})
+    assert (r.status_code, r.json()["message"]) == (403, "Rate limit exceeded"), r.text
+    assert int(r.headers["retry-after"]) >= 1
