@@ -18,6 +18,7 @@ from typing import NamedTuple
 from broker import store
 from broker.clock import Month, utcnow
 from broker.cluster.peers import Peers
+from broker.delivery.batch import SendBatch
 from broker.delivery.channel import CloseReason, Job
 from broker.delivery.handoff import hand
 from broker.delivery.presence import Connection, Presence
@@ -44,6 +45,8 @@ class Sender:
         self.wake = wake or Wake()  # the webhook sender: this send's events are committed
         # The other nodes (CONTRACT section 13): their phones, when ours have no room.
         self.peers = peers or Peers(pool, None, "")
+        # Sends outside a transaction of their own share statements and commits.
+        self.batch = SendBatch(pool)
         self.presence = presence
         self.queue = queue
         self.max_queued = max_queued
@@ -202,6 +205,14 @@ class Sender:
                       status: str) -> store.Inserted:
         """The message's INSERT, which takes its unit of the monthly quota in
         the same statement (contract section 3, v2)."""
+        if db is self.pool:
+            batched = await self.batch.insert(store.NewMessage(
+                job.id, job.account_id, device_id, job.recipient, job.body, status,
+                job.expires_at, job.created_at, job.key_id, job.key_prefix, job.quota))
+            if batched is not None:
+                return batched
+            # Its quota unit needs a look of its own (a stripe filled
+            # meanwhile, the month's first send, a plan changed): alone.
         args = (db, job.id, job.account_id, device_id, job.recipient, job.body, status,
                 job.expires_at, job.created_at, job.key_id, job.key_prefix, job.quota)
         # Each CONTENDED means another send took a stripe's last unit, and a

@@ -11,6 +11,10 @@ HTTP_LATENCY = Histogram(
     "smsdora_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+SEND_BATCH_ROWS = Histogram(
+    "smsdora_send_batch_rows", "Sends written together in one statement and commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 DISPATCH_LATENCY = Histogram(
     "smsdora_dispatch_seconds", "From accepting a send to the job frame written to the phone",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),

@@ -1,0 +1,108 @@
+"""`SendBatch`: concurrent sends committed together (issue 14, "sends
+committed in groups"), the way phones' reports already are
+(broker/delivery/reports.py).
+
+A send hands its row to `insert` and waits. The rows that arrive in one
+turn of the event loop go to PostgreSQL in one statement
+(`store.insert_messages`: arrays, one statement per table, one commit);
+while a batch is being written the next ones gather for the one after, so
+under load a batch carries every send that arrived during the last one's
+round trip, and alone a send waits for nothing but its own loop turn. Each
+caller learns its own row's fate only once the batch has committed: its
+201 still comes after its row is in PostgreSQL.
+
+A row fails alone: a revoked key, a deactivated device, or a quota unit the
+batch could not take (a stripe a concurrent send filled, a month not opened
+yet, a plan changed) is answered for that row only, and the last kind is
+sent again by itself through the one-row statement, which tells those
+cases apart and opens or re-cuts the month (broker/delivery/sending.py). A
+statement that fails as a whole (a row PostgreSQL refuses) is tried again
+row by row, so that only the bad row's request fails; a database that is
+away fails every waiting request, as it would have one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from broker import store
+from broker.ops import metrics
+
+log = logging.getLogger("smsdora.sending")
+
+# At most this many rows a statement: a bigger burst takes more statements,
+# in flight together up to IN_FLIGHT.
+MAX_ROWS = 256
+IN_FLIGHT = 2
+
+Outcome = store.Inserted | None
+
+
+class SendBatch:
+    def __init__(self, pool: store.Pool) -> None:
+        self.pool = pool
+        self._waiting: list[tuple[store.NewMessage, asyncio.Future[Outcome]]] = []
+        self._writers = 0
+        self._scheduled = False
+        self.statements = 0  # batches written (tests, metrics)
+
+    async def insert(self, row: store.NewMessage) -> Outcome:
+        """Write `row` with the others of its batch; its outcome once the
+        batch committed (None: send it alone)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._waiting.append((row, future))
+        if not self._scheduled and self._writers < IN_FLIGHT:
+            self._scheduled = True
+            loop.call_soon(self._start)  # the rest of this loop turn joins
+        # Shielded: a caller cancelled meanwhile leaves the batch as it is.
+        return await asyncio.shield(future)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._waiting and self._writers < IN_FLIGHT:
+            batch, self._waiting = self._waiting[:MAX_ROWS], self._waiting[MAX_ROWS:]
+            self._writers += 1
+            asyncio.get_running_loop().create_task(self._write(batch))
+
+    async def _write(self, batch: list[tuple[store.NewMessage, asyncio.Future[Outcome]]]) -> None:
+        try:
+            await self._run(batch)
+        except BaseException as err:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
+        finally:
+            self._writers -= 1
+            if self._waiting and not self._scheduled:
+                self._start()
+
+    async def _run(self, batch: list[tuple[store.NewMessage, asyncio.Future[Outcome]]]) -> None:
+        rows = [row for row, _ in batch]
+        try:
+            outcomes = await store.insert_messages(self.pool, rows)
+        except store.DATABASE_DOWN as err:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        except Exception as err:
+            if len(batch) == 1:  # this row is the one refused: its request fails
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(err)
+                return
+            # One row PostgreSQL refused fails the statement: each again
+            # alone, so that only its own request fails.
+            log.warning("send batch refused: its rows go one by one",
+                        extra={"rows": len(batch)}, exc_info=True)
+            for item in batch:
+                await self._run([item])
+            return
+        self.statements += 1
+        metrics.SEND_BATCH_ROWS.observe(len(rows))
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)

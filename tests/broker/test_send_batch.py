@@ -1,0 +1,159 @@
+"""broker/delivery/batch.py and store.insert_messages: concurrent sends in
+one statement and one commit, each row failing alone (issue 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+import asyncpg
+import pytest
+
+from broker import keys, store
+from broker.delivery.batch import SendBatch
+from tests.conftest import new_account, new_device
+
+UTC = dt.UTC
+
+
+def row(account: store.Account, device: store.DeviceRow | None, *, body: str = "hi",
+        status: str = "dispatching", key: store.KeyRow | None = None,
+        quota: store.Quota | None = None,
+        created_at: dt.datetime | None = None) -> store.NewMessage:
+    return store.NewMessage(uuid.uuid4(), account.id, device.id if device else None,
+                            "+16502530000", body, status, None,
+                            created_at or dt.datetime.now(UTC),
+                            key.id if key else None, key.prefix if key else None, quota)
+
+
+async def a_key(db: asyncpg.Connection, account: store.Account) -> store.KeyRow:
+    full, prefix = keys.make_secret(keys.KEY_KIND)
+    return await store.insert_key(db, account.id, "k", prefix, keys.digest(b"s", full),
+                                  ["messages:send"], None, None)
+
+
+async def history(db: asyncpg.Connection, mid: uuid.UUID) -> list[str]:
+    return [r["status"] for r in await db.fetch(
+        "SELECT status FROM message_history WHERE message_id = $1"
+        " ORDER BY status = 'queued' DESC", mid)]
+
+
+async def test_concurrent_sends_share_statements_and_each_is_written_with_its_history(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    k = await a_key(db, acc)
+    batch = SendBatch(pool)
+    rows = [row(acc, dev, body=f"m{i}", key=k, status="queued" if i % 3 == 0 else "dispatching")
+            for i in range(60)]
+    got = await asyncio.gather(*(batch.insert(r) for r in rows))
+    assert got == [store.Inserted.WRITTEN] * 60
+    assert batch.statements < 10  # 60 sends of one loop turn: a statement or a few
+    for r in rows:
+        stored = await db.fetchrow("SELECT status, body, device_id FROM messages WHERE id = $1",
+                                   r.id)
+        assert (stored["status"], stored["body"], stored["device_id"]) == (r.status, r.body, dev.id)
+        assert await history(db, r.id) == (["queued"] if r.status == "queued"
+                                           else ["queued", "dispatching"])
+
+
+async def test_a_revoked_key_or_a_deactivated_device_fails_only_its_own_row(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    acc = await new_account(db)
+    dev, gone = await new_device(db, acc), await new_device(db, acc, "gone")
+    k, revoked = await a_key(db, acc), await a_key(db, acc)
+    await db.execute("UPDATE api_keys SET revoked = true WHERE id = $1", revoked.id)
+    await db.execute("UPDATE devices SET active = false WHERE id = $1", gone.id)
+    rows = [row(acc, dev, key=k), row(acc, dev, key=revoked), row(acc, gone, key=k),
+            row(acc, None, key=k, status="queued")]
+    batch = SendBatch(pool)
+    got = await asyncio.gather(*(batch.insert(r) for r in rows))
+    assert got == [store.Inserted.WRITTEN, store.Inserted.KEY_GONE, store.Inserted.DEVICE_GONE,
+                   store.Inserted.WRITTEN]
+    written = {r["id"] for r in await db.fetch("SELECT id FROM messages")}
+    assert written == {rows[0].id, rows[3].id}
+    assert await db.fetchval("SELECT count(*) FROM message_history WHERE message_id = ANY($1)",
+                             [rows[1].id, rows[2].id]) == 0
+
+
+async def test_a_row_postgresql_refuses_fails_alone(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    batch = SendBatch(pool)
+    good = [row(acc, dev, body=f"ok {i}") for i in range(5)]
+    bad = row(acc, dev, body="a NUL \x00 byte")  # text cannot hold it
+    results = await asyncio.gather(*(batch.insert(r) for r in [*good[:2], bad, *good[2:]]),
+                                   return_exceptions=True)
+    assert isinstance(results[2], asyncpg.PostgresError), results
+    assert [r for i, r in enumerate(results) if i != 2] == [store.Inserted.WRITTEN] * 5
+    assert {r["id"] for r in await db.fetch("SELECT id FROM messages")} == {r.id for r in good}
+
+
+async def test_the_months_quota_is_shared_over_its_stripes_and_never_overshot(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    """A limit of 10 (ten stripes of one unit) and 25 sends in one batch: 10
+    written by the batch or, for a row whose share it could not take, by the
+    one-row statement afterwards; the rest over quota; `used` adds up."""
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    k = await a_key(db, acc)
+    month = dt.date(2031, 5, 1)
+    at = dt.datetime(2031, 5, 2, tzinfo=UTC)
+    await store.open_month(db, acc.id, month, 10)
+    quota = store.Quota(month, 10)
+    rows = [row(acc, dev, key=k, quota=quota, created_at=at) for _ in range(25)]
+    batch = SendBatch(pool)
+    got = await asyncio.gather(*(batch.insert(r) for r in rows))
+    assert got.count(store.Inserted.WRITTEN) == 10
+    assert got.count(None) == 15  # no unit for them in the batch: alone, they are over quota
+    for r, outcome in zip(rows, got, strict=True):
+        if outcome is None:
+            assert await store.insert_message(
+                db, r.id, r.account_id, r.device_id, r.recipient, r.body, r.status, None,
+                r.created_at, r.key_id, r.key_prefix, quota) is store.Inserted.OVER_QUOTA
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", acc.id) == 10
+    assert await db.fetchval("SELECT sum(used) FROM account_usage WHERE account_id = $1"
+                             " AND month = $2", acc.id, month) == 10
+
+
+async def test_a_month_not_opened_yet_sends_the_row_alone(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    r = row(acc, dev, quota=store.Quota(dt.date(2032, 1, 1), 100),
+            created_at=dt.datetime(2032, 1, 5, tzinfo=UTC))
+    assert await SendBatch(pool).insert(r) is None
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+@pytest.mark.parametrize("first", ["batch", "alone"])
+async def test_batches_and_single_sends_of_one_account_never_overshoot_together(
+        db: asyncpg.Connection, pool: store.Pool, first: str) -> None:
+    """Batched rows and one-row sends race for the last units of a month:
+    the total written is exactly the limit."""
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    month = dt.date(2033, 2, 1)
+    at = dt.datetime(2033, 2, 3, tzinfo=UTC)
+    await store.open_month(db, acc.id, month, 40)
+    quota = store.Quota(month, 40)
+    batch = SendBatch(pool)
+
+    async def alone() -> store.Inserted:
+        r = row(acc, dev, quota=quota, created_at=at)
+        for _ in range(2 * store.STRIPES + 4):
+            got = await store.insert_message(pool, r.id, r.account_id, r.device_id, r.recipient,
+                                             r.body, r.status, None, r.created_at, None, None,
+                                             quota)
+            if got is not store.Inserted.CONTENDED:
+                return got
+        raise AssertionError("contended for ever")
+
+    batched = [batch.insert(row(acc, dev, quota=quota, created_at=at)) for _ in range(40)]
+    singles = [alone() for _ in range(20)]
+    await asyncio.gather(*(batched + singles if first == "batch" else singles + batched))
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", acc.id) == 40
+    assert await db.fetchval("SELECT sum(used) FROM account_usage WHERE account_id = $1",
+                             acc.id) == 40
