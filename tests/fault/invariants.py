@@ -19,7 +19,16 @@ promise of contract section 5 and issue 4:
   after `delivered` fires none, by contract); one `webhook-id` per event,
   the same on every retry and after a restart; every request verified by
   the `standardwebhooks` library; each message's events first arrived in
-  the order of its history; and the outbox ended with nothing owed.
+  the order of its history; and the outbox ended with nothing owed;
+- no phone held by two nodes (CONTRACT section 13), from samples of the
+  `presence` table taken through the run and once at the end, beside what
+  each simulated phone recorded of its connections: every row is held by a
+  live node (a running process, under the epoch and the unexpired lease of
+  that node's row), bar a killed node's for as long as its lease may take
+  to lapse and be reaped; each phone's row names the node it is connected to
+  (a phone connected nowhere has no row), bar the short window of a
+  reconnect; and every job reached its phone through the node its row
+  named.
 
 "Final" for the soak: `delivered` or `failed`, or `sent` when `sent` was
 the phone's last word about it (the simulated carrier then never reports a
@@ -37,7 +46,7 @@ import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from protocol import lifecycle
 
@@ -85,6 +94,50 @@ class Arrival:
         return 200 <= self.answered < 300
 
 
+@dataclass(frozen=True)
+class Held:
+    """A `presence` row as a sample found it."""
+
+    device_id: str
+    node: str
+    current: bool  # its epoch is the one of the node's lease row
+    live: bool  # that lease had not lapsed (by the database's clock)
+
+    @property
+    def held(self) -> bool:
+        return self.current and self.live
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The `presence` table between `started_s` and `ended_s` (the soak's
+    clock: the query's start and its answer)."""
+
+    started_s: float
+    ended_s: float
+    rows: tuple[Held, ...]
+
+    def row(self, device_id: str) -> Held | None:
+        return next((r for r in self.rows if r.device_id == device_id), None)
+
+
+@dataclass(frozen=True)
+class JobSeen:
+    """A job reached a phone (a `send` frame; an item of the app's listing)
+    through `node`, at `at_s` (the soak's clock)."""
+
+    at_s: float
+    device_id: str
+    node: str
+    message_id: str
+
+
+# A phone's connections: (when, the node it is connected to, None for none),
+# one entry a change. A node's life: (when, running), one entry a change.
+Timeline = list[tuple[float, str | None]]
+Life = list[tuple[float, bool]]
+
+
 @dataclass
 class Evidence:
     requested: int  # messages the driver meant to send, one Idempotency-Key each
@@ -104,6 +157,19 @@ class Evidence:
     # state at the end (after the bounded wait for it to drain).
     arrivals: list[Arrival] = field(default_factory=list)
     outbox: Counter[str] = field(default_factory=Counter)
+    # Presence (CONTRACT section 13): the samples, the last one taken once
+    # all was final; each phone's connections and each node's life; the
+    # PostgreSQL outages (from, to), when no row can be written.
+    presence: list[Sample] = field(default_factory=list)
+    presence_end: Sample | None = None
+    timelines: dict[str, Timeline] = field(default_factory=dict)  # device id -> its connections
+    lives: dict[str, Life] = field(default_factory=dict)  # node -> its process's life
+    outages: list[tuple[float, float]] = field(default_factory=list)
+    jobs_seen: list[JobSeen] = field(default_factory=list)
+    # How long a killed node's rows may stay (its lease lapsing, then a
+    # reaper's turn), and how long a phone's row may lag its connection.
+    lapse_s: float = 0.0
+    reconnect_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -357,6 +423,143 @@ def outbox_drained(e: Evidence) -> Verdict:
     return problems, f"outbox: {_plain(e.outbox)}"
 
 
+def _at(changes: list[tuple[float, Any]], t: float, before: Any) -> Any:
+    """The value of a timeline (or a life) at `t`."""
+    value = before
+    for at, v in changes:
+        if at > t:
+            break
+        value = v
+    return value
+
+
+def _changed(changes: list[tuple[float, Any]], lo: float, hi: float) -> bool:
+    return any(lo < at <= hi for at, _ in changes)
+
+
+def _died(life: Life, lo: float, hi: float) -> bool:
+    return any(lo < at <= hi and not running for at, running in life)
+
+
+def _outage(e: Evidence, lo: float, hi: float, after_s: float) -> bool:
+    """PostgreSQL was down within [lo, hi], or came back less than `after_s`
+    before `lo` (writes owed meanwhile are written at the next turn)."""
+    return any(down <= hi and up + after_s >= lo for down, up in e.outages)
+
+
+def _running(e: Evidence, node: str, lo: float, hi: float) -> bool:
+    life = e.lives.get(node, [])
+    return _at(life, lo, False) and not _died(life, lo, hi)
+
+
+def _excused_row(e: Evidence, row: Held, lo: float, hi: float) -> bool:
+    """A row a killed node left (its lease lapsing, then a reaper's turn;
+    a start of the node again changes nothing to that), or one PostgreSQL's
+    outage kept from being renewed."""
+    return (_died(e.lives.get(row.node, []), lo - e.lapse_s, hi)
+            or _outage(e, lo - e.lapse_s, hi, e.lapse_s))
+
+
+def _row_problem(e: Evidence, row: Held, lo: float, hi: float) -> str | None:
+    if not row.current:
+        why = "an epoch its node no longer holds"
+    elif not row.live:
+        why = "a lapsed lease"
+    elif not _running(e, row.node, lo, hi):
+        why = "a node whose process was not running"
+    else:
+        return None
+    return f"{row.device_id} held by {row.node} under {why}"
+
+
+def rows_live(e: Evidence) -> Verdict:
+    problems = []
+    for sample in e.presence:
+        for row in sample.rows:
+            why = _row_problem(e, row, sample.started_s, sample.ended_s)
+            if why and not _excused_row(e, row, sample.started_s, sample.ended_s):
+                problems.append(f"at {sample.started_s:.1f} s: {why}")
+    end = e.presence_end
+    if end is None:
+        problems.append("no presence sample at the end")
+    else:
+        problems += [f"at the end: {why}" for row in end.rows
+                     if (why := _row_problem(e, row, end.started_s, end.ended_s))]
+    rows = sum(len(s.rows) for s in e.presence)
+    return problems, (f"{len(e.presence)} samples ({rows} rows) and the end's"
+                      f" {len(end.rows) if end else 0}: each held by a running node")
+
+
+def _holder(row: Held | None) -> str | None:
+    return row.node if row is not None and row.held else None
+
+
+def _settled(e: Evidence, timeline: Timeline, lo: float, hi: float) -> bool:
+    """No change to the phone's connection, and PostgreSQL up, from a
+    reconnect's window before `lo` to `hi`."""
+    return (not _changed(timeline, lo - e.reconnect_s, hi)
+            and not _outage(e, lo - e.reconnect_s, hi, e.reconnect_s))
+
+
+def _mismatch(e: Evidence, sample: Sample, device: str, connected: str | None) -> str | None:
+    """Why the sample's row for the device disagrees with where it was connected."""
+    row = sample.row(device)
+    holder = _holder(row)
+    if connected is not None and holder != connected:
+        return (f"{device} connected to {connected}, its row names"
+                f" {row.node + ('' if row.held else ' (not held)') if row else 'no node'}")
+    if (connected is None and row is not None and holder is not None
+            and not _excused_row(e, row, sample.started_s, sample.ended_s)):
+        return f"{device} connected nowhere, held by {holder}"
+    return None
+
+
+def rows_where_connected(e: Evidence) -> Verdict:
+    problems: list[str] = []
+    checked = 0
+    for sample in e.presence:
+        for device, timeline in sorted(e.timelines.items()):
+            if not _settled(e, timeline, sample.started_s, sample.ended_s):
+                continue
+            checked += 1
+            why = _mismatch(e, sample, device, _at(timeline, sample.started_s, None))
+            if why:
+                problems.append(f"at {sample.started_s:.1f} s: {why}")
+    end = e.presence_end
+    if end is not None:
+        for device, timeline in sorted(e.timelines.items()):
+            why = _mismatch(e, end, device, _at(timeline, end.started_s, None))
+            if why:
+                problems.append(f"at the end: {why}")
+        known = set(e.timelines)
+        problems += [f"at the end: a row for {r.device_id}, no phone of the soak"
+                     for r in end.rows if r.device_id not in known]
+    return problems, (f"{checked} settled phone samples and the end: each phone's row"
+                      " names the node it is connected to")
+
+
+def jobs_through_holder(e: Evidence) -> Verdict:
+    problems: list[str] = []
+    checked = 0
+    samples = sorted(e.presence, key=lambda s: s.started_s)
+    for job in e.jobs_seen:
+        timeline = e.timelines.get(job.device_id, [])
+        before = next((s for s in reversed(samples) if s.ended_s <= job.at_s), None)
+        after = next((s for s in samples if s.started_s >= job.at_s), None)
+        if (before is None or after is None
+                or _at(timeline, job.at_s, None) != job.node
+                or not _settled(e, timeline, before.started_s, after.ended_s)):
+            continue  # around a reconnect, an outage, or the run's edges
+        checked += 1
+        holders = {_holder(before.row(job.device_id)), _holder(after.row(job.device_id))}
+        if holders != {job.node}:
+            problems.append(f"{job.message_id} reached {job.device_id} through {job.node} at"
+                            f" {job.at_s:.1f} s; its row named {sorted(map(str, holders))}")
+    nodes = Counter(j.node for j in e.jobs_seen)
+    return problems, (f"{len(e.jobs_seen)} jobs reached phones ({_plain(nodes)}); the"
+                      f" {checked} between settled samples each through its holder")
+
+
 def recovered(e: Evidence) -> Verdict:
     return e.fault_problems, "/health ok again after each kill and PostgreSQL restart"
 
@@ -382,6 +585,9 @@ CHECKS: Final[dict[str, Callable[[Evidence], Verdict]]] = {
     "webhooks: every request verified": events_verified,
     "webhooks: each message's order kept": events_in_order,
     "webhooks: outbox drained": outbox_drained,
+    "presence: every row held by a live node": rows_live,
+    "presence: each phone's row where it is": rows_where_connected,
+    "presence: jobs only through the holder": jobs_through_holder,
 }
 
 

@@ -3,7 +3,10 @@
 `Postgres` is an embedded server in the soak's temp dir, never the test
 suite's (stopping it disturbs no other test). `BrokerProcess` is
 `python -m broker serve` as an operator runs it, on a fixed port so that a
-restart after SIGKILL comes back where clients and phones expect it.
+restart after SIGKILL comes back where clients and phones expect it; with
+several nodes (CONTRACT section 13) each has its own port, SMSDORA_NODE and
+log, all on the one PostgreSQL, talking over the bus (`bus_env`: LISTEN /
+NOTIFY, or NATS through a nats-server of the soak's own).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +31,8 @@ import httpx
 
 from broker import keys, store
 from broker.ops import embedded_pg
+from tests.conftest import NatsServer, free_port
+from tests.fault.invariants import Held, Life, Sample
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "soak-server-secret-0123456789abcdef"
@@ -148,29 +154,46 @@ WEBHOOK_RETRIES = "0.2,0.5,1,1,1,1,1"
 WEBHOOK_TIMEOUT_S = 2.0
 
 
-class BrokerProcess:
-    """`python -m broker serve` on a fixed port; stdout and stderr of every
-    start go to one log, `broker.log` in the work dir."""
+def bus_env(bus: str, nats_url: str | None = None) -> dict[str, str]:
+    """The nodes' bus: PostgreSQL's LISTEN/NOTIFY, or NATS at `nats_url`."""
+    if bus == "nats":
+        assert nats_url is not None
+        return {"SMSDORA_BUS": "nats", "SMSDORA_NATS_URL": nats_url}
+    return {"SMSDORA_BUS": "postgres"}
 
-    def __init__(self, workdir: Path, dsn: str, port: int) -> None:
+
+class BrokerProcess:
+    """`python -m broker serve` on a fixed port as node `node`; stdout and
+    stderr of every start go to one log in the work dir, `<log_name>`.
+    `lease_s`: SMSDORA_LEASE_SECONDS, short, so that a SIGKILLed node's
+    phones are offline for the others soon (and a successor under its name
+    waits little)."""
+
+    def __init__(self, workdir: Path, dsn: str, port: int, *, node: str = "soak",
+                 log_name: str = "broker.log", lease_s: float = 2.0,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
-        self.log_path = workdir / "broker.log"
+        self.node = node
+        self.log_path = workdir / log_name
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("SMSDORA_") and k != "DATABASE_URL"}
         env.update({
             "DATABASE_URL": dsn, "SMSDORA_SECRET": SECRET, "SMSDORA_HOME": str(workdir / "home"),
-            "SMSDORA_NODE": "soak", "SMSDORA_REASSIGN_AFTER": "2", "SMSDORA_SWEEP_SECONDS": "0.2",
+            "SMSDORA_NODE": node, "SMSDORA_REASSIGN_AFTER": "2", "SMSDORA_SWEEP_SECONDS": "0.2",
             "SMSDORA_HEARTBEAT_SECONDS": "2", "SMSDORA_LAST_SEEN_FLUSH_SECONDS": "0.5",
-            # A SIGKILLed broker's successor waits out its lease (at most this).
-            "SMSDORA_LEASE_SECONDS": "2",
+            "SMSDORA_LEASE_SECONDS": f"{lease_s:g}",
+            # No metrics listener: the soak reads none, and nodes (or another
+            # test's broker) would contend for its one default port.
+            "SMSDORA_METRICS_ADDR": "",
             "SMSDORA_LOG_LEVEL": "WARNING",
             # The receiver is on loopback (contract section 9).
             "SMSDORA_WEBHOOK_ALLOW_PRIVATE": "1", "SMSDORA_WEBHOOK_RETRIES": WEBHOOK_RETRIES,
             "SMSDORA_WEBHOOK_TIMEOUT": f"{WEBHOOK_TIMEOUT_S:g}",
             "SMSDORA_WEBHOOK_POLL_SECONDS": "0.2",
+            **(extra_env or {}),
         })
         self.env = env
 
@@ -180,7 +203,7 @@ class BrokerProcess:
 
     def start(self) -> None:
         self.starts += 1
-        self._mark(f"broker start {self.starts}")
+        self._mark(f"broker {self.node} start {self.starts}")
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "broker", "serve", "--port", str(self.port)],
@@ -206,9 +229,79 @@ class BrokerProcess:
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            log.warning("broker did not stop within 10 s of SIGTERM: SIGKILL")
+            log.warning("broker %s did not stop within 10 s of SIGTERM: SIGKILL", self.node)
             proc.kill()
             proc.wait(10)
+
+
+class Cluster:
+    """The soak's nodes: `count` brokers on one PostgreSQL, each on a port,
+    under a name (`soak` alone, else `soak-1` ... `soak-N`) and in a log of
+    its own (`broker.log` alone, else `soak-1.log` ...), and the
+    nats-server of a NATS bus. `lives`: when each node's process was
+    started and killed, on the soak's `clock`."""
+
+    def __init__(self, workdir: Path, dsn: str, count: int, bus: str, lease_s: float,
+                 clock: Callable[[], float]) -> None:
+        self.bus = bus
+        self.nats = NatsServer() if bus == "nats" else None
+        env = bus_env(bus, self.nats.url if self.nats else None)
+        names = ["soak"] if count == 1 else [f"soak-{j + 1}" for j in range(count)]
+        self.brokers = [BrokerProcess(workdir, dsn, free_port(), node=name,
+                                      log_name="broker.log" if count == 1 else f"{name}.log",
+                                      lease_s=lease_s, extra_env=env) for name in names]
+        self.clock = clock
+        self.lives: dict[str, Life] = {b.node: [] for b in self.brokers}
+
+    @property
+    def names(self) -> list[str]:
+        return [b.node for b in self.brokers]
+
+    @property
+    def urls(self) -> list[str]:
+        return [b.url for b in self.brokers]
+
+    @property
+    def logs(self) -> list[Path]:
+        return [b.log_path for b in self.brokers]
+
+    def start_all(self) -> None:
+        if self.nats is not None:
+            self.nats.start()
+        for broker in self.brokers:
+            self.start(broker)
+
+    def start(self, broker: BrokerProcess) -> None:
+        self.lives[broker.node].append((self.clock(), True))
+        broker.start()
+
+    def kill(self, broker: BrokerProcess) -> None:
+        """SIGKILL (blocks until it is gone): dead from the signal on."""
+        self.lives[broker.node].append((self.clock(), False))
+        broker.kill()
+
+    def running(self) -> list[BrokerProcess]:
+        return [b for b in self.brokers if self.lives[b.node] and self.lives[b.node][-1][1]]
+
+    def shutdown(self) -> None:
+        """Clean-up: every node, then the nats-server; never raises."""
+        for broker in self.brokers:
+            broker.shutdown()
+        if self.nats is not None:
+            self.nats.kill()
+
+
+async def sample_presence(db: asyncpg.Connection, clock: Callable[[], float]) -> Sample:
+    """The `presence` table now, each row beside its node's lease (one
+    statement: one snapshot)."""
+    started = clock()
+    rows = await db.fetch(
+        "SELECT p.device_id::text AS device_id, p.node,"
+        " COALESCE(n.epoch = p.epoch, false) AS current,"
+        " COALESCE(n.lease_until > now(), false) AS live"
+        " FROM presence p LEFT JOIN nodes n ON n.name = p.node ORDER BY p.device_id")
+    return Sample(started, clock(), tuple(Held(r["device_id"], r["node"], r["current"], r["live"])
+                                          for r in rows))
 
 
 async def wait_healthy(health: httpx.AsyncClient, broker: BrokerProcess,

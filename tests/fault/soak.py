@@ -23,6 +23,23 @@ the outbox has nothing pending (both bounded), checks the promises of
 contract sections 5 and 9 (tests/fault/invariants.py), prints a table, and
 exits 1 if any failed.
 
+With `--nodes N` (CONTRACT section 13) N brokers run on the one
+PostgreSQL, each its own `python -m broker serve` on its own port under its
+own SMSDORA_NODE (soak-1 ... soak-N), talking over `--bus` (postgres:
+LISTEN/NOTIFY; nats: a nats-server of the soak's own on a loopback port).
+Phone i connects to node i mod N first (tests/fault/phones.py: a phone
+moves on to the next node when its node is unreachable); message i goes to
+node i mod N, and each retry to the next node, so that a send often lands
+on a node that holds none of its account's phones and reaches them over the
+bus. `--node-kills K`: K times a node is SIGKILLed and stays down
+`--node-down` seconds before it starts again (under its name: it waits out
+its lease as a successor does); its phones reconnect to the live nodes, but
+one of them, its network down too, only after `offline_s`, past the
+killed node's lease: that phone's row must go meanwhile. A `--kills`
+SIGKILL restarts its node at once, as with one node. Through the run the
+`presence` table is sampled, and once more at the end, for the checks that
+no phone is held by two nodes.
+
 A send is retried, with the same Idempotency-Key and the same body, after a
 connection error or timeout, a 503, a 500 (counted, and a failed check), or
 a 400 "No eligible device available" (the phones are still reconnecting
@@ -54,25 +71,29 @@ import httpx
 
 from broker import store
 from broker.device_sim import DeviceRejected
-from tests.conftest import free_port
 from tests.e2e.webhook_receiver import Got, Receiver, Reply
 from tests.fault.invariants import (
     Arrival,
     Check,
     Evidence,
     Row,
+    Sample,
     Step,
     check_all,
     delivered_events,
     final_counts,
     is_final,
+    rows_live,
+    rows_where_connected,
 )
-from tests.fault.phones import SoakAppPhone, SoakAppSim, SoakPhone, SoakSim
+from tests.fault.phones import Route, SoakAppPhone, SoakAppSim, SoakPhone, SoakSim, go_offline
 from tests.fault.services import (
     BrokerProcess,
+    Cluster,
     Postgres,
     errors,
     prepare,
+    sample_presence,
     tail,
     wait_healthy,
 )
@@ -106,11 +127,20 @@ class SoakConfig:
     overall_s: float = 600.0  # the whole run, clean-up aside, or SoakAborted
     workdir: Path | None = None  # default: a fresh temp dir, removed after a pass
     keep: bool = False  # keep the work dir (data dir, broker.log) even after a pass
+    # Several nodes (CONTRACT section 13).
+    nodes: int = 1
+    bus: str = "postgres"  # or "nats"
+    node_kills: int = 0  # SIGKILLs of a node that stays down `node_down_s`
+    node_down_s: float = 3.0
+    offline_s: float = 7.0  # one phone of a node killed so: its network down this long
+    lease_s: float = 2.0  # SMSDORA_LEASE_SECONDS
+    sample_s: float = 0.25  # the presence table sampled this often
+    reconnect_s: float = 1.0  # how long a phone's row may lag its connection
 
 
 @dataclass
 class Fault:
-    kind: str  # "kill" or "pg restart"
+    kind: str  # "kill", "node kill" or "pg restart"
     at_s: float  # since the soak started
     accepted_before: int
     recovered_s: float | None = None  # until /health said ok again
@@ -126,6 +156,7 @@ class SoakReport:
     figures: dict[str, Any]
     workdir: Path
     duration_s: float
+    logs: list[Path]  # each node's
 
     @property
     def ok(self) -> bool:
@@ -133,12 +164,11 @@ class SoakReport:
 
     @property
     def broker_log(self) -> Path:
-        return self.workdir / "broker.log"
+        return self.logs[0]
 
     def log_tail(self, lines: int = 20) -> str:
-        """For a failure: the broker's error lines, then the last lines of its log."""
-        return (f"errors in {self.broker_log}:\n{errors(self.broker_log)}\n"
-                f"last lines:\n{tail(self.broker_log, lines)}")
+        """For a failure: each node's error lines, then the last lines of its log."""
+        return _log_tails(self.logs, lines)
 
     def table(self) -> str:
         rule = "-" * 78
@@ -176,8 +206,10 @@ class Soak:
         self.sends_done = asyncio.Event()
         self.accepted_changed = asyncio.Event()
         self.pg = Postgres(workdir / "pg")
-        self.broker: BrokerProcess | None = None
+        self.cluster: Cluster | None = None
         self.dsn = ""
+        self.samples: list[Sample] = []
+        self.outages: list[tuple[float, float]] = []
         self.receiver = Receiver()
         self.receiver.answer = self.answer
         # Drawn apart from self.rng, whose draws the concurrent tasks share.
@@ -192,8 +224,9 @@ class Soak:
 
     # -- sending --
 
-    async def send_all(self, http: httpx.AsyncClient, api_keys: list[str]) -> None:
-        """Message i through account i mod the accounts (one per phone kind)."""
+    async def send_all(self, http: list[httpx.AsyncClient], api_keys: list[str]) -> None:
+        """Message i through account i mod the accounts (one per phone kind),
+        at node i mod the nodes."""
         gate = asyncio.Semaphore(self.cfg.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         start = time.monotonic()
@@ -212,13 +245,15 @@ class Soak:
         self.sends_done.set()
         self.accepted_changed.set()  # wakes a fault still waiting for its mark
 
-    async def send_one(self, http: httpx.AsyncClient, api_key: str, i: int) -> None:
+    async def send_one(self, nodes: list[httpx.AsyncClient], api_key: str, i: int) -> None:
+        """Retried at the next node each time (a load balancer's next pick)."""
         idem = f"soak-{self.cfg.seed}-{i}"
         body = {"recipient": f"+1650253{i % 10000:04d}", "message": f"soak {self.cfg.seed} #{i}"}
         headers = {"x-api-key": api_key, "Idempotency-Key": idem}
         deadline = time.monotonic() + self.cfg.give_up_s
         for attempt in range(1, 1_000_000):
             began = time.monotonic()
+            http = nodes[(i + attempt - 1) % len(nodes)]
             try:
                 r = await http.post("/messages/send", json=body, headers=headers)
             except httpx.TimeoutException:
@@ -249,9 +284,10 @@ class Soak:
 
     # -- faults --
 
-    async def run_faults(self, health: httpx.AsyncClient) -> None:
+    async def run_faults(self, health: list[httpx.AsyncClient]) -> None:
         """Each fault when a random share (10-90 %) of the messages is accepted."""
-        kinds = ["kill"] * self.cfg.kills + ["pg restart"] * self.cfg.pg_restarts
+        kinds = (["kill"] * self.cfg.kills + ["pg restart"] * self.cfg.pg_restarts
+                 + ["node kill"] * self.cfg.node_kills)
         self.rng.shuffle(kinds)
         marks = sorted(self.rng.uniform(0.1, 0.9) * self.cfg.messages for _ in kinds)
         for kind, mark in zip(kinds, marks, strict=True):
@@ -262,41 +298,80 @@ class Soak:
             self.faults.append(fault)
             if kind == "kill":
                 await self.kill_broker(fault, health)
+            elif kind == "node kill":
+                await self.kill_node(fault, health)
             else:
                 await self.restart_pg(fault, health)
 
-    async def kill_broker(self, fault: Fault, health: httpx.AsyncClient) -> None:
-        assert self.broker is not None
-        await asyncio.to_thread(self.broker.kill)
-        self.broker.start()
-        fault.recovered_s = await wait_healthy(health, self.broker, self.cfg.recover_s)
-        if fault.recovered_s is None:
-            self.evidence.fault_problems.append(
-                f"kill at {fault.at_s:.1f} s: no /health ok within {self.cfg.recover_s:g} s"
-                f" of the restart (exit code {self.broker.exited()})")
+    def victim(self) -> BrokerProcess:
+        """The node to kill: the only one, or one of the running at random."""
+        assert self.cluster is not None
+        running = self.cluster.running()
+        return running[0] if len(self.cluster.brokers) == 1 else self.rng.choice(running)
 
-    async def restart_pg(self, fault: Fault, health: httpx.AsyncClient) -> None:
-        assert self.broker is not None
+    async def kill_broker(self, fault: Fault, health: list[httpx.AsyncClient]) -> None:
+        """SIGKILL, started again at once (on its port, under its name)."""
+        assert self.cluster is not None
+        broker = self.victim()
+        if len(self.cluster.brokers) > 1:
+            fault.note = broker.node
+        await asyncio.to_thread(self.cluster.kill, broker)
+        self.cluster.start(broker)
+        await self.recover(fault, health, [broker], "the restart")
+
+    async def kill_node(self, fault: Fault, health: list[httpx.AsyncClient]) -> None:
+        """SIGKILL, down `node_down_s`, then started again; one of its phones
+        offline for `offline_s` from the kill (the others move at once)."""
+        assert self.cluster is not None
+        broker = self.victim()
+        on_it = [s for s in self.sims if s.route.timeline and s.route.timeline[-1][1] == broker.node]
+        await asyncio.to_thread(self.cluster.kill, broker)
+        killed = self.now()
+        held = self.rng.choice(on_it) if on_it and self.cfg.offline_s > 0 else None
+        if held is not None:
+            go_offline(held, killed + self.cfg.offline_s)
+        await asyncio.sleep(self.cfg.node_down_s)
+        self.cluster.start(broker)
+        fault.note = (f"{broker.node} down {self.now() - killed:.1f} s, {len(on_it)} phone(s) on it"
+                      + (f", {held.name} offline {self.cfg.offline_s:g} s" if held else ""))
+        await self.recover(fault, health, [broker], "its start")
+
+    async def recover(self, fault: Fault, health: list[httpx.AsyncClient],
+                      brokers: list[BrokerProcess], since: str) -> None:
+        """/health ok at each of `brokers` again, or a fault problem."""
+        assert self.cluster is not None
+        started = time.monotonic()
+        for broker in brokers:
+            client = health[self.cluster.brokers.index(broker)]
+            if await wait_healthy(client, broker, self.cfg.recover_s) is None:
+                self.evidence.fault_problems.append(
+                    f"{fault.kind} at {fault.at_s:.1f} s: no /health ok at {broker.node} within"
+                    f" {self.cfg.recover_s:g} s of {since} (exit code {broker.exited()})")
+                return
+        fault.recovered_s = time.monotonic() - started
+
+    async def restart_pg(self, fault: Fault, health: list[httpx.AsyncClient]) -> None:
+        assert self.cluster is not None
+        asking = self.cluster.brokers.index(self.cluster.running()[0])
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.pg.stop)
+        stopped = self.now()
         down = loop.time()
         # What /health says while PostgreSQL is down (`degraded` is promised).
         seen: Counter[str] = Counter()
         while loop.time() - down < self.cfg.pg_down_s:
             try:
-                r = await health.get("/health", timeout=3)
+                r = await health[asking].get("/health", timeout=3)
                 seen[f"{r.status_code} {r.json().get('status')}"] += 1
             except (httpx.TransportError, ValueError) as err:
                 seen[type(err).__name__] += 1
             await asyncio.sleep(0.2)
         await asyncio.to_thread(self.pg.start)
+        self.outages.append((stopped, self.now()))
         fault.note = (f"down {loop.time() - down:.1f} s, /health meanwhile "
                       + ", ".join(f"{k} x{n}" for k, n in sorted(seen.items())))
-        fault.recovered_s = await wait_healthy(health, self.broker, self.cfg.recover_s)
-        if fault.recovered_s is None:
-            self.evidence.fault_problems.append(
-                f"PostgreSQL restart at {fault.at_s:.1f} s: no /health ok within"
-                f" {self.cfg.recover_s:g} s of its start (the pool did not heal)")
+        await self.recover(fault, health, self.cluster.running(),
+                           "its start (the pool did not heal)")
 
     # -- the webhook receiver --
 
@@ -360,6 +435,47 @@ class Soak:
                     async with asyncio.timeout(3):
                         await sim.drop_connection()
 
+    # -- presence --
+
+    async def sample_all(self) -> None:
+        """The presence table every `sample_s`, until cancelled; none while
+        PostgreSQL is away."""
+        db: asyncpg.Connection | None = None
+        try:
+            while True:
+                try:
+                    if db is None or db.is_closed():
+                        db = await asyncpg.connect(self.dsn, timeout=2)
+                    self.samples.append(await sample_presence(db, self.now))
+                except (*store.DATABASE_DOWN, asyncpg.PostgresError):
+                    if db is not None:
+                        db.terminate()
+                    db = None
+                await asyncio.sleep(self.cfg.sample_s)
+        finally:
+            if db is not None:
+                db.terminate()
+
+    async def sample_end(self) -> None:
+        """The end's sample: the first that passes the presence checks' end,
+        or the last within a killed node's lapse and a reconnect (they are
+        settled by then, or something keeps them from it)."""
+        e = self.evidence
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + e.lapse_s + e.reconnect_s + 2.0
+        db = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            while True:
+                e.timelines = {s.device_id or "": list(s.route.timeline) for s in self.sims}
+                e.presence_end = await sample_presence(db, self.now)
+                if loop.time() > deadline or not any(
+                        p.startswith("at the end") for check in (rows_live, rows_where_connected)
+                        for p in check(e)[0]):
+                    return
+                await asyncio.sleep(self.cfg.sample_s)
+        finally:
+            await db.close()
+
     def phone_done(self, sim: SoakSim | SoakAppSim, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
@@ -411,8 +527,10 @@ class Soak:
                 self.attempts[r["outcome"]] = r["n"]
         finally:
             await db.close()
-        if self.broker is not None and self.broker.exited() is not None:
-            e.fault_problems.append(f"the broker exited by itself (code {self.broker.exited()})")
+        assert self.cluster is not None
+        for broker in self.cluster.running():
+            if broker.exited() is not None:
+                e.fault_problems.append(f"{broker.node} exited by itself (code {broker.exited()})")
         e.sends = {s.device_id or "": Counter(s.sent_count) for s in self.sims}
         e.kinds = {s.device_id or "": s.kind for s in self.sims}
         e.outcomes = dict(self.outcomes)
@@ -422,6 +540,15 @@ class Soak:
             sim = by_device.get(row.device_id or "")
             if sim is not None and not is_final(row.status, self.outcomes.get(mid)):
                 e.phone_views[mid] = sim.view(mid)
+        e.presence = list(self.samples)
+        e.lives = {node: list(life) for node, life in self.cluster.lives.items()}
+        e.outages = list(self.outages)
+        e.jobs_seen = [job for s in self.sims for job in s.route.jobs]
+        # A killed node's rows: its lease lapses (lease_s after its last
+        # renewal), then a live node's lease turn reaps them (every lease / 3).
+        e.lapse_s = self.cfg.lease_s * 4 / 3 + 1.0
+        e.reconnect_s = self.cfg.reconnect_s
+        await self.sample_end()
 
     async def run(self) -> tuple[float, float, float]:
         """Everything but clean-up; returns (send phase s, settle s, drain s)."""
@@ -429,34 +556,41 @@ class Soak:
         tenant = await prepare(await asyncio.to_thread(self.pg.start_first), self.cfg.phones,
                                smsgate)
         self.dsn = tenant.dsn
-        self.broker = BrokerProcess(self.workdir, tenant.dsn, free_port())
-        self.broker.start()
+        cluster = self.cluster = Cluster(self.workdir, tenant.dsn, self.cfg.nodes, self.cfg.bus,
+                                         self.cfg.lease_s, self.now)
+        await asyncio.to_thread(cluster.start_all)
         await self.receiver.start()
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         limits = httpx.Limits(max_connections=self.cfg.concurrency + 4)
-        async with httpx.AsyncClient(base_url=self.broker.url, timeout=8.0, trust_env=False,
-                                     limits=limits) as http, \
-                httpx.AsyncClient(base_url=self.broker.url, timeout=2.0,
-                                  trust_env=False) as health:
+        async with contextlib.AsyncExitStack() as clients:
+            http = [await clients.enter_async_context(httpx.AsyncClient(
+                base_url=url, timeout=8.0, trust_env=False, limits=limits))
+                for url in cluster.urls]
+            health = [await clients.enter_async_context(httpx.AsyncClient(
+                base_url=url, timeout=2.0, trust_env=False)) for url in cluster.urls]
             try:
-                if await wait_healthy(health, self.broker, self.cfg.recover_s) is None:
-                    raise RuntimeError(f"no /health ok within {self.cfg.recover_s:g} s of start")
-                await self.subscribe(http, tenant.keys)
-                for device_id, name, token, transport in tenant.devices:
+                for broker, client in zip(cluster.brokers, health, strict=True):
+                    if await wait_healthy(client, broker, self.cfg.recover_s) is None:
+                        raise RuntimeError(f"no /health ok at {broker.node} within"
+                                           f" {self.cfg.recover_s:g} s of start")
+                await self.subscribe(http[0], tenant.keys)
+                for i, (device_id, name, token, transport) in enumerate(tenant.devices):
+                    route = Route(cluster.names, cluster.urls, i, self.now)
                     sim: SoakSim | SoakAppSim
                     if transport == store.SMSGATE:
-                        sim = SoakAppSim(self.broker.url, token, device_id, name,
+                        sim = SoakAppSim(route, token, device_id, name,
                                          SoakAppPhone(self.cfg.seed, self.outcomes),
                                          delay_ms=self.rng.randint(0, 200))
                     else:
-                        sim = SoakSim(self.broker.url, token, device_id, name,
+                        sim = SoakSim(route, token, device_id, name,
                                       SoakPhone(self.cfg.seed, self.outcomes),
                                       delay_ms=self.rng.randint(0, 200))
                     self.sims.append(sim)
                     task = loop.create_task(sim.run(), name=name)
                     task.add_done_callback(functools.partial(self.phone_done, sim))
                     tasks.append(task)
+                tasks.append(loop.create_task(self.sample_all()))
                 await _wait_for(lambda: all(s.connected for s in self.sims), 15.0,
                                 "every phone to connect")
                 dropper = loop.create_task(self.drop_phones())
@@ -504,7 +638,10 @@ class Soak:
             "retries": f"{sum(self.retries.values())} ({_counts(self.retries)})",
             "answers": _counts(e.answers),
             f"answers after > {SLOW_S:g} s": self.slow,
+            "nodes": (f"{cfg.nodes} ({cfg.bus} bus, lease {cfg.lease_s:g} s)" if cfg.nodes > 1
+                      else "1"),
             "broker SIGKILLs": sum(f.kind == "kill" for f in self.faults),
+            "node SIGKILLs (down a while)": sum(f.kind == "node kill" for f in self.faults),
             "PostgreSQL restarts": sum(f.kind == "pg restart" for f in self.faults),
             "final by status": _counts(final_counts(e.rows)),
             "phones reported": _counts(Counter(self.outcomes.values())),
@@ -522,6 +659,11 @@ class Soak:
                                               for j in s.jobs.values()),
             "app PATCHes said again": sum(s.patch_retries for s in apps),
             "phone drops / reconnects": f"{sum(s.drops for s in self.sims)} / {reconnects}",
+            "phone moves to another node": sum(s.route.moves for s in self.sims),
+            "phones per node at the end": _counts(Counter(
+                s.route.timeline[-1][1] or "none" for s in self.sims if s.route.timeline)),
+            "jobs to phones, by node": _counts(Counter(j.node for j in e.jobs_seen)),
+            "presence samples": f"{len(e.presence)}, every {cfg.sample_s:g} s",
             "send phase": f"{send_s:.1f} s at {cfg.rate:g}/s, {cfg.concurrency} in flight",
             "settle (until all final)": f"{settle_s:.1f} s",
             **self.webhook_figures(drain_s),
@@ -574,9 +716,15 @@ def _message(r: httpx.Response) -> str | None:
     return body.get("message") if isinstance(body, dict) else None
 
 
+def _log_tails(logs: list[Path], lines: int) -> str:
+    return "\n".join(f"errors in {log}:\n{errors(log)}\nlast lines:\n{tail(log, lines)}"
+                     for log in logs)
+
+
 async def run_soak(cfg: SoakConfig) -> SoakReport:
-    """One soak. Always stops the broker and the PostgreSQL it started; the
-    work dir is removed after a pass unless `cfg.keep` or `cfg.workdir`."""
+    """One soak. Always stops the brokers (the nats-server) and the
+    PostgreSQL it started; the work dir is removed after a pass unless
+    `cfg.keep` or `cfg.workdir`."""
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="smsdora-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     soak = Soak(cfg, workdir)
@@ -589,16 +737,17 @@ async def run_soak(cfg: SoakConfig) -> SoakReport:
                 subprocess.SubprocessError) as err:
             what = (f"not done within {cfg.overall_s:g} s" if isinstance(err, TimeoutError)
                     else f"{type(err).__name__}: {err}")
-            log = workdir / "broker.log"
+            logs = soak.cluster.logs if soak.cluster else [workdir / "broker.log"]
             raise SoakAborted(f"soak aborted at {soak.now():.1f} s: {what}\nwork dir {workdir}\n"
-                              f"errors in broker.log:\n{errors(log)}\n"
-                              f"last lines:\n{tail(log, 20)}") from err
+                              f"{_log_tails(logs, 20)}") from err
+        assert soak.cluster is not None
         report = SoakReport(cfg, soak.evidence, check_all(soak.evidence), soak.faults,
-                            soak.figures(send_s, settle_s, drain_s), workdir, soak.now())
+                            soak.figures(send_s, settle_s, drain_s), workdir, soak.now(),
+                            soak.cluster.logs)
         return report
     finally:
-        if soak.broker is not None:
-            await asyncio.to_thread(soak.broker.shutdown)
+        if soak.cluster is not None:
+            await asyncio.to_thread(soak.cluster.shutdown)
         await asyncio.to_thread(soak.pg.shutdown)
         if report is not None and report.ok and not cfg.keep and cfg.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -622,21 +771,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=d.settle_s, metavar="SECONDS")
     p.add_argument("--receiver-down", type=float, default=d.receiver_down_s, metavar="SECONDS",
                    help="how long the webhook receiver is off the network, once")
+    p.add_argument("--nodes", type=int, default=d.nodes,
+                   help="broker nodes on the one PostgreSQL (CONTRACT section 13)")
+    p.add_argument("--bus", choices=("postgres", "nats"), default=d.bus,
+                   help="between the nodes: LISTEN/NOTIFY, or a nats-server of the soak's own")
+    p.add_argument("--node-kills", type=int, default=d.node_kills, metavar="K",
+                   help="SIGKILLs of a node that stays down a while (--nodes 2 or more)")
+    p.add_argument("--node-down", type=float, default=d.node_down_s, metavar="SECONDS",
+                   help="how long a node killed by --node-kills stays down")
     p.add_argument("--workdir", type=Path, help="default: a fresh temp dir")
     p.add_argument("--keep", action="store_true", help="keep the work dir after a pass")
     args = p.parse_args(argv)
     if (args.messages < 1 or args.phones < 1 or args.kills < 0 or args.pg_restarts < 0
             or args.rate <= 0 or args.concurrency < 1
-            or not 0 <= (args.smsgate or 0) <= args.phones):
-        p.error("--messages, --phones, --concurrency at least 1; --rate above 0;"
-                " --kills and --pg-restarts not negative; --smsgate at most --phones")
+            or not 0 <= (args.smsgate or 0) <= args.phones or args.nodes < 1
+            or args.node_kills < 0 or (args.node_kills and args.nodes < 2)):
+        p.error("--messages, --phones, --concurrency, --nodes at least 1; --rate above 0;"
+                " --kills, --pg-restarts, --node-kills not negative; --smsgate at most"
+                " --phones; --node-kills with --nodes 2 or more")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     cfg = SoakConfig(messages=args.messages, phones=args.phones, smsgate=args.smsgate,
                      kills=args.kills,
                      pg_restarts=args.pg_restarts, seed=args.seed, rate=args.rate,
                      concurrency=args.concurrency, pg_down_s=args.pg_down,
                      settle_s=args.settle, receiver_down_s=args.receiver_down,
-                     workdir=args.workdir, keep=args.keep)
+                     workdir=args.workdir, keep=args.keep, nodes=args.nodes, bus=args.bus,
+                     node_kills=args.node_kills, node_down_s=args.node_down)
     try:
         report = asyncio.run(run_soak(cfg))
     except SoakAborted as err:
