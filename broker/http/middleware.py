@@ -27,6 +27,11 @@ from broker.ops import logs, metrics
 
 # The logger docs/OPERATIONS.md shows the request line under.
 log = logging.getLogger("smsdora.app")
+# HTTP_LATENCY's children by (method, route, status), looked up once each
+# rather than through prometheus_client's lock on every request (bounded:
+# a client's made-up methods are not kept).
+_latency: dict[tuple[str, str, int], Any] = {}
+_LATENCY_CACHED = 512
 
 WebSocketHandler = Callable[[WebSocket], Awaitable[None]]
 
@@ -112,7 +117,13 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             endpoint = scope.get("endpoint")
             route = getattr(endpoint, "__name__", "unmatched")
-            metrics.HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(elapsed)
+            labels = (scope["method"], route, status)
+            child = _latency.get(labels)
+            if child is None:
+                child = metrics.HTTP_LATENCY.labels(scope["method"], route, str(status))
+                if len(_latency) < _LATENCY_CACHED:
+                    _latency[labels] = child
+            child.observe(elapsed)
             log.info("request", extra={"method": scope["method"], "route": route,
                                        "status": status, "ms": round(elapsed * 1000, 2),
                                        "client": address})
