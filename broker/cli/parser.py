@@ -14,6 +14,12 @@ from broker.settings import Settings
 from protocol import lifecycle
 
 
+def _workers(raw: str) -> int:
+    """`serve --workers`: a count; 0 or auto, one per core."""
+    count = 0 if raw.strip().lower() == "auto" else nonnegative(raw.strip())
+    return count or os.cpu_count() or 1
+
+
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     # `--json` before the command sets the default; the same flag after it
     # must not reset that default to False, hence SUPPRESS on the children.
@@ -47,6 +53,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                    help="serve HTTPS with this certificate chain (smsdora tls makes one)")
     p.add_argument("--tls-key", type=Path, default=settings.tls_key, metavar="PEM",
                    help="the certificate's private key")
+    p.add_argument("--workers", type=_workers, default=env.get("SMSDORA_WORKERS") or "1",
+                   metavar="N", help="broker nodes on this host, all on one port (SO_REUSEPORT),"
+                   " named SMSDORA_NODE-1..N (default 1: one process, SMSDORA_WORKERS;"
+                   " 0 or auto: one per core; docs/SCALING.md)")
+    # Set by the supervisor of --workers on the workers it starts.
+    p.add_argument("--worker-of", type=positive, metavar="PID", help=argparse.SUPPRESS)
     p = leaf(commands, "tls", "make a local CA and a server certificate for phones on the LAN",
              remote.tls, db=False)
     p.add_argument("--host", action="append", metavar="NAME_OR_IP",

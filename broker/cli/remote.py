@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import socket
+import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
+import asyncpg
 import msgspec
 
+from broker import store
 from broker.cli.commands import migrate, run_db
 from broker.cli.common import CliError, Failed, Output
 from broker.ops import embedded_pg
 from broker.settings import Settings
 
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger("smsdora.serve")
 
 
 
@@ -122,10 +128,79 @@ def serve(args: argparse.Namespace, settings: Settings) -> Output:
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise CliError(f"no such file: {path}")
+    if args.worker_of is not None:
+        return _serve_worker(args, settings)
+    if args.workers > 1:
+        if not sys.platform.startswith("linux"):
+            raise CliError("--workers needs Linux (SO_REUSEPORT spreading connections)")
+        if args.port == 0:
+            raise CliError("--workers needs a port: with 0 each worker would get one of its own")
+        _check_free(args.host, args.port)  # before the embedded PostgreSQL starts
     dsn = embedded_pg.database_url(settings)
     run_db(migrate, args, settings.with_(database_url=dsn))
     logs.setup(settings.log_level)
-    server.run(create_app(settings, dsn), settings, args.host, args.port)
+    if args.workers == 1:
+        server.run(create_app(settings, dsn), settings, args.host, args.port)
+        return Output({}, "")
+    return Output({}, "", _supervise(args, settings, dsn))
+
+
+def _supervise(args: argparse.Namespace, settings: Settings, dsn: str) -> int:
+    """`serve --workers N` (broker/ops/workers.py): this process keeps the
+    embedded PostgreSQL, if that is the database, for as long as it runs."""
+    from broker.ops import workers
+
+    settings.server_secret()  # made once here, not raced for by N workers
+    tls = [] if args.tls_cert is None else ["--tls-cert", str(args.tls_cert),
+                                            "--tls-key", str(args.tls_key)]
+    argv = [sys.executable, "-m", "broker", "serve", "--host", args.host, "--port",
+            str(args.port), "--worker-of", str(os.getpid()), *tls]
+    return workers.Supervisor(workers.specs(settings, args.workers), lambda _spec: argv,
+                              lambda spec: workers.worker_env(os.environ, spec, dsn)).run()
+
+
+def _check_free(host: str, port: int) -> None:
+    from broker.ops import workers
+
+    try:
+        workers.check_free(host, port)
+    except OSError as err:
+        raise Failed(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+async def _same_schema(db: asyncpg.Connection, args: argparse.Namespace,
+                       settings: Settings) -> Output:
+    """A worker runs the code on disk at its start, which an upgrade may
+    have replaced since its supervisor migrated (a worker started again
+    after a crash): it serves only the schema its code knows; the
+    supervisor, restarted, migrates."""
+    version = await store.migrate.check(db)  # SchemaTooNew: exit 2, as serve
+    known = store.migrate.discover()[-1].version
+    if version != known:
+        raise CliError(f"the database is at schema version {version}, this code at {known}:"
+                       " restart serve to migrate")
+    return Output({}, "")
+
+
+def _serve_worker(args: argparse.Namespace, settings: Settings) -> Output:
+    """One node of `serve --workers`: its supervisor migrated and holds the
+    database; this one listens in the port's SO_REUSEPORT group."""
+    from broker.app import create_app
+    from broker.ops import logs, server, workers
+
+    workers.follow_parent(args.worker_of)
+    if settings.database_url is None:
+        raise CliError("--worker-of is set by serve --workers, with DATABASE_URL")
+    run_db(_same_schema, args, settings)
+    logs.setup(settings.log_level)
+    workers.tag_logs(settings.node)
+    try:
+        sock = workers.bind(args.host, args.port)
+    except OSError as err:
+        raise Failed(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    log.info("worker bound; it listens once started", extra={"address": f"{args.host}:{args.port}"})
+    server.run(create_app(settings, settings.database_url), settings, args.host, args.port,
+               sockets=[sock])
     return Output({}, "")
 
 

@@ -30,8 +30,11 @@ log = logging.getLogger("smsdora.server")
 connections_log = logging.getLogger("smsdora.connections")
 
 
-def run(app: Any, settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+def run(app: Any, settings: Settings, host: str, port: int,
+        sockets: list[socket.socket] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully; on `sockets`
+    when given (a worker of `serve --workers`: broker/ops/workers.py), else
+    on host:port."""
     cap = max_connections(settings)
     if cap != settings.max_connections:
         log.warning("connection cap lowered to what the descriptor limit holds",
@@ -44,7 +47,7 @@ def run(app: Any, settings: Settings, host: str, port: int) -> None:
     # which a process killed by the default SIGTERM action would leave behind.
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        DrainingServer(uvicorn_config(app, settings, host, port)).run()
+        DrainingServer(uvicorn_config(app, settings, host, port)).run(sockets=sockets)
     except (KeyboardInterrupt, _Stopped):
         pass
     finally:
