@@ -50,14 +50,33 @@ class SendBatch:
     async def insert(self, row: store.NewMessage) -> Outcome:
         """Write `row` with the others of its batch; its outcome once the
         batch committed (None: send it alone)."""
+        future = self.submit(row)
+        try:
+            return await asyncio.shield(future)  # the batch is not the caller's to cancel
+        except asyncio.CancelledError:
+            self.withdraw(future)
+            raise
+
+    def submit(self, row: store.NewMessage) -> asyncio.Future[Outcome]:
+        """`row` into the next batch; its outcome comes on the future."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._waiting.append((row, future))
         if not self._scheduled and self._writers < IN_FLIGHT:
             self._scheduled = True
             loop.call_soon(self._start)  # the rest of this loop turn joins
-        # Shielded: a caller cancelled meanwhile leaves the batch as it is.
-        return await asyncio.shield(future)
+        return future
+
+    def withdraw(self, future: asyncio.Future[Outcome]) -> bool:
+        """Take a row back if its batch has not gone to PostgreSQL yet (its
+        caller gave up: a request past its deadline). False: it is being
+        written, and its outcome still comes."""
+        for i, (_, waiting) in enumerate(self._waiting):
+            if waiting is future:
+                del self._waiting[i]
+                future.cancel()
+                return True
+        return False
 
     def _start(self) -> None:
         self._scheduled = False

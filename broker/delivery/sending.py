@@ -9,6 +9,7 @@ can be rebuilt from the database after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import time
@@ -52,6 +53,7 @@ class Sender:
         self.peers = peers or Peers(pool, None, "")
         # Sends outside a transaction of their own share statements and commits.
         self.batch = SendBatch(pool)
+        self._orphans: set[asyncio.Task[None]] = set()
         self.presence = presence
         self.queue = queue
         self.max_queued = max_queued
@@ -211,9 +213,20 @@ class Sender:
         """The message's INSERT, which takes its unit of the monthly quota in
         the same statement (contract section 3, v2)."""
         if db is self.pool:
-            batched = await self.batch.insert(store.NewMessage(
+            future = self.batch.submit(store.NewMessage(
                 job.id, job.account_id, device_id, job.recipient, job.body, status,
                 job.expires_at, job.created_at, job.key_id, job.key_prefix, job.quota))
+            try:
+                batched = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # The request gave up (its deadline). A row already being
+                # written may still be committed: then its job goes to the
+                # phone all the same, rather than wait for a reconnect.
+                if not self.batch.withdraw(future) and device_id is not None \
+                        and status == lifecycle.DISPATCHING:
+                    future.add_done_callback(
+                        lambda f: self._orphan_written(f, job, device_id))
+                raise
             if batched is not None:
                 return batched
             # Its quota unit needs a look of its own (a stripe filled
@@ -232,6 +245,20 @@ class Sender:
             elif written is not store.Inserted.CONTENDED:
                 return written
         raise Unavailable("Monthly quota busy, try again", headers={"Retry-After": "1"})
+
+    def _orphan_written(self, future: asyncio.Future[store.Inserted | None], job: _NewJob,
+                        device_id: uuid.UUID) -> None:
+        """A send whose request was cancelled while its batch was written."""
+        if future.cancelled() or future.exception() is not None \
+                or future.result() is not store.Inserted.WRITTEN:
+            return
+        conn = self.presence.get(device_id)
+        if conn is not None:
+            task = asyncio.get_running_loop().create_task(hand(
+                self.presence, conn, job.id,
+                Job(id=str(job.id), recipient=job.recipient, message=job.body)))
+            self._orphans.add(task)
+            task.add_done_callback(self._orphans.discard)
 
     async def _deliver(self, job: _NewJob, accepted: _Accepted) -> None:
         """After the commit: the job frame to the phone, or a wake-up for the queue."""

@@ -157,3 +157,23 @@ async def test_batches_and_single_sends_of_one_account_never_overshoot_together(
     assert await db.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", acc.id) == 40
     assert await db.fetchval("SELECT sum(used) FROM account_usage WHERE account_id = $1",
                              acc.id) == 40
+
+
+async def test_a_send_given_up_before_its_batch_left_is_never_written(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    """A request past its deadline is cancelled: if its row is still
+    waiting, it is taken out; once the batch is in PostgreSQL it is written
+    all the same (and its outcome still comes on the future)."""
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    batch = SendBatch(pool)
+    early, late = row(acc, dev, body="early"), row(acc, dev, body="late")
+    gave_up = batch.submit(early)
+    assert batch.withdraw(gave_up) is True  # same loop turn: the batch has not left
+    assert gave_up.cancelled()
+    future = batch.submit(late)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the batch is in flight now
+    assert batch.withdraw(future) is False
+    assert await future is store.Inserted.WRITTEN
+    assert {r["body"] for r in await db.fetch("SELECT body FROM messages")} == {"late"}
