@@ -132,6 +132,16 @@ class JobSeen:
     message_id: str
 
 
+@dataclass(frozen=True)
+class NoDevice:
+    """A send answered 400 "No eligible device available", by `node`, at
+    `at_s`, for the account whose phones are of `kind`."""
+
+    at_s: float
+    node: str
+    kind: str
+
+
 # A phone's connections: (when, the node it is connected to, None for none),
 # one entry a change. A node's life: (when, running), one entry a change.
 Timeline = list[tuple[float, str | None]]
@@ -166,6 +176,7 @@ class Evidence:
     lives: dict[str, Life] = field(default_factory=dict)  # node -> its process's life
     outages: list[tuple[float, float]] = field(default_factory=list)
     jobs_seen: list[JobSeen] = field(default_factory=list)
+    no_device: list[NoDevice] = field(default_factory=list)
     # How long a killed node's rows may stay (its lease lapsing, then a
     # reaper's turn), and how long a phone's row may lag its connection.
     lapse_s: float = 0.0
@@ -560,6 +571,22 @@ def jobs_through_holder(e: Evidence) -> Verdict:
                       f" {checked} between settled samples each through its holder")
 
 
+def sends_reach_any_node(e: Evidence) -> Verdict:
+    problems = []
+    for answer in e.no_device:
+        online = sorted(
+            f"{device} on {node}" for device, timeline in e.timelines.items()
+            if e.kinds.get(device) == answer.kind
+            and (node := _at(timeline, answer.at_s, None)) is not None
+            and _running(e, node, answer.at_s, answer.at_s)
+            and _settled(e, timeline, answer.at_s, answer.at_s))
+        if online:
+            problems.append(f"{answer.node} at {answer.at_s:.1f} s: no eligible device for the"
+                            f" {answer.kind} account, while {', '.join(online)}")
+    return problems, (f"{len(e.no_device)} sends answered no eligible device, each while no"
+                      " phone of its account was settled on a running node")
+
+
 def recovered(e: Evidence) -> Verdict:
     return e.fault_problems, "/health ok again after each kill and PostgreSQL restart"
 
@@ -588,6 +615,7 @@ CHECKS: Final[dict[str, Callable[[Evidence], Verdict]]] = {
     "presence: every row held by a live node": rows_live,
     "presence: each phone's row where it is": rows_where_connected,
     "presence: jobs only through the holder": jobs_through_holder,
+    "nodes: a send reaches a phone on any node": sends_reach_any_node,
 }
 
 

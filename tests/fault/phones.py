@@ -130,6 +130,11 @@ class Route:
         self._connected_since_attempt = True
         self._change(self.node)
 
+    def dropping(self) -> None:
+        """The soak cuts the connection: from now on the node may see it
+        gone (and its row go) before the phone's own end of it has closed."""
+        self._change(None)
+
     def disconnected(self) -> None:
         """An attempt ended (a session, or a connection that never opened)."""
         self._change(None)

@@ -94,6 +94,7 @@ class Tenant:
     # An API key with messages:send and webhooks:write per account, one
     # account per phone kind.
     keys: list[str]
+    key_kinds: list[str]  # the kind of phone (transport) of each key's account
     devices: list[tuple[str, str, str, str]]  # (id, name, token, transport)
 
 
@@ -142,7 +143,7 @@ async def prepare(admin_dsn: str, phones: int, smsgate: int = 0) -> Tenant:
             devices.append((str(row.id), row.name, token, transport))
     finally:
         await db.close()
-    return Tenant(dsn, api_keys, devices)
+    return Tenant(dsn, api_keys, list(accounts), devices)
 
 
 # The sender's retries for the soak: the contract's schedule (5 s ... 10 h)

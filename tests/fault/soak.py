@@ -76,6 +76,7 @@ from tests.fault.invariants import (
     Arrival,
     Check,
     Evidence,
+    NoDevice,
     Row,
     Sample,
     Step,
@@ -210,6 +211,8 @@ class Soak:
         self.dsn = ""
         self.samples: list[Sample] = []
         self.outages: list[tuple[float, float]] = []
+        self.key_kinds: dict[str, str] = {}  # API key -> the kind of its account's phones
+        self.remote_sends = 0  # accepted by a node with no phone of the account on it
         self.receiver = Receiver()
         self.receiver.answer = self.answer
         # Drawn apart from self.rng, whose draws the concurrent tasks share.
@@ -264,12 +267,17 @@ class Soak:
                 kind, text = str(r.status_code), r.text
                 if r.status_code == 400 and _message(r) == NO_DEVICE:
                     kind = "400 no eligible device"
+                    self.evidence.no_device.append(
+                        NoDevice(self.now(), self.node_of(http), self.key_kinds[api_key]))
             if time.monotonic() - began > SLOW_S:
                 self.slow += 1
             self.evidence.answers[kind] += 1
             if kind == "201":
                 self.evidence.accepted[idem] = r.json()["data"]["id"]
                 self.accepted_changed.set()
+                node, phones = self.node_of(http), self.key_kinds[api_key]
+                if not any(s.kind == phones and s.route.where() == f"on {node}" for s in self.sims):
+                    self.remote_sends += 1  # its phone is on another node (or none is on any)
                 return
             if kind not in RETRIED and not kind.startswith("connection error"):
                 self.evidence.unexpected.append(f"{idem}: {kind} {text[:200]}")
@@ -281,6 +289,10 @@ class Soak:
             self.retries[kind] += 1
             backoff = min(1.0, 0.05 * 2 ** min(attempt, 5))
             await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+
+    def node_of(self, http: httpx.AsyncClient) -> str:
+        assert self.cluster is not None
+        return next(b.node for b in self.cluster.brokers if b.url == str(http.base_url).rstrip("/"))
 
     # -- faults --
 
@@ -303,11 +315,20 @@ class Soak:
             else:
                 await self.restart_pg(fault, health)
 
-    def victim(self) -> BrokerProcess:
-        """The node to kill: the only one, or one of the running at random."""
+    def victim(self, most_phones: bool = False) -> BrokerProcess:
+        """The node to kill: the only one, or one of the running at random
+        (of those with the most phones on them)."""
         assert self.cluster is not None
         running = self.cluster.running()
-        return running[0] if len(self.cluster.brokers) == 1 else self.rng.choice(running)
+        if len(self.cluster.brokers) == 1:
+            return running[0]
+        if most_phones:
+            count = {b.node: len(self.phones_on(b)) for b in running}
+            running = [b for b in running if count[b.node] == max(count.values())]
+        return self.rng.choice(running)
+
+    def phones_on(self, broker: BrokerProcess) -> list[SoakSim | SoakAppSim]:
+        return [s for s in self.sims if s.route.timeline and s.route.timeline[-1][1] == broker.node]
 
     async def kill_broker(self, fault: Fault, health: list[httpx.AsyncClient]) -> None:
         """SIGKILL, started again at once (on its port, under its name)."""
@@ -320,14 +341,15 @@ class Soak:
         await self.recover(fault, health, [broker], "the restart")
 
     async def kill_node(self, fault: Fault, health: list[httpx.AsyncClient]) -> None:
-        """SIGKILL, down `node_down_s`, then started again; one of its phones
-        offline for `offline_s` from the kill (the others move at once)."""
+        """SIGKILL, down `node_down_s`, then started again. Of the phones on
+        it (it has the most), one is offline for `offline_s` from the kill;
+        the others move to the live nodes at once."""
         assert self.cluster is not None
-        broker = self.victim()
-        on_it = [s for s in self.sims if s.route.timeline and s.route.timeline[-1][1] == broker.node]
+        broker = self.victim(most_phones=True)
+        on_it = self.phones_on(broker)
         await asyncio.to_thread(self.cluster.kill, broker)
         killed = self.now()
-        held = self.rng.choice(on_it) if on_it and self.cfg.offline_s > 0 else None
+        held = self.rng.choice(on_it) if len(on_it) > 1 and self.cfg.offline_s > 0 else None
         if held is not None:
             go_offline(held, killed + self.cfg.offline_s)
         await asyncio.sleep(self.cfg.node_down_s)
@@ -431,6 +453,7 @@ class Soak:
             sim = self.rng.choice(self.sims)
             if sim.connected:
                 sim.drops += 1
+                sim.route.dropping()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(3):
                         await sim.drop_connection()
@@ -556,6 +579,7 @@ class Soak:
         tenant = await prepare(await asyncio.to_thread(self.pg.start_first), self.cfg.phones,
                                smsgate)
         self.dsn = tenant.dsn
+        self.key_kinds = dict(zip(tenant.keys, tenant.key_kinds, strict=True))
         cluster = self.cluster = Cluster(self.workdir, tenant.dsn, self.cfg.nodes, self.cfg.bus,
                                          self.cfg.lease_s, self.now)
         await asyncio.to_thread(cluster.start_all)
@@ -663,6 +687,8 @@ class Soak:
             "phones per node at the end": _counts(Counter(
                 s.route.timeline[-1][1] or "none" for s in self.sims if s.route.timeline)),
             "jobs to phones, by node": _counts(Counter(j.node for j in e.jobs_seen)),
+            "sends taken where no phone was": f"{self.remote_sends} (none of its account's"
+                                              " phones on the node that took it)",
             "presence samples": f"{len(e.presence)}, every {cfg.sample_s:g} s",
             "send phase": f"{send_s:.1f} s at {cfg.rate:g}/s, {cfg.concurrency} in flight",
             "settle (until all final)": f"{settle_s:.1f} s",

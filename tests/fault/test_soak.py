@@ -20,7 +20,17 @@ section 5 keeps a `sent` message open for a delivery report that, here, will
 not come). A `sent` message whose phone reported `delivered` is not final:
 its delivery report is still on its way.
 
-Below the soak, the checker itself on hand-made evidence: a check that
+The same promises hold with three nodes (CONTRACT section 13, fixture
+`three_nodes`): three `python -m broker serve` processes on the one
+PostgreSQL, talking over LISTEN/NOTIFY, the phones spread over them and
+each send at the next node in turn (one node holds no SMS Gateway phone, so
+its sends for that account reach one over the bus); one node is SIGKILLed,
+down 3 s, its phones reconnect to the others (one of them offline 7 s
+first). And no phone is held by two nodes: every presence row held by a
+live node, each phone's row naming the node it is connected to, every job
+through that node. The NATS bus runs in `make soak`.
+
+Below the soaks, the checker itself on hand-made evidence: a check that
 cannot fail proves nothing.
 """
 
@@ -32,7 +42,18 @@ from collections import Counter
 import pytest
 
 from tests.fault import invariants
-from tests.fault.invariants import Arrival, Evidence, Row, Step, history_problem, is_final
+from tests.fault.invariants import (
+    Arrival,
+    Evidence,
+    Held,
+    JobSeen,
+    NoDevice,
+    Row,
+    Sample,
+    Step,
+    history_problem,
+    is_final,
+)
 from tests.fault.phones import OUTCOME_WEIGHTS, outcome_for
 from tests.fault.soak import SoakReport
 
@@ -54,6 +75,27 @@ def test_the_short_soak_ran_its_faults(short_soak: SoakReport) -> None:
     assert short_soak.figures["receiver down"] != "never"
     assert "500" in short_soak.figures["receiver requests"], short_soak.table()
     assert short_soak.duration_s < 60, short_soak.table()
+
+
+@pytest.mark.parametrize("name", list(invariants.CHECKS))
+def test_three_nodes_keep_the_promise(three_nodes: SoakReport, name: str) -> None:
+    check = next(c for c in three_nodes.checks if c.name == name)
+    assert check.ok, (f"{check.name}: {check.detail}\n{three_nodes.table()}\n\n"
+                      f"{three_nodes.log_tail()}")
+
+
+def test_three_nodes_ran_their_faults(three_nodes: SoakReport) -> None:
+    f = three_nodes.figures
+    assert [x.kind for x in three_nodes.faults] == ["node kill"], three_nodes.table()
+    assert f["nodes"].startswith("3 (postgres bus"), three_nodes.table()
+    assert f["answered 201"] == 100
+    # The killed node's phones went on elsewhere (one after its network came back).
+    assert f["phone moves to another node"] >= 1, three_nodes.table()
+    # Sends were taken by nodes holding none of the account's phones: they
+    # reached a phone on another node through the bus, and every check held.
+    assert int(f["sends taken where no phone was"].split()[0]) > 0, three_nodes.table()
+    assert len(three_nodes.evidence.presence) > 10, three_nodes.table()
+    assert len({j.node for j in three_nodes.evidence.jobs_seen}) == 3, three_nodes.table()
 
 
 # --- the checker, on hand-made evidence ---------------------------------------
@@ -138,6 +180,15 @@ def evidence() -> Evidence:
     e.arrivals.insert(0, event("m0", "queued", answered=500))
     e.arrivals.append(Arrival("dev_1", "device.online", None, None, True, 204))
     e.outbox = Counter(delivered=9)
+    # Two nodes; d1 on n1 and d2 on n2 from 1 s, sampled every second, each
+    # job through its phone's node.
+    e.lives = {"n1": [(0.0, True)], "n2": [(0.0, True)]}
+    e.timelines = {"d1": [(1.0, "n1")], "d2": [(1.0, "n2")]}
+    e.presence = [Sample(t, t + 0.1, (Held("d1", "n1", True, True), Held("d2", "n2", True, True)))
+                  for t in (1.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)]
+    e.presence_end = Sample(20.0, 20.1, e.presence[-1].rows)
+    e.jobs_seen = [JobSeen(4.5, "d1", "n1", "m0"), JobSeen(5.5, "d2", "n2", "m1")]
+    e.lapse_s, e.reconnect_s = 3.0, 1.0
     return e
 
 
@@ -295,3 +346,123 @@ def test_an_outbox_left_owing_is_caught() -> None:
         assert failing(e) == {"webhooks: outbox drained"}
     e.outbox = Counter()
     assert failing(e) == {"webhooks: outbox drained"}
+
+
+# --- no phone held by two nodes, on hand-made evidence -------------------------
+
+
+def rows(*held: Held) -> tuple[Held, ...]:
+    return held
+
+
+def sampled(e: Evidence, at: float, *held: Held) -> None:
+    """Sample `at` (one of evidence()'s) holds `held` instead."""
+    i = next(i for i, s in enumerate(e.presence) if s.started_s == at)
+    e.presence[i] = Sample(at, at + 0.1, held)
+
+
+def test_a_killed_nodes_row_may_stay_only_while_its_lease_lapses() -> None:
+    e = evidence()
+    e.lives["n2"].append((4.5, False))  # killed at 4.5 s; d2 offline from then
+    e.timelines["d2"].append((4.5, None))
+    lapsing = Held("d2", "n2", True, True)  # the dead process's lease still runs
+    sampled(e, 5.0, Held("d1", "n1", True, True), lapsing)
+    sampled(e, 6.0, Held("d1", "n1", True, True), Held("d2", "n2", True, False))
+    sampled(e, 7.0, Held("d1", "n1", True, True))
+    sampled(e, 8.0, Held("d1", "n1", True, True))
+    e.presence_end = Sample(20.0, 20.1, rows(Held("d1", "n1", True, True)))
+    e.jobs_seen.pop()  # no job reached d2 after 4.5 s
+    assert failing(e) == set()
+    sampled(e, 8.0, Held("d1", "n1", True, True), Held("d2", "n2", False, False))  # 3.5 s on
+    assert failing(e) == {"presence: every row held by a live node"}
+    e = evidence()
+    e.presence_end = Sample(20.0, 20.1, rows(Held("d1", "n1", True, True),
+                                             Held("d2", "n2", True, False)))  # lapsed at the end
+    assert failing(e) == {"presence: every row held by a live node",
+                          "presence: each phone's row where it is"}  # d2 is on n2: no holder
+
+
+def test_a_row_of_a_node_not_running_is_caught_even_with_a_live_lease() -> None:
+    e = evidence()
+    e.lives["n3"] = [(0.0, True), (1.0, False)]
+    e.presence_end = Sample(20.0, 20.1, (*e.presence[-1].rows, Held("d3", "n3", True, True)))
+    assert "presence: every row held by a live node" in failing(e)
+
+
+def test_a_phone_whose_row_names_another_node_is_caught() -> None:
+    e = evidence()
+    e.timelines["d2"] += [(4.2, None), (4.8, "n1")]  # moved to n1 at 4.8 s
+    e.jobs_seen.pop()
+    # Its row still names n2 at 5 s (within a reconnect): that may be.
+    sampled(e, 5.0, Held("d1", "n1", True, True), Held("d2", "n2", True, True))
+    for t in (6.0, 7.0, 8.0):
+        sampled(e, t, Held("d1", "n1", True, True), Held("d2", "n1", True, True))
+    e.presence_end = Sample(20.0, 20.1, e.presence[-1].rows)
+    assert failing(e) == set()
+    sampled(e, 6.0, Held("d1", "n1", True, True), Held("d2", "n2", True, True))  # 1.2 s on
+    assert failing(e) == {"presence: each phone's row where it is"}
+    e.presence_end = Sample(20.0, 20.1, rows(Held("d1", "n1", True, True)))  # no row at the end
+    assert "at the end: d2 connected to n1, its row names no node" in str(
+        {c.detail for c in invariants.check_all(e)})
+
+
+def test_a_phone_held_while_connected_nowhere_is_caught() -> None:
+    e = evidence()
+    e.timelines["d2"].append((4.2, None))  # its network went; n2 lives on
+    e.jobs_seen.pop()
+    sampled(e, 5.0, Held("d1", "n1", True, True), Held("d2", "n2", True, True))  # 0.8 s on
+    for t in (6.0, 7.0, 8.0):
+        sampled(e, t, Held("d1", "n1", True, True))
+    e.presence_end = Sample(20.0, 20.1, e.presence[-1].rows)
+    assert failing(e) == set()
+    sampled(e, 7.0, Held("d1", "n1", True, True), Held("d2", "n2", True, True))
+    assert failing(e) == {"presence: each phone's row where it is"}
+
+
+def test_an_outage_excuses_rows_not_written_meanwhile() -> None:
+    e = evidence()
+    e.timelines["d2"] += [(4.2, None), (4.3, "n1")]  # moved while PostgreSQL was down
+    e.outages = [(4.0, 5.5)]
+    e.jobs_seen.pop()
+    sampled(e, 6.0, Held("d1", "n1", True, True), Held("d2", "n2", True, True))
+    for t in (7.0, 8.0):
+        sampled(e, t, Held("d1", "n1", True, True), Held("d2", "n1", True, True))
+    e.presence_end = Sample(20.0, 20.1, e.presence[-1].rows)
+    assert failing(e) == set()
+    e.outages = []
+    assert failing(e) == {"presence: each phone's row where it is"}
+
+
+def test_a_job_through_a_node_that_does_not_hold_the_phone_is_caught() -> None:
+    e = evidence()
+    e.jobs_seen.append(JobSeen(6.5, "d1", "n2", "m0"))  # d1 is on n1: not from its socket
+    assert failing(e) == set()  # a job through a node it is not connected to is not counted
+    e = evidence()
+    # d1's row names n2 around a job through n1 (and the row check sees it too).
+    sampled(e, 4.0, Held("d1", "n2", True, True), Held("d2", "n2", True, True))
+    assert failing(e) == {"presence: jobs only through the holder",
+                          "presence: each phone's row where it is"}
+    e = evidence()
+    sampled(e, 5.0, Held("d2", "n2", True, True))  # no row at all after the job
+    assert "presence: jobs only through the holder" in failing(e)
+
+
+def test_a_job_around_a_reconnect_is_not_judged() -> None:
+    e = evidence()
+    e.timelines["d1"] += [(4.1, None), (4.2, "n1")]
+    sampled(e, 4.0, Held("d2", "n2", True, True))  # the row went and came back
+    assert failing(e) == set()
+
+
+def test_no_eligible_device_while_a_phone_was_on_a_node_is_caught() -> None:
+    e = evidence()
+    e.kinds = {"d1": "websocket", "d2": "websocket"}
+    e.timelines["d2"] += [(4.0, None), (4.9, "n1")]
+    e.no_device = [NoDevice(0.5, "n2", "websocket"),  # no phone connected yet
+                   NoDevice(4.4, "n2", "smsgate"),  # that account has no phone here
+                   NoDevice(5.5, "n2", "websocket")]  # d1 on n1 (and d2 just back)
+    assert "nodes: a send reaches a phone on any node" in failing(e)
+    e.no_device.pop()
+    e.lives["n1"].append((4.5, False))  # n1 is killed: d1's socket is gone with it
+    e.no_device.append(NoDevice(5.0, "n2", "websocket"))
+    assert "nodes: a send reaches a phone on any node" not in failing(e)
