@@ -114,6 +114,7 @@ class Broker:
         self.peers.on_queued = self._queued_here
         self.peers.on_stop = self._stop_here
         self.peers.on_rates = self._rates_heard
+        self.peers.on_looked = self._looked_elsewhere
         await store.forget_node(self.pool, self.settings.node)
         loop = asyncio.get_running_loop()
         self._flusher = loop.create_task(self._flush_loop())
@@ -138,7 +139,7 @@ class Broker:
     def _presence_changed(self, conn: Connection, online: bool) -> None:
         """Presence's hook: the shared presence rows, then the webhook events."""
         assert self.lease is not None and self.device_events is not None
-        self.lease.rows.changed(conn, online)
+        self.lease.rows.changed(conn.device_id, conn.connected_at, online)
         self.device_events.changed(conn, online)
 
     def _lease_lost(self) -> None:
@@ -161,6 +162,14 @@ class Broker:
         """Another node queued jobs of the account for our phones: drain."""
         self.dispatcher.queue.filled(account_id)
         self.dispatcher.kick(account_id)
+
+    def _looked_elsewhere(self, device_id: uuid.UUID) -> None:
+        """A phone whose event stream is here listed its jobs at another
+        node: its channel (the SMS Gateway transport's) hears of it."""
+        conn = self.presence.get(device_id)
+        hook = getattr(conn.channel, "looked_elsewhere", None) if conn is not None else None
+        if hook is not None:
+            self._spawn(hook())
 
     def _rates_heard(self, used: dict[str, tuple[int, int]]) -> None:
         now = time.monotonic()

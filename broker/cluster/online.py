@@ -10,7 +10,6 @@ import logging
 import uuid
 
 from broker import store
-from broker.delivery.presence import Connection
 from broker.store import cluster
 
 log = logging.getLogger("smsdora.cluster")
@@ -25,10 +24,11 @@ class OnlineRows:
         self._pending: dict[uuid.UUID, dt.datetime | None] = {}
         self._writer: asyncio.Task[None] | None = None
 
-    def changed(self, conn: Connection, online: bool) -> None:
-        """Presence's hook: a dict write, and a writer task once per turn."""
-        self._pending[conn.device_id] = (
-            dt.datetime.fromtimestamp(conn.connected_at, dt.UTC) if online else None)
+    def changed(self, device_id: uuid.UUID, connected_at: float, online: bool) -> None:
+        """Presence's hook (a phone connected at `connected_at`, wall time,
+        or gone): a dict write, and a writer task once per turn."""
+        self._pending[device_id] = (
+            dt.datetime.fromtimestamp(connected_at, dt.UTC) if online else None)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 

@@ -16,6 +16,10 @@ them (CONTRACT section 13). Ids only; PostgreSQL holds the work.
   the others, a few times a second, how many requests of each API key it
   let through, and counts theirs in its own windows, so a key's rate limit
   holds across nodes (broker/limits.py, RateWindow).
+- **"it looked"** (`l DEVICE`): an SMS Gateway phone listed its jobs
+  (`GET /message`) at a node that does not hold its event stream; the node
+  that does stops waiting for that look and announces again what it held
+  back meanwhile.
 - **"stop this job"** (`x DEVICE MESSAGE REASON`): a job was cancelled or
   expired at one node while its phone is connected to another: that node
   takes it out of the phone's window and tells the phone.
@@ -62,6 +66,7 @@ class Peers:
         self.on_queued: Callable[[uuid.UUID], None] = lambda _account: None
         self.on_stop: Callable[[uuid.UUID, uuid.UUID, str], None] = lambda _d, _m, _r: None
         self.on_rates: Callable[[dict[str, tuple[int, int]]], None] = lambda _used: None
+        self.on_looked: Callable[[uuid.UUID], None] = lambda _device: None
         self.received = 0  # messages heard (tests and metrics)
         self.refused = 0  # messages that made no sense (another version?)
 
@@ -127,6 +132,12 @@ class Peers:
             size += len(part) + 1
         self.bus.publish(ALL, ("r " + " ".join(parts)).encode())
 
+    def looked(self, device_id: uuid.UUID, node: str) -> None:
+        """An SMS Gateway phone listed its jobs here; `node` holds its
+        event stream and waits for that look (broker/transports/smsgate)."""
+        if self.bus is not None:
+            self.bus.publish(node_topic(node), f"l {device_id}".encode())
+
     def hello(self) -> None:
         """Tell every node we are up: they look at our phones from now, not
         from their lease loop's next count (up to a third of a lease)."""
@@ -144,6 +155,8 @@ class Peers:
             elif kind == "h":
                 if rest != node_topic(self.node):
                     self.others = max(self.others, 1)
+            elif kind == "l":
+                self.on_looked(uuid.UUID(rest))
             elif kind == "r":
                 used: dict[str, tuple[int, int]] = {}
                 for part in rest.split(" "):

@@ -89,13 +89,11 @@ from broker.store.messages import (
     Inserted,
     MessageFilter,
     MessageRow,
-    NewMessage,
     cancel_message,
     claim_idempotency,
     get_message,
     idempotent_response,
     insert_message,
-    insert_messages,
     list_messages,
     purge_idempotency,
     set_idempotent_response,
@@ -103,6 +101,7 @@ from broker.store.messages import (
 from broker.store.migrate import SchemaTooNew
 from broker.store.pairing import claim_code, insert_code
 from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
+from broker.store.sends import NewMessage, insert_messages
 from broker.store.share import AccountBusy, PoolShares
 from broker.store.usage import STRIPES, Quota, open_month, resize_month, used_in
 

@@ -227,7 +227,8 @@ async def rows(pool: store.Pool) -> AsyncIterator[tuple[Presence, OnlineRows]]:
     lease = lease_of(pool, "a", LONG_S)
     await lease.claim()
     presence = Presence()
-    presence.changed = lease.rows.changed
+    presence.changed = lambda conn, online: lease.rows.changed(conn.device_id, conn.connected_at,
+                                                               online)
     yield presence, lease.rows
     await lease.stop()
 

@@ -32,6 +32,7 @@ from broker import store
 from tests.conftest import TABLES, NatsServer, free_port
 from tests.e2e.conftest import SECRET, Account, Device, Phone, send_sms, wait_for
 from tests.e2e.drivers import PhoneDriver, SmsGateDriver, WsDriver, device_offline
+from tests.e2e.smsgate_app import App, register
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
@@ -263,6 +264,10 @@ async def phones(cluster: Cluster) -> AsyncIterator[Phones]:
     await made.close()
 
 
+async def online_at(http: httpx.AsyncClient, account: Account, device: Device) -> bool:
+    return not await device_offline(http, account, device)
+
+
 async def shown_online(http: httpx.AsyncClient, account: Account, phone: PhoneDriver) -> bool:
     return not await device_offline(http, account, phone.device)
 
@@ -376,3 +381,30 @@ async def test_a_keys_rate_limit_holds_across_nodes(
     r = await cluster.http["n3"].get("/messages", headers={"x-api-key": key})
     assert (r.status_code, r.json()["message"]) == (403, "Rate limit exceeded"), r.text
     assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_an_sms_gateway_phone_listing_at_another_node_is_still_told_of_each_job(
+        cluster: Cluster, phones: Phones, dbc: asyncpg.Connection) -> None:
+    """Behind a balancer the app's event stream is at one node (n1) and its
+    `GET /message` at another (n2). n1 holds back an announcement while it
+    waits for the phone's look; n2 tells it of the look, so the next job is
+    announced too, not left for the phone's next reconnect."""
+    account = await new_account(dbc)
+    streaming = await register(cluster.http["n1"], account.key, "split phone")
+    listing = App(http=cluster.http["n2"], id=streaming.id, token=streaming.token)
+    stream = await streaming.open_events()
+    try:
+        assert [(await stream.next()).name for _ in range(2)] == [
+            "WebhooksUpdated", "SettingsUpdated"]
+        await wait_for(lambda: phones.held_by(streaming.id, "n1"), what="the stream at n1")
+        device = Device(streaming.id, "split phone", streaming.token)
+        await wait_for(lambda: online_at(cluster.http["n2"], account, device),
+                       what="n2 to see it online at n1")
+        for text in ("first", "second"):
+            r = await send_sms(cluster.http["n3"], account.key, message=text)
+            assert r.status_code == 201, r.text
+            assert (await stream.next(timeout=3)).name == "MessageEnqueued", text
+            listed = [item["message"] for item in await listing.list()]
+            assert text in listed, (text, listed)
+    finally:
+        await streaming.close_events()

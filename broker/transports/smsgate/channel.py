@@ -73,7 +73,7 @@ class Stream:
 class SseChannel:
     """A device's open event streams."""
 
-    __slots__ = ("streams", "closed", "announced_at", "more")
+    __slots__ = ("streams", "closed", "announced_at", "more", "suppressed")
 
     def __init__(self) -> None:
         self.streams: list[Stream] = []
@@ -82,6 +82,10 @@ class SseChannel:
         # since (None: the phone has looked since).
         self.announced_at: float | None = None
         self.more = False  # the last listing had a full page and more behind it
+        # A job was offered while an announcement waited for its look: if
+        # that look was served by another node (which could not say so in
+        # time), it may not have listed the job.
+        self.suppressed = False
 
     def attach(self, stream: Stream) -> Stream | None:
         """A new stream of the device; returns the oldest when past the cap."""
@@ -101,7 +105,16 @@ class SseChannel:
     async def announce(self) -> bool:
         """Tell the phone to look now."""
         self.announced_at = time.monotonic()
+        self.suppressed = False
         return await self.broadcast(ENQUEUED)
+
+    async def looked_elsewhere(self) -> None:
+        """The phone listed its jobs at another node (CONTRACT section 13),
+        told here over the bus, after its listing: a job offered meanwhile is
+        announced again (an extra look lists nothing new at worst)."""
+        self.announced_at = None
+        if self.suppressed:
+            await self.announce()
 
     async def broadcast(self, data: bytes) -> bool:
         """Write to every open stream; True if at least one took it."""
@@ -117,6 +130,7 @@ class SseChannel:
             return False
         at = self.announced_at
         if at is not None and time.monotonic() - at < REANNOUNCE_S:
+            self.suppressed = True
             return True  # the phone's next look, already asked for, lists it
         return await self.announce()
 

@@ -71,6 +71,10 @@ async def list_messages(request: Request) -> Response:
     rows, more = await store.list_held(broker.pool, device.id, order)
     if channel is not None:
         channel.more = more
+    elif device.online_node is not None and device.online_node != broker.settings.node:
+        # Its event stream is at another node, which waits for this look
+        # before it announces the next job: tell it (CONTRACT section 13).
+        broker.peers.looked(device.id, device.online_node)
     return bare([_item(r) for r in rows])
 
 

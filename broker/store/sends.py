@@ -1,0 +1,126 @@
+"""Many sends in one statement and one commit (broker/delivery/batch.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import NamedTuple
+
+from broker.store.messages import Inserted
+from broker.store.pool import Db
+from broker.store.usage import Quota
+
+# Many sends in one statement and one commit (broker/delivery/batch.py): the
+# rows come as arrays; each is checked as `_INSERT_MESSAGE` checks one (key,
+# device) and takes its quota unit, the units of one account and month
+# shared out over the stripes with room, lowest stripe first (every batch
+# locks stripes in one order: two batches never deadlock), and each stripe
+# updated once by its count under `used + n <= cap`, re-checked on the
+# newest row if a concurrent send held it. A row whose stripe could not
+# take its share, or that found no month or no room, or a changed plan, is
+# not written and says so: the caller sends it again alone
+# (`insert_message`, which tells those cases apart). So a row fails alone;
+# the others are written and committed together.
+_INSERT_MESSAGES = """
+WITH r AS MATERIALIZED (
+    SELECT v.*,
+           (v.key_id IS NULL OR EXISTS (
+               SELECT 1 FROM api_keys k WHERE k.id = v.key_id AND k.prefix = v.key_prefix
+               AND NOT k.revoked AND (k.expires_at IS NULL OR k.expires_at > v.created_at)))
+               AS key_ok,
+           (v.device_id IS NULL OR EXISTS (
+               SELECT 1 FROM devices d WHERE d.id = v.device_id AND d.account_id = v.account_id
+               AND d.active)) AS device_ok
+      FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                  $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::date[],
+                  $12::int[])
+           WITH ORDINALITY AS v(id, account_id, device_id, recipient, body, status, expires_at,
+                                created_at, key_id, key_prefix, month, lim, ord)
+), need AS MATERIALIZED (
+    SELECT ord, account_id, month, lim,
+           row_number() OVER (PARTITION BY account_id, month, lim ORDER BY ord) AS rn
+      FROM r WHERE key_ok AND device_ok AND month IS NOT NULL
+), room AS MATERIALIZED (
+    SELECT u.account_id, u.month, u.sized_for AS lim, u.stripe, u.cap - u.used AS room,
+           sum(u.cap - u.used) OVER (PARTITION BY u.account_id, u.month
+                                     ORDER BY u.stripe) AS upto
+      FROM account_usage u
+      JOIN (SELECT DISTINCT account_id, month, lim FROM need) g
+        ON u.account_id = g.account_id AND u.month = g.month AND u.sized_for = g.lim
+     WHERE u.used < u.cap
+), alloc AS MATERIALIZED (
+    SELECT n.ord, m.account_id, m.month, m.lim, m.stripe
+      FROM need n JOIN room m
+        ON m.account_id = n.account_id AND m.month = n.month AND m.lim = n.lim
+       AND n.rn > m.upto - m.room AND n.rn <= m.upto
+), take AS MATERIALIZED (
+    SELECT account_id, month, lim, stripe, count(*)::int AS n
+      FROM alloc GROUP BY account_id, month, lim, stripe ORDER BY account_id, month, stripe
+), q AS (
+    UPDATE account_usage u SET used = u.used + t.n
+      FROM take t
+     WHERE u.account_id = t.account_id AND u.month = t.month AND u.stripe = t.stripe
+       AND u.sized_for = t.lim AND u.used + t.n <= u.cap
+    RETURNING u.account_id, u.month, u.stripe
+), w AS MATERIALIZED (
+    SELECT r.* FROM r
+     WHERE r.key_ok AND r.device_ok
+       AND (r.month IS NULL OR EXISTS (
+            SELECT 1 FROM alloc a JOIN q
+              ON q.account_id = a.account_id AND q.month = a.month AND q.stripe = a.stripe
+             WHERE a.ord = r.ord))
+), m AS (
+    INSERT INTO messages (id, account_id, device_id, recipient, body, status, expires_at,
+                          created_at, updated_at)
+    SELECT id, account_id, device_id, recipient, body, status, expires_at, created_at, created_at
+      FROM w ORDER BY ord
+    RETURNING id
+), h AS (
+    INSERT INTO message_history (message_id, status, at, device_id)
+    SELECT w.id, s.status, w.created_at, w.device_id FROM w,
+           unnest(CASE WHEN w.status = 'queued' THEN ARRAY['queued']
+                       ELSE ARRAY['queued', w.status] END) AS s(status)
+     WHERE w.id IN (SELECT id FROM m)
+)
+SELECT r.ord, r.key_ok, r.device_ok, EXISTS (SELECT 1 FROM m WHERE m.id = r.id) AS written
+  FROM r ORDER BY r.ord
+"""
+
+
+class NewMessage(NamedTuple):
+    """One row of `insert_messages`: `insert_message`'s arguments."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    device_id: uuid.UUID | None
+    recipient: str
+    body: str
+    status: str
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+    key_id: uuid.UUID | None
+    key_prefix: str | None
+    quota: Quota | None
+
+
+async def insert_messages(db: Db, rows: list[NewMessage]) -> list[Inserted | None]:
+    """Write many messages in one statement (one commit, unless `db` is in a
+    transaction); for each row: WRITTEN, KEY_GONE, DEVICE_GONE, or None when
+    its quota unit could not be taken in the batch (send it alone with
+    `insert_message`, which says why or writes it)."""
+    found = await db.fetch(
+        _INSERT_MESSAGES, [r.id for r in rows], [r.account_id for r in rows],
+        [r.device_id for r in rows], [r.recipient for r in rows], [r.body for r in rows],
+        [r.status for r in rows], [r.expires_at for r in rows], [r.created_at for r in rows],
+        [r.key_id for r in rows], [r.key_prefix for r in rows],
+        [r.quota.month if r.quota is not None else None for r in rows],
+        [r.quota.limit if r.quota is not None else None for r in rows])
+    out: list[Inserted | None] = []
+    for f in found:
+        if not f["key_ok"]:
+            out.append(Inserted.KEY_GONE)
+        elif not f["device_ok"]:
+            out.append(Inserted.DEVICE_GONE)
+        else:
+            out.append(Inserted.WRITTEN if f["written"] else None)
+    return out
