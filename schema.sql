@@ -643,6 +643,12 @@ CREATE INDEX inbox_account_seq ON public.inbox USING btree (account_id, seq DESC
 CREATE INDEX messages_account_created ON public.messages USING btree (account_id, created_at);
 
 --
+-- Name: messages_account_recipient_seq; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_account_recipient_seq ON public.messages USING btree (account_id, recipient, seq DESC);
+
+--
 -- Name: messages_account_seq; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -653,6 +659,12 @@ CREATE INDEX messages_account_seq ON public.messages USING btree (account_id, se
 --
 
 CREATE INDEX messages_account_status_seq ON public.messages USING btree (account_id, status, seq DESC);
+
+--
+-- Name: messages_device_seq; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX messages_device_seq ON public.messages USING btree (device_id, seq DESC);
 
 --
 -- Name: messages_expiring; Type: INDEX; Schema: public; Owner: -
@@ -671,12 +683,6 @@ CREATE INDEX messages_listed ON public.messages USING btree (listed_at) WHERE ((
 --
 
 CREATE INDEX messages_open_by_device ON public.messages USING btree (device_id, seq) WHERE (status = ANY (ARRAY['queued'::text, 'dispatching'::text, 'sending'::text, 'sent'::text]));
-
---
--- Name: messages_queued_by_account; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX messages_queued_by_account ON public.messages USING btree (account_id, seq) WHERE (status = 'queued'::text);
 
 --
 -- Name: messages_released; Type: INDEX; Schema: public; Owner: -
