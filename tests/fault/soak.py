@@ -213,6 +213,10 @@ class Soak:
         self.outages: list[tuple[float, float]] = []
         self.key_kinds: dict[str, str] = {}  # API key -> the kind of its account's phones
         self.remote_sends = 0  # accepted by a node with no phone of the account on it
+        # No random drops until then: after a node kill, until its phones
+        # and rows have settled elsewhere, so that a row left wrong shows
+        # (a phone's next connection would write it afresh).
+        self.calm_until = 0.0
         self.receiver = Receiver()
         self.receiver.answer = self.answer
         # Drawn apart from self.rng, whose draws the concurrent tasks share.
@@ -328,7 +332,8 @@ class Soak:
         return self.rng.choice(running)
 
     def phones_on(self, broker: BrokerProcess) -> list[SoakSim | SoakAppSim]:
-        return [s for s in self.sims if s.route.timeline and s.route.timeline[-1][1] == broker.node]
+        """Connected to it, or about to be again (dropped a moment ago)."""
+        return [s for s in self.sims if s.route.node == broker.node]
 
     async def kill_broker(self, fault: Fault, health: list[httpx.AsyncClient]) -> None:
         """SIGKILL, started again at once (on its port, under its name)."""
@@ -347,11 +352,14 @@ class Soak:
         assert self.cluster is not None
         broker = self.victim(most_phones=True)
         on_it = self.phones_on(broker)
+        connected = [s for s in on_it if s.route.where() == f"on {broker.node}"]
         await asyncio.to_thread(self.cluster.kill, broker)
         killed = self.now()
-        held = self.rng.choice(on_it) if len(on_it) > 1 and self.cfg.offline_s > 0 else None
+        held = (self.rng.choice(connected or on_it) if len(on_it) > 1 and self.cfg.offline_s > 0
+                else None)
         if held is not None:
             go_offline(held, killed + self.cfg.offline_s)
+        self.calm_until = killed + self.cfg.lease_s * 4 / 3 + 1.0 + 2 * self.cfg.reconnect_s
         await asyncio.sleep(self.cfg.node_down_s)
         self.cluster.start(broker)
         fault.note = (f"{broker.node} down {self.now() - killed:.1f} s, {len(on_it)} phone(s) on it"
@@ -451,7 +459,7 @@ class Soak:
         while True:
             await asyncio.sleep(self.rng.uniform(lo, hi))
             sim = self.rng.choice(self.sims)
-            if sim.connected:
+            if sim.connected and self.now() >= self.calm_until:
                 sim.drops += 1
                 sim.route.dropping()
                 with contextlib.suppress(TimeoutError):
@@ -631,6 +639,12 @@ class Soak:
                 dropper.cancel()
                 settle_s = await self.settle()
                 drain_s, self.pending_left = await self.drain_outbox()
+                # A phone still offline (its network down since a node kill)
+                # is back before the end: what it holds is counted too.
+                with contextlib.suppress(RuntimeError):
+                    await _wait_for(lambda: all(s.connected for s in self.sims),
+                                    self.cfg.offline_s + 15.0, "every phone to connect again")
+                await asyncio.sleep(0.5)  # its outbox said again, if it held anything
                 await self.collect()
                 return send_s, settle_s, drain_s
             finally:
