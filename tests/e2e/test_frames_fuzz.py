@@ -57,8 +57,8 @@ from tests.e2e.conftest import Account, Phone, PhoneFactory, Server, send_sms, w
 pytestmark = pytest.mark.timeout(90)
 
 T = TypeVar("T")
-EXAMPLES = 500  # frames on the target's open socket
-HELLO_EXAMPLES = 200  # first frames of fresh connections
+EXAMPLES = 300  # frames on the target's open socket
+HELLO_EXAMPLES = 120  # first frames of fresh connections
 ANSWER_S = 5.0
 MAX_FRAME = 60_000  # stay clear of the 64 KiB limit, which closes the socket
 
