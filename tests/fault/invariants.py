@@ -175,6 +175,9 @@ class Evidence:
     timelines: dict[str, Timeline] = field(default_factory=dict)  # device id -> its connections
     lives: dict[str, Life] = field(default_factory=dict)  # node -> its process's life
     outages: list[tuple[float, float]] = field(default_factory=list)
+    # When the soak's own event loop ran late (from, to): the phones' records
+    # of their connections were late as much, their frames waiting in it.
+    stalls: list[tuple[float, float]] = field(default_factory=list)
     jobs_seen: list[JobSeen] = field(default_factory=list)
     no_device: list[NoDevice] = field(default_factory=list)
     # How long a killed node's rows may stay (its lease lapsing, then a
@@ -506,10 +509,11 @@ def _holder(row: Held | None) -> str | None:
 
 
 def _settled(e: Evidence, timeline: Timeline, lo: float, hi: float) -> bool:
-    """No change to the phone's connection, and PostgreSQL up, from a
-    reconnect's window before `lo` to `hi`."""
+    """No change to the phone's connection, PostgreSQL up and the soak's
+    loop on time, from a reconnect's window before `lo` to `hi`."""
     return (not _changed(timeline, lo - e.reconnect_s, hi)
-            and not _outage(e, lo - e.reconnect_s, hi, e.reconnect_s))
+            and not _outage(e, lo - e.reconnect_s, hi, e.reconnect_s)
+            and not any(start <= hi and end >= lo - e.reconnect_s for start, end in e.stalls))
 
 
 def _mismatch(e: Evidence, sample: Sample, device: str, connected: str | None) -> str | None:

@@ -178,6 +178,7 @@ class BrokerProcess:
         self.node = node
         self.log_path = workdir / log_name
         self.proc: subprocess.Popen[bytes] | None = None
+        self.terminated = False
         self.starts = 0
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("SMSDORA_") and k != "DATABASE_URL"}
@@ -204,6 +205,7 @@ class BrokerProcess:
 
     def start(self) -> None:
         self.starts += 1
+        self.terminated = False
         self._mark(f"broker {self.node} start {self.starts}")
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
@@ -221,12 +223,18 @@ class BrokerProcess:
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    def terminate(self) -> None:
+        """SIGTERM, once: the broker drains, then stops (`shutdown` waits)."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.proc.terminate()
+            self.terminated = True
+
     def shutdown(self) -> None:
         """Clean-up: SIGTERM, then SIGKILL after 10 s; never raises."""
+        self.terminate()
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -285,7 +293,10 @@ class Cluster:
         return [b for b in self.brokers if self.lives[b.node] and self.lives[b.node][-1][1]]
 
     def shutdown(self) -> None:
-        """Clean-up: every node, then the nats-server; never raises."""
+        """Clean-up: every node (SIGTERM to all at once: each drains for a
+        while), then the nats-server; never raises."""
+        for broker in self.brokers:
+            broker.terminate()
         for broker in self.brokers:
             broker.shutdown()
         if self.nats is not None:

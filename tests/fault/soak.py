@@ -101,6 +101,7 @@ from tests.fault.services import (
 
 NO_DEVICE = "No eligible device available"
 RETRIED = frozenset({"timeout", "503", "500", "400 no eligible device"})
+STALL_S = 0.2  # the soak's own event loop this late: a stall (its phones' records lag)
 SLOW_S = 5.0  # issue 4: sends during an outage "answer 503 in the error shape within 5 s"
 
 
@@ -136,7 +137,7 @@ class SoakConfig:
     offline_s: float = 7.0  # one phone of a node killed so: its network down this long
     lease_s: float = 2.0  # SMSDORA_LEASE_SECONDS
     sample_s: float = 0.25  # the presence table sampled this often
-    reconnect_s: float = 1.0  # how long a phone's row may lag its connection
+    reconnect_s: float = 2.0  # how long a phone's row may lag its connection
 
 
 @dataclass
@@ -211,6 +212,8 @@ class Soak:
         self.dsn = ""
         self.samples: list[Sample] = []
         self.outages: list[tuple[float, float]] = []
+        self.stalls: list[tuple[float, float]] = []  # this process's event loop late (from, to)
+        self.worst_stall = 0.0
         self.key_kinds: dict[str, str] = {}  # API key -> the kind of its account's phones
         self.remote_sends = 0  # accepted by a node with no phone of the account on it
         # No random drops until then: after a node kill, until its phones
@@ -482,7 +485,13 @@ class Soak:
                     if db is not None:
                         db.terminate()
                     db = None
+                due = self.now() + self.cfg.sample_s
                 await asyncio.sleep(self.cfg.sample_s)
+                # This loop late: the phones' records of their connections
+                # are late as much (their frames wait in the same loop).
+                if (late := self.now() - due) > STALL_S:
+                    self.stalls.append((due, self.now()))
+                    self.worst_stall = max(self.worst_stall, late)
         finally:
             if db is not None:
                 db.terminate()
@@ -574,6 +583,7 @@ class Soak:
         e.presence = list(self.samples)
         e.lives = {node: list(life) for node, life in self.cluster.lives.items()}
         e.outages = list(self.outages)
+        e.stalls = list(self.stalls)
         e.jobs_seen = [job for s in self.sims for job in s.route.jobs]
         # A killed node's rows: its lease lapses (lease_s after its last
         # renewal), then a live node's lease turn reaps them (every lease / 3).
@@ -704,6 +714,9 @@ class Soak:
             "sends taken where no phone was": f"{self.remote_sends} (none of its account's"
                                               " phones on the node that took it)",
             "presence samples": f"{len(e.presence)}, every {cfg.sample_s:g} s",
+            f"soak's own loop late > {STALL_S:g} s": (
+                f"{len(self.stalls)} times, at worst {self.worst_stall:.2f} s" if self.stalls
+                else "never"),
             "send phase": f"{send_s:.1f} s at {cfg.rate:g}/s, {cfg.concurrency} in flight",
             "settle (until all final)": f"{settle_s:.1f} s",
             **self.webhook_figures(drain_s),
