@@ -13,6 +13,8 @@ in a broker of its own, the webhook sender's delivery rate and latency and
 the accept path with and without an endpoint (bench/webhooks.py);
 in a broker of its own, dashboard page render times for a 10,000-message
 account (bench/dashboard.py);
+in brokers of their own, a send through another node than its phone's and
+one worker against two on one port (bench/cluster.py);
 broker memory and idle CPU while phones connect (1k, 5k, 10k, 20k); with 10k
 connected: the end-to-end maximum (a closed loop that keeps at most
 `window` messages undelivered), open-loop latency at fractions of it, kill -9
@@ -38,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from bench import dashboard, database, machine, micro, report, sse, webhooks
+from bench import cluster, dashboard, database, machine, micro, report, sse, webhooks
 from bench.fleet import Fleet, slices
 from bench.procs import Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib, wait_port
 
@@ -276,6 +278,22 @@ class Bench:
             + f" ({row['elapsed_s']:.0f} s)")
         return row
 
+    def cluster_phase(self, quick: bool) -> dict[str, Any]:
+        """Cross-node latency on each bus, one worker against two, and the
+        CPU per send (bench/cluster.py), in brokers of their own."""
+        row = cluster.phase(self, quick)
+        for bus, lat in row["latency"].items():
+            say(f"cluster, {bus} bus: request -> frame p99 {lat['same']['p99_ms']:.2f} ms "
+                f"same node, {lat['cross']['p99_ms']:.2f} ms cross node "
+                f"({lat['p99_diff_ms']:+.2f} ms)")
+        w, p = row["workers"], row["projection"]
+        say("cluster: accept path " + ", ".join(
+            f"{r['accept_per_s']:.0f}/s with {r['workers']} ({r['phones_by_node']})"
+            for r in w["runs"]) + f" (ratio {w['ratio']:.2f}); {p['cpu_us_per_send']:.0f} µs "
+            f"of broker CPU a send, {p['sends_per_core_s']:.0f}/s per core "
+            f"({row['elapsed_s']:.0f} s)")
+        return row
+
     def lifecycle(self, fleet: Fleet, port: int) -> dict[str, Any]:
         """The end-to-end maximum: closed loop, at most `window` messages
         accepted and not yet delivered; delivered rows stored a second."""
@@ -447,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         rows["sse"] = bench.sse_phase(args.quick)
         rows["webhooks"] = bench.webhooks_phase(args.quick)
         rows["dashboard"] = bench.dashboard_phase(args.quick)
+        rows["cluster"] = bench.cluster_phase(args.quick)
         rows.update(bench.broker())
     finally:
         bench.procs.close()
@@ -465,6 +484,8 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }
     results["table"] = report.table(results)
+    results["table"] += "".join("\n| " + " | ".join(row) + " |"
+                                for row in cluster.rows(rows.get("cluster")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(msgspec.json.format(msgspec.json.encode(results), indent=1))
     print(results["table"])

@@ -22,20 +22,22 @@ ROWS = ("sends/s end to end", "sends/s accept path", "p50 / p99 / p99.9",
         "`GET /message` answered with the job, SMS Gateway phone",
         "webhook events/s delivered from a full outbox", "webhook event written → received",
         "accept path with one webhook endpoint", "ms dashboard page `/dashboard/messages` (first page)",
-        "ms dashboard page `/dashboard/messages/{id}`")
+        "ms dashboard page `/dashboard/messages/{id}`",
+        "sent through node a (cross node, postgres bus)", "`serve --workers 2`",
+        "µs of broker CPU per accepted send")
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(135)
 
 
 def run_quick(out: Path) -> tuple[str, dict[str, Any]]:
     proc = subprocess.Popen([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        stdout, stderr = proc.communicate(timeout=90)
+        stdout, stderr = proc.communicate(timeout=105)
     except subprocess.TimeoutExpired:
         proc.terminate()  # the harness ends its processes and PostgreSQL on SIGTERM
         stdout, stderr = proc.communicate(timeout=30)
-        pytest.fail(f"bench --quick took over 90 s\n{stderr[-3000:]}")
+        pytest.fail(f"bench --quick took over 105 s\n{stderr[-3000:]}")
     assert proc.returncode == 0, stderr[-3000:]
     return stdout, json.loads(out.read_text())
 
@@ -90,6 +92,20 @@ def test_quick_bench_has_every_row_with_sane_numbers(tmp_path: Path) -> None:
         p = d[page]
         assert p["samples"] == d["sizes"]["requests"] and p["bytes"] > 0
         assert 0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] < 10_000
+    c = r["cluster"]  # every send of both routes accepted and at a phone of node b
+    lat = c["latency"]["postgres"]
+    assert lat["presence"] == {"b": c["sizes"]["phones"]}
+    for route in ("same", "cross"):
+        x = lat[route]
+        assert list(x["statuses"]) == ["201"] and x["missing_frames"] == 0 and x["drained"]
+        assert x["samples"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"] < 10_000
+    runs = c["workers"]["runs"]
+    assert [w["workers"] for w in runs] == [1, 2]
+    assert [sorted(w["phones_by_node"]) for w in runs] == [["bench"], ["bench-1", "bench-2"]]
+    for w in runs:
+        assert list(w["statuses"]) == ["201"] and w["frames"] == w["statuses"]["201"] > 0
+        assert w["accept_per_s"] > 0 and w["broker_cpu_s"] > 0
+    assert c["projection"]["sends_per_core_s"] > 0
     for side in (r["memory"], r["bare"]):
         for level in side["levels"]:
             assert level["connected"] == level["phones"] > 0
