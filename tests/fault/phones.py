@@ -246,11 +246,15 @@ class SoakAppSim(Refusals, AppSim):
         return await super()._session()
 
     async def _fetch(self, fetch: Fetch) -> bool:
-        node = self.route.node
+        """A listing's jobs reached it through the node the client points at."""
+        base = str(self.client.base_url).rstrip("/")
+        node = next((n for n, url in zip(self.route.nodes, self.route.urls, strict=True)
+                     if mobile_base(url) == base), None)
         self.app_phone.listed = []
         answered = await super()._fetch(fetch)
         for message_id in self.app_phone.listed:
-            self.route.job(self.device_id or "", message_id, node)
+            if node is not None:  # not NOWHERE
+                self.route.job(self.device_id or "", message_id, node)
         return answered
 
     def view(self, message_id: str) -> str:
