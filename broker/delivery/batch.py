@@ -32,9 +32,10 @@ from broker.ops import metrics
 log = logging.getLogger("smsdora.sending")
 
 # At most this many rows a statement: a bigger burst takes more statements,
-# in flight together up to IN_FLIGHT.
+# in flight together up to IN_FLIGHT (their commits overlap: PostgreSQL
+# flushes the WAL for several at once, and a commit waits on the disk).
 MAX_ROWS = 256
-IN_FLIGHT = 2
+IN_FLIGHT = 4
 
 Outcome = store.Inserted | None
 

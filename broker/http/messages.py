@@ -75,7 +75,13 @@ async def send_message_body(request: Request) -> bytes:
     if idem is not None and not _IDEMPOTENCY_MIN <= len(idem) <= _IDEMPOTENCY_MAX:
         raise IDEMPOTENCY_KEY.refusal()
     account = key.account_id
-    await broker.pool_shares.acquire(account)
+    # Only a send with an Idempotency-Key holds a connection of its own (its
+    # transaction) and takes a slot of the account's share of the pool; the
+    # others ride the shared batches (broker/delivery/batch.py), which hold
+    # a few connections whatever the number of sends waiting in them.
+    shared = idem is not None
+    if shared:
+        await broker.pool_shares.acquire(account)
     try:
         try:
             return await broker.dispatcher.send(account, key.monthly_messages, recipient,
@@ -89,7 +95,8 @@ async def send_message_body(request: Request) -> bytes:
                                                 recipient, req.message, req.ttl, idem, body,
                                                 key.id, key.prefix)
     finally:
-        broker.pool_shares.release(account)
+        if shared:
+            broker.pool_shares.release(account)
 
 
 _CREATED_HEADERS = [(b"content-type", JSON.encode())]

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
 from typing import NamedTuple
 
 from broker.store.messages import Inserted
 from broker.store.pool import Db
-from broker.store.usage import Quota
+from broker.store.usage import STRIPES, Quota
 
 # Many sends in one statement and one commit (broker/delivery/batch.py): the
 # rows come as arrays; each is checked as `_INSERT_MESSAGE` checks one (key,
 # device) and takes its quota unit, the units of one account and month
-# shared out over the stripes with room, lowest stripe first (every batch
-# locks stripes in one order: two batches never deadlock), and each stripe
+# shared out over the stripes with room from a stripe picked at random by
+# the caller ($13: concurrent batches of one account take different stripes
+# and commit without waiting for each other), and each stripe
 # updated once by its count under `used + n <= cap`, re-checked on the
 # newest row if a concurrent send held it. A row whose stripe could not
 # take its share, or that found no month or no room, or a changed plan, is
@@ -43,7 +45,7 @@ WITH r AS MATERIALIZED (
 ), room AS MATERIALIZED (
     SELECT u.account_id, u.month, u.sized_for AS lim, u.stripe, u.cap - u.used AS room,
            sum(u.cap - u.used) OVER (PARTITION BY u.account_id, u.month
-                                     ORDER BY u.stripe) AS upto
+                                     ORDER BY (u.stripe + $13) % $14) AS upto
       FROM account_usage u
       JOIN (SELECT DISTINCT account_id, month, lim FROM need) g
         ON u.account_id = g.account_id AND u.month = g.month AND u.sized_for = g.lim
@@ -114,7 +116,8 @@ async def insert_messages(db: Db, rows: list[NewMessage]) -> list[Inserted | Non
         [r.status for r in rows], [r.expires_at for r in rows], [r.created_at for r in rows],
         [r.key_id for r in rows], [r.key_prefix for r in rows],
         [r.quota.month if r.quota is not None else None for r in rows],
-        [r.quota.limit if r.quota is not None else None for r in rows])
+        [r.quota.limit if r.quota is not None else None for r in rows],
+        random.randrange(STRIPES), STRIPES)
     out: list[Inserted | None] = []
     for f in found:
         if not f["key_ok"]:
