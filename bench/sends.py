@@ -100,7 +100,8 @@ async def run_one(pool: store.Pool, pgdata: Path, template: store.NewMessage, ro
     pg1, me1 = server_cpu(pgdata), cpu_s(os.getpid())
     return {"rows_per_s": round(rows / wall), "pg_us_per_row": round((pg1 - pg0) / rows * 1e6),
             "client_us_per_row": round((me1 - me0) / rows * 1e6),
-            "rows_per_statement": round(rows / batch.statements, 1) if batched else 1.0}
+            "rows_per_statement": (round(rows / batch.statements, 1) if batched and batch.statements
+                                   else 1.0)}
 
 
 async def measure(dsn: str, pgdata: Path, rows: int, writers: int,
