@@ -287,7 +287,8 @@ CREATE TABLE public.nodes (
     epoch uuid NOT NULL,
     lease_until timestamp with time zone NOT NULL,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
-    address text
+    address text,
+    process text
 );
 
 --

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from broker import store
 from broker.cluster.online import OnlineRows
@@ -42,10 +44,22 @@ class NodeLease:
         """Take the name, or wait out a lease that may be lapsing (a
         process of this name that died a moment ago); one renewed meanwhile
         is a live process: NodeNameTaken."""
-        holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s)
+        me = process_identity()
+        holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
+                                           process=me)
         if holder is None:
             self._on_live(await cluster.live_nodes(self.pool))
             return
+        if died_here(holder.process, me):
+            # Its process ran on this machine and is gone (a crash, then this
+            # restart): nothing to wait for.
+            log.warning("node name held by a process that is gone: taking it", extra={
+                "node": self.node, "holder": str(holder.epoch)})
+            holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
+                                               stale_s=0.0, process=me)
+            if holder is None:
+                self._on_live(await cluster.live_nodes(self.pool))
+                return
         # A live holder renews every lease / 3: one silent for that long and
         # a margin more (a sixth of the lease, at most a second) is taken for
         # dead: this name's process restarted after a crash starts in ~4.3 s
@@ -56,7 +70,7 @@ class NodeLease:
             "node": self.node, "holder": str(holder.epoch), "wait_s": round(wait_s, 2)})
         await asyncio.sleep(max(0.0, wait_s) + 0.05)
         holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
-                                           stale_s=stale_s)
+                                           stale_s=stale_s, process=me)
         if holder is not None:
             raise NodeNameTaken(
                 f"another live process holds node name {self.node!r} (epoch {holder.epoch}):"
@@ -85,7 +99,8 @@ class NodeLease:
             # registered anew (to us or to another node).
             log.error("lease lost: dropping every phone", extra={"node": self.node})
             self._on_lost()
-            holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s)
+            holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
+                                               process=process_identity())
             if holder is not None:
                 log.error("node name taken by another process", extra={
                     "node": self.node, "holder": str(holder.epoch)})
@@ -111,3 +126,32 @@ class NodeLease:
             await cluster.release_lease(self.pool, self.node, self.epoch)
         except store.DATABASE_DOWN as err:
             log.warning("lease not released: it lapses", extra={"error": type(err).__name__})
+
+
+def process_identity() -> str:
+    """This process as `boot/pid-namespace/pid`: two processes with the same
+    first two parts can see each other's pids."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        boot, namespace = "?", "?"
+    return f"{boot}/{namespace}/{os.getpid()}"
+
+
+def died_here(holder: str | None, me: str) -> bool:
+    """Whether the holder's process ran where we can see its pid, and is
+    gone (a pid still in use, even by another program, counts as alive:
+    then the holder is waited for, as for one elsewhere)."""
+    if holder is None or "?" in holder:
+        return False
+    where, _, pid = holder.rpartition("/")
+    if where != me.rpartition("/")[0] or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's, say)
+    return False

@@ -24,6 +24,7 @@ class Holder(msgspec.Struct, frozen=True):
     """Who holds a node name now, as a refused claim found it."""
     epoch: uuid.UUID
     lease_left_s: float  # negative: lapsed (and not reaped yet)
+    process: str | None = None  # boot/pid-namespace/pid, as it claimed
 
 
 class Online(msgspec.Struct, frozen=True):
@@ -48,7 +49,7 @@ def _secs(seconds: float) -> dt.timedelta:
 
 async def claim_lease(db: Db, node: str, epoch: uuid.UUID, lease_s: float,
                       address: str | None = None,
-                      stale_s: float | None = None) -> Holder | None:
+                      stale_s: float | None = None, process: str | None = None) -> Holder | None:
     """Take the node name for `lease_s` under `epoch`: None when taken. It is
     refused while another epoch's lease is live (two processes configured
     with one SMSDORA_NODE must not both run): the holder is returned. With
@@ -57,20 +58,22 @@ async def claim_lease(db: Db, node: str, epoch: uuid.UUID, lease_s: float,
     that died takes over sooner than its whole lease."""
     early = _secs(max(0.0, lease_s - stale_s) if stale_s is not None else 0.0)
     got = await db.fetchval(
-        "INSERT INTO nodes (name, epoch, lease_until, address) VALUES ($1, $2, now() + $3, $4)"
+        "INSERT INTO nodes (name, epoch, lease_until, address, process)"
+        " VALUES ($1, $2, now() + $3, $4, $6)"
         " ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch,"
         "   lease_until = EXCLUDED.lease_until, address = EXCLUDED.address,"
+        "   process = EXCLUDED.process,"
         "   started_at = CASE WHEN nodes.epoch = EXCLUDED.epoch THEN nodes.started_at"
         "                     ELSE now() END"
         " WHERE nodes.epoch = EXCLUDED.epoch OR nodes.lease_until <= now() + $5"
-        " RETURNING 1", node, epoch, _secs(lease_s), address, early)
+        " RETURNING 1", node, epoch, _secs(lease_s), address, early, process)
     if got is not None:
         return None
     r = await db.fetchrow(
-        "SELECT epoch, extract(epoch FROM lease_until - now())::float8 AS lease_left_s"
+        "SELECT epoch, extract(epoch FROM lease_until - now())::float8 AS lease_left_s, process"
         " FROM nodes WHERE name = $1", node)
     if r is None:  # released between the two statements: try again
-        return await claim_lease(db, node, epoch, lease_s, address, stale_s)
+        return await claim_lease(db, node, epoch, lease_s, address, stale_s, process)
     return Holder(**dict(r))
 
 

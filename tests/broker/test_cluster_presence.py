@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from broker import keys, store
-from broker.cluster.leases import NodeLease, NodeNameTaken
+from broker.cluster.leases import NodeLease, NodeNameTaken, process_identity
 from broker.cluster.online import OnlineRows
 from broker.delivery.presence import Connection, Presence
 from broker.settings import Settings
@@ -178,6 +180,34 @@ async def test_a_second_process_under_a_live_name_is_refused_a_dead_ones_is_take
     # a successor does not wait out the whole lease of one that died.
     assert await db.fetchval("SELECT now() < $1", its_lease_until)
     assert await db.fetchval("SELECT epoch FROM nodes WHERE name = 'b'") == taker.epoch
+
+
+async def test_a_name_whose_process_died_on_this_machine_is_taken_at_once(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    """A crash and a restart (or a worker its supervisor restarts): the
+    holder's pid, on this machine and in this pid namespace, is gone, so the
+    successor takes the name without waiting to see it renew. A pid still
+    alive is waited for as before."""
+    here = process_identity().rpartition("/")[0]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    # A 30 s lease: a successor that waits at all waits 10 s or more.
+    for holder_pid, instant, lease_s in ((gone.pid, True, LONG_S), (os.getppid(), False, 3.0)):
+        crashed = lease_of(pool, "c", lease_s)
+        await crashed.claim()  # never renewed
+        await db.execute("UPDATE nodes SET process = $1 WHERE name = 'c'", f"{here}/{holder_pid}")
+        started = time.monotonic()
+        taker = lease_of(pool, "c", lease_s)
+        await taker.claim()
+        took = time.monotonic() - started
+        assert await db.fetchval("SELECT epoch FROM nodes WHERE name = 'c'") == taker.epoch
+        assert await db.fetchval("SELECT process FROM nodes WHERE name = 'c'") == \
+            process_identity()
+        if instant:
+            assert took < LONG_S / 6, took
+        else:
+            assert took > 1.0, took  # waited to see whether it renews (lease / 3 and more)
+        await taker.stop()
 
 
 async def test_the_loop_renews_and_reaps_a_node_that_stopped_renewing(
