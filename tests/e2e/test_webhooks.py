@@ -129,8 +129,15 @@ async def test_failures_are_retried_with_the_same_id_and_signed_anew(
     assert all(g.verified for g in tries)
     assert len({g.raw for g in tries}) == 1, "the same body on every attempt"
     assert len({g.signature for g in tries}) >= 2 or len({g.timestamp for g in tries}) == 1
-    r = await http.get(f"/webhooks/{hook['id']}/deliveries", headers=account.headers)
-    items = r.json()["data"]
+    items: list[dict[str, Any]] = []
+
+    async def recorded() -> bool:
+        # The receiver has its 200 a moment before the sender commits it.
+        nonlocal items
+        r = await http.get(f"/webhooks/{hook['id']}/deliveries", headers=account.headers)
+        items = r.json()["data"]
+        return len(items) == 3
+    await wait_for(recorded, what="the third attempt recorded")
     assert [(i["attempt"], i["statusCode"]) for i in items] == [(3, 200), (2, 500), (1, 500)]
     assert items[0]["nextRetryAt"] is None and items[0]["error"] is None
     assert items[1]["error"] == "answered 500" and items[1]["nextRetryAt"] is not None
@@ -345,7 +352,12 @@ async def test_deliveries_are_keyset_paginated(
     for _ in range(5):
         await send_sms(http, account.key, ttl=60)
     await receiver.wait(lambda: len(receiver.delivered) == 5)
-    await asyncio.sleep(0.2)
+
+    async def all_recorded() -> bool:  # the receiver has each 200 before its commit
+        r = await http.get(f"/webhooks/{hook['id']}/deliveries?limit=10",
+                           headers=account.headers)
+        return len(r.json()["data"]) == 5
+    await wait_for(all_recorded, what="the five attempts recorded")
     seen: list[str] = []
     cursor = ""
     for _ in range(5):
