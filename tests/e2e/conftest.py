@@ -250,28 +250,39 @@ PhoneFactory = Callable[..., Awaitable[Phone]]
 async def phone(server: Server) -> AsyncIterator[PhoneFactory]:
     """`await phone(device, pending=[...], hello=True)`: a connected phone,
     past `welcome` unless hello=False."""
-    opened: list[ClientConnection] = []
+    opened: list[Phone] = []
 
     async def open_phone(device: Device, *, hello: bool = True,
                          pending: list[str] | None = None,
                          health: dict[str, Any] | None = None) -> Phone:
-        ws = await connect(server.ws_url, additional_headers={
-            "Authorization": f"Bearer {device.token}"}, compression=None, open_timeout=5)
-        opened.append(ws)
-        p = Phone(ws=ws, device=device)
-        if hello:
-            frame: dict[str, Any] = {"type": "hello", "protocol": 1, "appVersion": "test/1"}
-            if pending is not None:
-                frame["pending"] = pending
-            if health is not None:
-                frame["health"] = health
-            await p.send(frame)
-            p.welcome = await p.expect("welcome")
+        p = await open_phone_at(server.ws_url, device, hello=hello, pending=pending,
+                                health=health, opened=opened)
         return p
 
     yield open_phone
-    for ws in opened:
-        await ws.close()
+    for p in opened:
+        await p.ws.close()
+
+
+async def open_phone_at(ws_url: str, device: Device, *, hello: bool = True,
+                        pending: list[str] | None = None, health: dict[str, Any] | None = None,
+                        opened: list[Phone] | None = None) -> Phone:
+    """A phone connected to the broker at `ws_url`, past `welcome` unless
+    hello=False (`opened`: where it is kept, to be closed)."""
+    ws = await connect(ws_url, additional_headers={
+        "Authorization": f"Bearer {device.token}"}, compression=None, open_timeout=5)
+    p = Phone(ws=ws, device=device)
+    if opened is not None:
+        opened.append(p)
+    if hello:
+        frame: dict[str, Any] = {"type": "hello", "protocol": 1, "appVersion": "test/1"}
+        if pending is not None:
+            frame["pending"] = pending
+        if health is not None:
+            frame["health"] = health
+        await p.send(frame)
+        p.welcome = await p.expect("welcome")
+    return p
 
 
 async def send_sms(http: httpx.AsyncClient, key: str, recipient: str = "+16502530000",

@@ -12,27 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from broker import store
 from tests.conftest import TABLES, NatsServer, free_port
-from tests.e2e.conftest import SECRET, Account, Device, Phone, send_sms, wait_for
+from tests.e2e.conftest import (
+    SECRET,
+    Account,
+    Device,
+    PhoneFactory,
+    open_phone_at,
+    send_sms,
+    wait_for,
+)
 from tests.e2e.drivers import PhoneDriver, SmsGateDriver, WsDriver, device_offline
 from tests.e2e.smsgate_app import App, register
+from tests.fault.services import BrokerProcess
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
@@ -40,45 +44,21 @@ LEASE_S = 3.0
 NODES = ("n1", "n2", "n3")
 
 
-@dataclass
-class Node:
-    name: str
-    port: int
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
+class Node(BrokerProcess):
+    """A node of the cluster: the soak's broker process (tests/fault), with
+    this module's settings."""
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def name(self) -> str:
+        return self.node
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/devices/ws"
 
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "broker", "serve", "--port", str(self.port)],
-                cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
+    @property
+    def down(self) -> bool:
+        return self.proc is None or self.proc.poll() is not None
 
     def up(self) -> bool:
         try:
@@ -96,8 +76,8 @@ class Cluster:
     settled_once: bool = False
 
     def log_tail(self) -> str:
-        return "\n".join(f"--- {n.name}\n" + n.log.read_text()[-3000:]
-                         for n in self.nodes.values() if n.log.exists())
+        return "\n".join(f"--- {n.name}\n" + n.log_path.read_text()[-3000:]
+                         for n in self.nodes.values() if n.log_path.exists())
 
     async def live_nodes(self) -> set[str]:
         conn = await asyncpg.connect(self.database_url)
@@ -114,8 +94,7 @@ class Cluster:
         for name in names:
             node = self.nodes[name]
             while not node.up():
-                assert node.proc is not None
-                if node.proc.poll() is not None or time.monotonic() > deadline:
+                if node.down or time.monotonic() > deadline:
                     raise AssertionError(f"node {name} did not start:\n{self.log_tail()}")
                 time.sleep(0.05)
 
@@ -135,27 +114,23 @@ def cluster_nodes(request: pytest.FixtureRequest, database_url: str,
     work = tmp_path_factory.mktemp(f"cluster-{bus}")
     asyncio.run(_empty(database_url))
     nats: NatsServer | None = None
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith("SMSDORA_") and k != "DATABASE_URL"}
-    base.update({"DATABASE_URL": database_url, "SMSDORA_SECRET": SECRET.decode(),
-                 "SMSDORA_LEASE_SECONDS": f"{LEASE_S:g}", "SMSDORA_SWEEP_SECONDS": "0.5",
-                 "SMSDORA_LAST_SEEN_FLUSH_SECONDS": "0.2", "SMSDORA_HEARTBEAT_SECONDS": "20",
-                 "SMSDORA_LOG_LEVEL": "WARNING", "SMSDORA_BUS": bus,
-                 "SMSDORA_METRICS_ADDR": ""})
+    env = {"SMSDORA_SECRET": SECRET.decode(), "SMSDORA_SWEEP_SECONDS": "0.5",
+           "SMSDORA_LAST_SEEN_FLUSH_SECONDS": "0.2", "SMSDORA_HEARTBEAT_SECONDS": "20",
+           "SMSDORA_BUS": bus}
     if bus == "nats":
         nats = NatsServer()
         nats.start()
-        base["SMSDORA_NATS_URL"] = nats.url
-    nodes = {name: Node(name, free_port(), {**base, "SMSDORA_NODE": name,
-                                            "SMSDORA_HOME": str(work / name)},
-                        work / f"{name}.log") for name in NODES}
+        env["SMSDORA_NATS_URL"] = nats.url
+    nodes = {name: Node(work, database_url, free_port(), node=name, log_name=f"{name}.log",
+                        lease_s=LEASE_S,
+                        extra_env={**env, "SMSDORA_HOME": str(work / name)}) for name in NODES}
     cluster = Cluster(bus, nodes, database_url)
     try:
         cluster.start(*NODES)
         yield cluster
     finally:
         for node in nodes.values():
-            node.stop()
+            node.shutdown()
         if nats is not None:
             nats.kill()
 
@@ -172,7 +147,7 @@ async def _empty(database_url: str) -> None:
 async def cluster(cluster_nodes: Cluster) -> AsyncIterator[Cluster]:
     """The module's nodes, each up (a test may have killed one), with an
     HTTP client for each."""
-    down = [n.name for n in cluster_nodes.nodes.values() if n.proc is None]
+    down = [n.name for n in cluster_nodes.nodes.values() if n.down]
     if down:
         cluster_nodes.start(*down)
     if down or not cluster_nodes.settled_once:
@@ -215,18 +190,8 @@ class Phones:
         self.cluster = cluster
         self.made: list[PhoneDriver] = []
 
-    def opener(self, node: str) -> Any:
-        async def open_phone(device: Device, *, pending: list[str] | None = None) -> Phone:
-            ws = await connect(self.cluster.nodes[node].ws_url, additional_headers={
-                "Authorization": f"Bearer {device.token}"}, compression=None, open_timeout=5)
-            p = Phone(ws=ws, device=device)
-            frame: dict[str, Any] = {"type": "hello", "protocol": 1, "appVersion": "test/1"}
-            if pending is not None:
-                frame["pending"] = pending
-            await p.send(frame)
-            p.welcome = await p.expect("welcome")
-            return p
-        return open_phone
+    def opener(self, node: str) -> PhoneFactory:
+        return functools.partial(open_phone_at, self.cluster.nodes[node].ws_url)
 
     async def make(self, transport: str, account: Account, node: str,
                    name: str = "Phone") -> PhoneDriver:
