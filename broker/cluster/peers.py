@@ -12,7 +12,7 @@ them (CONTRACT section 13). Ids only; PostgreSQL holds the work.
 - **"I am up"** (`h NODE`): a node that starts says so to every node, which
   look at its phones from then on (they count the live leases again every
   third of a lease anyway).
-- **"these keys were used"** (`r KEY=COUNT/LIMIT ...`): each node tells
+- **"these keys were used"** (`r NODE KEY=COUNT/LIMIT ...`): each node tells
   the others, a few times a second, how many requests of each API key it
   let through, and counts theirs in its own windows, so a key's rate limit
   holds across nodes (broker/limits.py, RateWindow).
@@ -121,16 +121,19 @@ class Peers:
         """Tell every node the requests of each key let through here."""
         if self.bus is None or not self.others or not used:
             return
+        # Every node hears it, this one too (the bus delivers a node's own
+        # messages): the sender's name lets it skip its own.
+        head = f"r {node_topic(self.node)}"
         parts: list[str] = []
-        size = 1
+        size = len(head)
         for key_id, (count, limit) in used.items():
             part = f"{key_id}={count}/{limit}"
-            if size + len(part) + 1 > MAX_PAYLOAD - 2:
-                self.bus.publish(ALL, ("r " + " ".join(parts)).encode())
-                parts, size = [], 1
+            if parts and size + len(part) + 1 > MAX_PAYLOAD:
+                self.bus.publish(ALL, " ".join([head, *parts]).encode())
+                parts, size = [], len(head)
             parts.append(part)
             size += len(part) + 1
-        self.bus.publish(ALL, ("r " + " ".join(parts)).encode())
+        self.bus.publish(ALL, " ".join([head, *parts]).encode())
 
     def looked(self, device_id: uuid.UUID, node: str) -> None:
         """An SMS Gateway phone listed its jobs here; `node` holds its
@@ -158,8 +161,11 @@ class Peers:
             elif kind == "l":
                 self.on_looked(uuid.UUID(rest))
             elif kind == "r":
+                sender, _, counts_of = rest.partition(" ")
+                if sender == node_topic(self.node):
+                    return  # our own, counted as they happened
                 used: dict[str, tuple[int, int]] = {}
-                for part in rest.split(" "):
+                for part in counts_of.split(" "):
                     key_id, _, counts = part.partition("=")
                     count, _, limit = counts.partition("/")
                     used[str(uuid.UUID(key_id))] = (int(count), int(limit))

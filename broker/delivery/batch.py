@@ -143,9 +143,12 @@ async def _alone(pool: store.Pool, r: store.NewMessage) -> Outcome:
     """One row through the one-row statement: its exact outcome, or None
     for those the caller tries again itself (a stripe filled meanwhile, the
     month to open, a plan changed)."""
-    got = await store.insert_message(pool, r.id, r.account_id, r.device_id, r.recipient, r.body,
-                                     r.status, r.expires_at, r.created_at, r.key_id,
-                                     r.key_prefix, r.quota)
+    try:
+        got = await store.insert_message(pool, r.id, r.account_id, r.device_id, r.recipient,
+                                         r.body, r.status, r.expires_at, r.created_at, r.key_id,
+                                         r.key_prefix, r.quota)
+    except store.DATABASE_BUSY:
+        return None  # ended by PostgreSQL (a deadlock): nothing written, again alone
     return None if got in _AGAIN else got
 
 

@@ -236,7 +236,12 @@ class Sender:
         # Each CONTENDED means another send took a stripe's last unit, and a
         # stripe fills once: the attempts are bounded by the stripes.
         for _ in range(_QUOTA_ATTEMPTS):
-            written = await store.insert_message(*args)
+            try:
+                written = await store.insert_message(*args)
+            except store.DATABASE_BUSY:
+                if db is not self.pool:
+                    raise  # its transaction is over: the request fails (503), all of it
+                continue  # nothing was written: the statement again
             if written is store.Inserted.MONTH_UNOPENED:
                 # The month's first send, in any process: open it, then take from it.
                 await store.open_month(db, job.account_id, job.quota.month, job.quota.limit)

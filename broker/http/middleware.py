@@ -174,6 +174,10 @@ def unexpected(exc: Exception) -> Response:
     if isinstance(exc, store.DATABASE_DOWN):
         log.warning("database unavailable", extra={"error": type(exc).__name__})
         return error_response(503, "Database unavailable")
+    if isinstance(exc, store.DATABASE_BUSY):
+        log.warning("database busy: a transaction ended by PostgreSQL",
+                    extra={"error": type(exc).__name__})
+        return error_response(503, "Database busy, try again", {"Retry-After": "1"})
     log.error("unexpected error", exc_info=exc)
     return error_response(500, "Internal server error")
 

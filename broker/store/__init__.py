@@ -100,13 +100,14 @@ from broker.store.messages import (
 )
 from broker.store.migrate import SchemaTooNew
 from broker.store.pairing import claim_code, insert_code
-from broker.store.pool import DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
+from broker.store.pool import DATABASE_BUSY, DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
 from broker.store.sends import NewMessage, insert_messages
 from broker.store.share import AccountBusy, PoolShares
 from broker.store.usage import STRIPES, Quota, open_month, resize_month, used_in
 
 __all__ = [
     "CANCELLED",
+    "DATABASE_BUSY",
     "DATABASE_DOWN",
     "DEVICE_DEACTIVATED",
     "KEY_ADDED",

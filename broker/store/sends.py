@@ -13,10 +13,10 @@ from broker.store.usage import STRIPES, Quota
 
 # Many sends in one statement and one commit (broker/delivery/batch.py): the
 # rows come as arrays; each is checked as `_INSERT_MESSAGE` checks one (key,
-# device) and takes its quota unit, the units of one account and month
-# shared out over the stripes with room from a stripe picked at random by
+# device) and takes its quota unit: the units of one account and month
+# from one stripe with room, the first from a stripe picked at random by
 # the caller ($13: concurrent batches of one account take different stripes
-# and commit without waiting for each other), and each stripe
+# and commit without waiting for each other), the stripe
 # updated once by its count under `used + n <= cap`, re-checked on the
 # newest row if a concurrent send held it. A row whose stripe could not
 # take its share, or that found no month or no room, or a changed plan, is
@@ -43,18 +43,22 @@ WITH r AS MATERIALIZED (
            row_number() OVER (PARTITION BY account_id, month, lim ORDER BY ord) AS rn
       FROM r WHERE key_ok AND device_ok AND month IS NOT NULL
 ), room AS MATERIALIZED (
-    SELECT u.account_id, u.month, u.sized_for AS lim, u.stripe, u.cap - u.used AS room,
-           sum(u.cap - u.used) OVER (PARTITION BY u.account_id, u.month
-                                     ORDER BY (u.stripe + $13) % $14) AS upto
+    -- One stripe for each account and month: the first with room from
+    -- stripe $13 on. A batch locks one stripe an account, so two batches
+    -- never wait for each other in a cycle (with several stripes each they
+    -- did: PostgreSQL's deadlock check, a second, then a 500).
+    SELECT DISTINCT ON (u.account_id, u.month)
+           u.account_id, u.month, u.sized_for AS lim, u.stripe, u.cap - u.used AS room
       FROM account_usage u
       JOIN (SELECT DISTINCT account_id, month, lim FROM need) g
         ON u.account_id = g.account_id AND u.month = g.month AND u.sized_for = g.lim
      WHERE u.used < u.cap
+     ORDER BY u.account_id, u.month, (u.stripe + $13) % $14
 ), alloc AS MATERIALIZED (
     SELECT n.ord, m.account_id, m.month, m.lim, m.stripe
       FROM need n JOIN room m
         ON m.account_id = n.account_id AND m.month = n.month AND m.lim = n.lim
-       AND n.rn > m.upto - m.room AND n.rn <= m.upto
+       AND n.rn <= m.room
 ), take AS MATERIALIZED (
     SELECT account_id, month, lim, stripe, count(*)::int AS n
       FROM alloc GROUP BY account_id, month, lim, stripe ORDER BY account_id, month, stripe
