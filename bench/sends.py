@@ -89,9 +89,7 @@ async def run_one(pool: store.Pool, pgdata: Path, template: store.NewMessage, ro
             if batched:
                 got = await batch.insert(r)
             else:
-                got = await store.insert_message(pool, r.id, r.account_id, r.device_id,
-                                                 r.recipient, r.body, r.status, r.expires_at,
-                                                 r.created_at, r.key_id, r.key_prefix, r.quota)
+                got = await store.insert_row(pool, r)
             assert got in (store.Inserted.WRITTEN, store.Inserted.CONTENDED, None), got
 
     pg0, me0, t0 = server_cpu(pgdata), cpu_s(os.getpid()), time.perf_counter()

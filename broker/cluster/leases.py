@@ -34,6 +34,7 @@ class NodeLease:
         self.node = node
         self.lease_s = lease_s
         self.epoch = uuid.uuid4()  # this process start's
+        self.process = process_identity()  # where it runs, for a successor to see
         self.rows = OnlineRows(pool, node, self.epoch)
         self._on_lost = on_lost  # the lease was lost: drop every phone
         self._on_reaped = on_reaped  # dead nodes' phones went offline
@@ -43,22 +44,23 @@ class NodeLease:
     async def claim(self) -> None:
         """Take the name, or wait out a lease that may be lapsing (a
         process of this name that died a moment ago); one renewed meanwhile
-        is a live process: NodeNameTaken."""
-        me = process_identity()
+        is a live process: NodeNameTaken. Then count the live nodes."""
+        await self._take_name()
+        self._on_live(await cluster.live_nodes(self.pool))
+
+    async def _take_name(self) -> None:
         holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
-                                           process=me)
+                                           process=self.process)
         if holder is None:
-            self._on_live(await cluster.live_nodes(self.pool))
             return
-        if died_here(holder.process, me):
+        if died_here(holder.process, self.process):
             # Its process ran on this machine and is gone (a crash, then this
             # restart): nothing to wait for.
             log.warning("node name held by a process that is gone: taking it", extra={
                 "node": self.node, "holder": str(holder.epoch)})
             holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
-                                               stale_s=0.0, process=me)
+                                               stale_s=0.0, process=self.process)
             if holder is None:
-                self._on_live(await cluster.live_nodes(self.pool))
                 return
         # A live holder renews every lease / 3: one silent for that long and
         # a margin more (a sixth of the lease, at most a second) is taken for
@@ -70,12 +72,11 @@ class NodeLease:
             "node": self.node, "holder": str(holder.epoch), "wait_s": round(wait_s, 2)})
         await asyncio.sleep(max(0.0, wait_s) + 0.05)
         holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
-                                           stale_s=stale_s, process=me)
+                                           stale_s=stale_s, process=self.process)
         if holder is not None:
             raise NodeNameTaken(
                 f"another live process holds node name {self.node!r} (epoch {holder.epoch}):"
                 " give every process its own SMSDORA_NODE")
-        self._on_live(await cluster.live_nodes(self.pool))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -100,7 +101,7 @@ class NodeLease:
             log.error("lease lost: dropping every phone", extra={"node": self.node})
             self._on_lost()
             holder = await cluster.claim_lease(self.pool, self.node, self.epoch, self.lease_s,
-                                               process=process_identity())
+                                               process=self.process)
             if holder is not None:
                 log.error("node name taken by another process", extra={
                     "node": self.node, "holder": str(holder.epoch)})

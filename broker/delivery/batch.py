@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from broker import store
 from broker.ops import metrics
@@ -52,14 +53,19 @@ class SendBatch:
         self._scheduled = False
         self.statements = 0  # batch statements written (tests, metrics)
 
-    async def insert(self, row: store.NewMessage) -> Outcome:
+    async def insert(self, row: store.NewMessage,
+                     orphaned: Callable[[asyncio.Future[Outcome]], object] | None = None
+                     ) -> Outcome:
         """Write `row` with the others of its batch; its outcome once the
-        batch committed (None: send it alone)."""
+        batch committed (None: send it alone). A caller cancelled meanwhile
+        takes its row back if the batch has not left; else `orphaned` gets
+        the row's outcome when it comes."""
         future = self.submit(row)
         try:
             return await asyncio.shield(future)  # the batch is not the caller's to cancel
         except asyncio.CancelledError:
-            self.withdraw(future)
+            if not self.withdraw(future) and orphaned is not None:
+                future.add_done_callback(orphaned)
             raise
 
     def submit(self, row: store.NewMessage) -> asyncio.Future[Outcome]:
@@ -144,9 +150,7 @@ async def _alone(pool: store.Pool, r: store.NewMessage) -> Outcome:
     for those the caller tries again itself (a stripe filled meanwhile, the
     month to open, a plan changed)."""
     try:
-        got = await store.insert_message(pool, r.id, r.account_id, r.device_id, r.recipient,
-                                         r.body, r.status, r.expires_at, r.created_at, r.key_id,
-                                         r.key_prefix, r.quota)
+        got = await store.insert_row(pool, r)
     except store.DATABASE_BUSY:
         return None  # ended by PostgreSQL (a deadlock): nothing written, again alone
     return None if got in _AGAIN else got

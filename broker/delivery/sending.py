@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import time
 import uuid
@@ -27,7 +28,6 @@ from broker.delivery.queue import Queue
 from broker.delivery.wake import Wake
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
 from broker.ops import metrics
-from broker.store import cluster as cluster_store
 from protocol import lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse
 from protocol.api import encoder as api_encoder
@@ -119,13 +119,7 @@ class Sender:
             if has_room:
                 conn.pacer.take(mono)  # before the await: a concurrent send sees it
             else:
-                self.queue.filled(job.account_id)  # a job is queued from now
-                if await store.queued_count(db, job.account_id) >= self.max_queued:
-                    # A bounded queue: past it the client is told to come back,
-                    # rather than the backlog growing without end.
-                    _SENDS["queue_full"].inc()
-                    raise Unavailable("Too many queued messages",
-                                      headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
+                await self._queue_has_room(db, job.account_id)
                 # Other nodes' phones may have room: they drain it if so.
                 wake = tuple(await self.peers.nodes_holding(db, job.account_id))
             try:
@@ -152,27 +146,43 @@ class Sender:
             await conn.channel.close(CloseReason.DEACTIVATED)
         remote = await self.peers.holder(db, job.account_id)
         if remote is not None:
-            held = await self._queue_for(db, job, remote)
+            # No phone here: it waits `queued` for the freshest phone another
+            # node holds, which is woken after the commit and drains it to its
+            # freshest phone with room (broker/cluster/peers.py).
+            held = await self._queued(db, job, DeviceRef(id=str(remote.device_id),
+                                                         deviceName=remote.name),
+                                      (remote.node,))
             if held is not None:
-                return held
+                return held  # else that phone was deactivated meanwhile
         if job.expires_at is None:
             # Without a ttl the caller asked for now or never (contract section 3).
             _SENDS["no_device"].inc()
             raise NoEligibleDevice()
-        return await self._wait_for_a_phone(db, job)
+        # No phone of the account is connected and the message has a ttl: it
+        # waits `queued` with no device, for the first eligible phone that
+        # connects before its ttl (contract section 3, v2), at any node.
+        held = await self._queued(db, job, None, None)
+        assert held is not None  # no device to be gone
+        return held
 
-    async def _queue_for(self, db: store.Db, job: _NewJob,
-                         remote: cluster_store.Online) -> _Accepted | None:
-        """No phone here: the message waits `queued` for the freshest phone
-        held by another node, which is woken after the commit and drains it
-        to its freshest phone with room (broker/cluster/peers.py). None: that
-        phone was deactivated meanwhile."""
-        self.queue.filled(job.account_id)
-        if await store.queued_count(db, job.account_id) >= self.max_queued:
+    async def _queue_has_room(self, db: store.Db, account_id: uuid.UUID) -> None:
+        """A job of the account is queued from now, unless its queue is full:
+        a bounded queue, past which the client is told to come back rather
+        than the backlog growing without end."""
+        self.queue.filled(account_id)
+        if await store.queued_count(db, account_id) >= self.max_queued:
             _SENDS["queue_full"].inc()
             raise Unavailable("Too many queued messages",
                               headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
-        written = await self._insert(db, job, remote.device_id, lifecycle.QUEUED)
+
+    async def _queued(self, db: store.Db, job: _NewJob, device: DeviceRef | None,
+                      wake: tuple[str, ...] | None) -> _Accepted | None:
+        """The message written `queued` for `device` (None: any phone), and
+        the nodes to wake after the commit (None: every node). None: the
+        device was deactivated meanwhile."""
+        await self._queue_has_room(db, job.account_id)
+        written = await self._insert(db, job, uuid.UUID(device.id) if device else None,
+                                     lifecycle.QUEUED)
         if written is store.Inserted.KEY_GONE:
             raise KeyChanged()
         if written is store.Inserted.OVER_QUOTA:
@@ -182,62 +192,32 @@ class Sender:
         response = api_encoder.encode(SendResponse(
             statusCode=201, message="SMS queued for delivery",
             data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
-                             status=lifecycle.QUEUED,
-                             device=DeviceRef(id=str(remote.device_id), deviceName=remote.name))))
-        return _Accepted(None, False, time.monotonic(), response, (remote.node,))
-
-    async def _wait_for_a_phone(self, db: store.Db, job: _NewJob) -> _Accepted:
-        """No phone of the account is connected and the message has a ttl: it
-        waits `queued` with no device, for the first eligible phone that
-        connects before its ttl (contract section 3, v2)."""
-        self.queue.filled(job.account_id)
-        if await store.queued_count(db, job.account_id) >= self.max_queued:
-            _SENDS["queue_full"].inc()
-            raise Unavailable("Too many queued messages",
-                              headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
-        written = await self._insert(db, job, None, lifecycle.QUEUED)
-        if written is store.Inserted.KEY_GONE:
-            raise KeyChanged()
-        if written is store.Inserted.OVER_QUOTA:
-            raise Forbidden("Monthly message quota exceeded")
-        assert written is store.Inserted.WRITTEN  # no device to be gone
-        response = api_encoder.encode(SendResponse(
-            statusCode=201, message="SMS queued for delivery",
-            data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
-                             status=lifecycle.QUEUED, device=None)))
-        # Every node: the first phone to connect anywhere takes it at once.
-        return _Accepted(None, False, time.monotonic(), response, None)
+                             status=lifecycle.QUEUED, device=device)))
+        return _Accepted(None, False, time.monotonic(), response, wake)
 
     async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID | None,
                       status: str) -> store.Inserted:
         """The message's INSERT, which takes its unit of the monthly quota in
         the same statement (contract section 3, v2)."""
+        row = store.NewMessage(job.id, job.account_id, device_id, job.recipient, job.body,
+                               status, job.expires_at, job.created_at, job.key_id,
+                               job.key_prefix, job.quota)
         if db is self.pool:
-            future = self.batch.submit(store.NewMessage(
-                job.id, job.account_id, device_id, job.recipient, job.body, status,
-                job.expires_at, job.created_at, job.key_id, job.key_prefix, job.quota))
-            try:
-                batched = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                # The request gave up (its deadline). A row already being
-                # written may still be committed: then its job goes to the
-                # phone all the same, rather than wait for a reconnect.
-                if not self.batch.withdraw(future) and device_id is not None \
-                        and status == lifecycle.DISPATCHING:
-                    future.add_done_callback(
-                        lambda f: self._orphan_written(f, job, device_id))
-                raise
+            # The request may give up (its deadline) while its row is being
+            # written: if it is committed, its job goes to the phone all the
+            # same, rather than wait for a reconnect.
+            orphaned = (functools.partial(self._orphan_written, job=job, device_id=device_id)
+                        if device_id is not None and status == lifecycle.DISPATCHING else None)
+            batched = await self.batch.insert(row, orphaned)
             if batched is not None:
                 return batched
             # Its quota unit needs a look of its own (a stripe filled
             # meanwhile, the month's first send, a plan changed): alone.
-        args = (db, job.id, job.account_id, device_id, job.recipient, job.body, status,
-                job.expires_at, job.created_at, job.key_id, job.key_prefix, job.quota)
         # Each CONTENDED means another send took a stripe's last unit, and a
         # stripe fills once: the attempts are bounded by the stripes.
         for _ in range(_QUOTA_ATTEMPTS):
             try:
-                written = await store.insert_message(*args)
+                written = await store.insert_row(db, row)
             except store.DATABASE_BUSY:
                 if db is not self.pool:
                     raise  # its transaction is over: the request fails (503), all of it
@@ -260,8 +240,7 @@ class Sender:
         conn = self.presence.get(device_id)
         if conn is not None:
             task = asyncio.get_running_loop().create_task(hand(
-                self.presence, conn, job.id,
-                Job(id=str(job.id), recipient=job.recipient, message=job.body)))
+                self.presence, conn, job.id, job.frame()))
             self._orphans.add(task)
             task.add_done_callback(self._orphans.discard)
 
@@ -271,8 +250,7 @@ class Sender:
         self.wake.poke(job.account_id)
         if accepted.has_room and accepted.conn is not None:
             _DISPATCHING_T.inc()
-            await hand(self.presence, accepted.conn, job.id,
-                       Job(id=str(job.id), recipient=job.recipient, message=job.body))
+            await hand(self.presence, accepted.conn, job.id, job.frame())
             metrics.DISPATCH_LATENCY.observe(time.monotonic() - accepted.mono)
             _SENDS["dispatching"].inc()
         else:
@@ -308,6 +286,10 @@ class _NewJob(NamedTuple):
     key_id: uuid.UUID | None  # the API key, checked again in the INSERT itself
     key_prefix: str | None
     quota: store.Quota  # the month's usage it takes a unit of
+
+    def frame(self) -> Job:
+        """The job as its phone is offered it."""
+        return Job(id=str(self.id), recipient=self.recipient, message=self.body)
 
 
 class _Accepted(NamedTuple):

@@ -101,7 +101,7 @@ from broker.store.messages import (
 from broker.store.migrate import SchemaTooNew
 from broker.store.pairing import claim_code, insert_code
 from broker.store.pool import DATABASE_BUSY, DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
-from broker.store.sends import NewMessage, insert_messages
+from broker.store.sends import NewMessage, insert_messages, insert_row
 from broker.store.share import AccountBusy, PoolShares
 from broker.store.usage import STRIPES, Quota, open_month, resize_month, used_in
 
@@ -176,6 +176,7 @@ __all__ = [
     "insert_key",
     "insert_message",
     "insert_messages",
+    "insert_row",
     "key_by_prefix",
     "list_accounts",
     "list_devices",

@@ -7,7 +7,7 @@ import random
 import uuid
 from typing import NamedTuple
 
-from broker.store.messages import Inserted
+from broker.store.messages import Inserted, insert_message
 from broker.store.pool import Db
 from broker.store.usage import STRIPES, Quota
 
@@ -107,6 +107,11 @@ class NewMessage(NamedTuple):
     key_id: uuid.UUID | None
     key_prefix: str | None
     quota: Quota | None
+
+
+async def insert_row(db: Db, row: NewMessage) -> Inserted:
+    """One row through the one-row statement (`insert_message`)."""
+    return await insert_message(db, *row)
 
 
 async def insert_messages(db: Db, rows: list[NewMessage]) -> list[Inserted | None]:

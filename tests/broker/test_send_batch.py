@@ -114,9 +114,7 @@ async def test_the_months_quota_is_taken_from_one_stripe_and_never_overshot(
     for r, outcome in zip(rows, got, strict=True):
         if outcome is None:
             for _ in range(2 * store.STRIPES + 4):
-                again = await store.insert_message(
-                    db, r.id, r.account_id, r.device_id, r.recipient, r.body, r.status, None,
-                    r.created_at, r.key_id, r.key_prefix, quota)
+                again = await store.insert_row(db, r)
                 if again is not store.Inserted.CONTENDED:
                     break
             alone.append(again)
@@ -153,9 +151,7 @@ async def test_batches_and_single_sends_of_one_account_never_overshoot_together(
     async def alone(r: store.NewMessage | None = None) -> store.Inserted:
         r = r or row(acc, dev, quota=quota, created_at=at)
         for _ in range(2 * store.STRIPES + 4):
-            got = await store.insert_message(pool, r.id, r.account_id, r.device_id, r.recipient,
-                                             r.body, r.status, None, r.created_at, None, None,
-                                             quota)
+            got = await store.insert_row(pool, r)
             if got is not store.Inserted.CONTENDED:
                 return got
         raise AssertionError("contended for ever")
