@@ -145,18 +145,16 @@ async def measure(make: Any, messages: int, burst: int, count: int) -> dict[str,
 
 async def run(dsn: str, nats_url: str, messages: int, burst: int, count: int) -> dict[str, Any]:
     async def postgres() -> tuple[Bus, Bus, Any]:
-        pools = [await store.create_pool(dsn, min_size=1, max_size=2) for _ in range(2)]
         listeners = [Listener(dsn, {}) for _ in range(2)]
-        buses = [PgBus(p, listener) for p, listener in zip(pools, listeners)]
+        buses = [PgBus(listener) for listener in listeners]
         for listener, bus in zip(listeners, buses):
             listener.start()
             await bus.start()
 
         async def close() -> None:
-            for bus, listener, pool in zip(buses, listeners, pools):
+            for bus, listener in zip(buses, listeners):
                 await bus.stop()
                 await listener.stop()
-                await pool.close()
         return buses[0], buses[1], close
 
     async def nats() -> tuple[Bus, Bus, Any]:

@@ -36,17 +36,24 @@ In `--quick` every broker starts at once and waits its turn (starting is
 most of the phase); in the full run each step has the machine to itself,
 with no other live node (a node that sees others tells them its keys' use
 five times a second).
+
+`python -m bench.cluster` runs the cross-node measure alone, `--runs`
+times on one pair of nodes per bus (a PostgreSQL of its own, no other
+phase): what to run when working on the cross-node path.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -274,7 +281,13 @@ class Pair:
             _, drained = bench.drain(run, cs.drain_s)
             to_phone = sorted((frames[mid] - sent) / 1e6
                               for mid, sent in zip(run["ids"], run["t_send"]) if mid in frames)
+            # The 201 read -> the frame read: for the cross route, the bus
+            # and b's drain (its commit and the frame), a's own work left out.
+            after = sorted((frames[mid] - answered) / 1e6 for mid, answered
+                           in zip(run["ids"], run["t_answer"]) if mid in frames)
             out[route] = {**report.latency(run, frames), "p90_ms": report._rank(to_phone, 0.9),
+                          "after_201_p50_ms": report._rank(after, 0.5),
+                          "after_201_p99_ms": report._rank(after, 0.99),
                           "statuses": run["statuses"],
                           "answered_per_s": len(run["ids"]) / max(run["duration_s"], 1e-9),
                           "lag_p99_ms": run["lag_p99_ms"], "loadgen_cores": run["cores"],
@@ -477,3 +490,70 @@ def rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str, str, str]]:
                 f"{p['sends_per_core_s']:,.0f}/s", f"{p['cpu_us_per_send_2']:.0f} µs "
                 "(`--workers 2`)", "", "", ""))
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The cross-node measure alone: a PostgreSQL of its own, one pair of
+    nodes per bus, `--runs` open loops on it, one line each."""
+    from bench.procs import raise_nofile
+    from bench.run import Bench, say
+    from bench.run import sizes as run_sizes
+
+    p = argparse.ArgumentParser(prog="python -m bench.cluster", description=main.__doc__)
+    p.add_argument("--bus", action="append", choices=("postgres", "nats"),
+                   help="postgres (default), nats, or both (given twice)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--rate", type=float, default=50.0, help="sends a second, each route")
+    p.add_argument("--phones", type=int, default=100)
+    p.add_argument("--json", type=Path, help="write every run's figures here too")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the brokers (e.g. SMSDORA_POOL_MAX=40)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
+    args = p.parse_args(argv)
+    cs = replace(sizes(False), phones=args.phones, rate=args.rate, seconds=args.seconds,
+                 buses=tuple(args.bus or ("postgres",)))
+    if "nats" in cs.buses and not NATS_SERVER.exists():
+        raise SystemExit(f"bench.cluster: no {NATS_SERVER} (`make nats`)")
+    workdir = Path(tempfile.mkdtemp(prefix="smsdora-bench-cluster-"))
+    bench = Bench(workdir, run_sizes(False, raise_nofile()))
+    results: dict[str, list[dict[str, Any]]] = {bus: [] for bus in cs.buses}
+    try:
+        bench.dsn = bench.pg.start()
+        asyncio.run(database.create(bench.dsn))
+        asyncio.run(database.seed(bench.dsn, bench.secret.encode(), 1, 1, 0))  # the plan
+        bench.env = {**bench.server_env(), **dict(item.split("=", 1) for item in args.env)}
+        group = asyncio.run(seed(bench.dsn, bench.secret.encode(), workdir,
+                                 {"cross": (cs.phones, bench.sz.send_rate)}))["cross"]
+        for bus in cs.buses:
+            pair = Pair(bench, cs, group, bus)
+            try:
+                pair.start()
+                pair.ready()
+                for _ in range(args.runs):
+                    results[bus].append(lat := pair.measure())
+                    say(_line(lat))
+            finally:
+                pair.stop()
+    finally:
+        bench.procs.close()
+        bench.pg.stop()
+        if args.keep:
+            say(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json is not None:
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(results), indent=1))
+
+
+def _line(lat: dict[str, Any]) -> str:
+    same, cross = lat["same"], lat["cross"]
+    return (f"{lat['bus']}: same p50/p90/p99 {same['p50_ms']:.2f} / {same['p90_ms']:.2f} / "
+            f"{same['p99_ms']:.2f} ms, cross {cross['p50_ms']:.2f} / {cross['p90_ms']:.2f} / "
+            f"{cross['p99_ms']:.2f} ms: {lat['p50_diff_ms']:+.2f} / {lat['p99_diff_ms']:+.2f} "
+            f"(p50 / p99); cross 201 -> frame p50 / p99 {cross['after_201_p50_ms']:.2f} / "
+            f"{cross['after_201_p99_ms']:.2f} ms; I/O stalled {lat['io_stalled_s']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

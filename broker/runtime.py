@@ -98,7 +98,7 @@ class Broker:
             {store.DEVICE_DEACTIVATED: self._on_deactivated, store.KEY_CHANGED: self.key_cache.drop,
              store.KEY_ADDED: self.unknown_keys.drop},
             on_connect=self._forget_keys)
-        self.bus = make_bus(self.settings, self.pool, self._listener)
+        self.bus = make_bus(self.settings, self._listener)
         self.peers = Peers(self.pool, self.bus, self.settings.node)
         lease = NodeLease(self.pool, self.settings.node, self.settings.lease_s,
                           on_lost=self._lease_lost, on_reaped=self._reaped, on_live=self._live)

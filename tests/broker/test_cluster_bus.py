@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from broker import store
 from broker.cluster import make_bus
 from broker.cluster.bus import MAX_PAYLOAD, MAX_TOPIC, BadMessage, Bus
 from broker.cluster.nats_bus import NatsBus
@@ -53,8 +53,7 @@ class Cluster:
         self.database_url = database_url
         self.nats = nats
         self.buses: list[Bus] = []
-        self.statements: list[str] = []  # PostgreSQL: every statement a bus's pool ran
-        self._pools: list[store.Pool] = []
+        self.statements: list[str] = []  # PostgreSQL: every statement a bus's NOTIFY connection ran
         self._listeners: list[Listener] = []
         self._listens = 0  # PostgreSQL: LISTEN connections made
         self._links_before = 0
@@ -63,31 +62,32 @@ class Cluster:
         self._listens += 1
 
     def _links_made(self) -> int:
-        if self.kind == "postgres":
-            return self._listens
+        if self.kind == "postgres":  # a node's LISTEN connection and its bus's NOTIFY one
+            return self._listens + sum(b.connects for b in self.buses)  # type: ignore[attr-defined]
         return sum(b._client.stats["reconnects"] for b in self.buses  # type: ignore[attr-defined]
                    ) + len(self.buses)
 
     async def node(self, name: str) -> Bus:
         bus: Bus
         if self.kind == "postgres":
-            # One connection, so that every statement the bus sends is seen.
-            pool = await store.create_pool(self.database_url, min_size=1, max_size=1)
-            async with pool.acquire() as conn:
-                conn.add_query_logger(lambda q: self.statements.append(q.query))
             listener = Listener(self.database_url, {}, on_connect=self._connected)
             listener.start()
-            self._pools.append(pool)
             self._listeners.append(listener)
-            bus = make_bus(Settings(node=name), pool, listener)
+            bus = make_bus(Settings(node=name), listener)
             assert isinstance(bus, PgBus)
         else:
             assert self.nats is not None
-            bus = make_bus(Settings(node=name, bus="nats", nats_url=self.nats.url), None, None)  # type: ignore[arg-type]
+            bus = make_bus(Settings(node=name, bus="nats", nats_url=self.nats.url), None)  # type: ignore[arg-type]
             assert isinstance(bus, NatsBus)
         await bus.start()
         self.buses.append(bus)
         await asyncio.wait_for(bus.connected.wait(), 10)
+        if isinstance(bus, PgBus):
+            # Its NOTIFY connection is made at start: every statement on it is seen.
+            pg = bus
+            await until(lambda: pg._conn is not None, "the NOTIFY connection")
+            assert pg._conn is not None
+            pg._conn.add_query_logger(lambda q: self.statements.append(q.query))
         return bus
 
     async def break_links(self, db: asyncpg.Connection) -> None:
@@ -110,7 +110,8 @@ class Cluster:
 
     async def relinked(self) -> None:
         """Every node made its link again since `break_links`."""
-        await until(lambda: self._links_made() == self._links_before + len(self.buses)
+        per_node = 2 if self.kind == "postgres" else 1
+        await until(lambda: self._links_made() == self._links_before + per_node * len(self.buses)
                     and all(b.connected.is_set() for b in self.buses), "every node reconnected")
 
     async def close(self) -> None:
@@ -118,8 +119,6 @@ class Cluster:
             await bus.stop()
         for listener in self._listeners:
             await listener.stop()
-        for pool in self._pools:
-            await pool.close()
 
 
 @pytest.fixture(params=["postgres", "nats"])
@@ -160,7 +159,7 @@ async def test_a_burst_of_one_loop_turn_arrives_whole(cluster: Cluster) -> None:
     await until(lambda: len(got) == 1000, "1,000 wake-ups")
     assert sorted(got) == sorted(sent)
     if cluster.kind == "postgres":
-        # Seen by asyncpg's query logger on the bus's only pool connection.
+        # Seen by asyncpg's query logger on the bus's NOTIFY connection.
         await until(lambda: cluster.statements, "the statement logged")
         assert len(cluster.statements) == 1, cluster.statements
         assert "pg_notify" in cluster.statements[0]
@@ -183,6 +182,39 @@ async def test_after_the_link_breaks_the_bus_reconnects_and_carries_again(
     a.publish("node.b", b"after")
     await until(lambda: got[-1:] == [b"after"], "a message after the reconnect")
     assert set(got) <= {b"before", b"while away", b"after"}
+
+
+async def test_the_notify_connection_is_the_bus_own_and_comes_back_after_it_drops(
+        database_url: str, db: asyncpg.Connection) -> None:
+    """PostgreSQL: a node NOTIFYs on a connection of its bus's own (never
+    waiting for a pool slot), which commits without waiting for its WAL
+    flush; when that connection drops, the bus makes another at once and
+    carries on, the node's LISTEN connection untouched."""
+    cluster = Cluster("postgres", database_url, None)
+    name = f"bus-{uuid.uuid4().hex[:8]}"  # the test database may be shared with others' runs
+    try:
+        a, b = await cluster.node(f"{name}-a"), await cluster.node(f"{name}-b")
+        assert isinstance(a, PgBus)
+        got: list[bytes] = []
+        await b.subscribe("node.b", got.append)
+        a.publish("node.b", b"before")
+        await until(lambda: got == [b"before"], "the first message")
+        backends = await db.fetch(
+            "SELECT pid, application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE $1", f"smsdora {name}-%")
+        assert sorted(r["application_name"] for r in backends) == [
+            f"smsdora {name}-a", f"smsdora {name}-b"]  # one each, made at start
+        assert a._conn is not None and await a._conn.fetchval("SHOW synchronous_commit") == "off"
+        listens = cluster._listens
+        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE application_name = $1", f"smsdora {name}-a")
+        await until(lambda: a.connects == 2, "a's NOTIFY connection made again")
+        a.publish("node.b", b"after")
+        await until(lambda: got == [b"before", b"after"], "a message on the new connection")
+        assert a.dropped == 0
+        assert cluster._listens == listens  # the LISTEN connections stayed up
+    finally:
+        await cluster.close()
 
 
 async def test_a_topic_subscribed_later_is_heard_and_kept_across_reconnects(
@@ -239,7 +271,6 @@ async def test_stop_leaves_no_task_behind(cluster: Cluster) -> None:
     await cluster.close()
     cluster.buses.clear()
     cluster._listeners.clear()
-    cluster._pools.clear()
     await asyncio.sleep(0)
     left: set[asyncio.Task[Any]] = {t for t in asyncio.all_tasks() - before if not t.done()}
     assert left == set()
