@@ -61,7 +61,7 @@ class Broker:
         self.auth_failures = _per_window(settings.auth_failures, settings.auth_failure_window_s)
         self.login_failures = _per_window(settings.login_failures,
                                           settings.login_failure_window_s)
-        self.account_budget = Buckets(settings.account_rate, settings.account_burst)
+        self.account_budget = account_budget(settings.account_rate, settings.account_burst)
         share = (max(1, round(settings.pool_max * settings.account_pool_share))
                  if settings.account_pool_share > 0 else 0)
         self.pool_shares = store.PoolShares(share, settings.account_pool_wait_s)
@@ -318,6 +318,14 @@ class KeysUsed:
     def restore(self, used: dict[uuid.UUID, dt.datetime]) -> None:
         for key_id, at in used.items():
             self._unwritten.setdefault(key_id, at)
+
+
+def account_budget(rate: float, burst: int) -> Buckets:
+    """An account's requests: `burst` at once, then `rate` a second (0 of
+    either: no budget; a rate of 0 is not "the burst, then never again")."""
+    if rate <= 0 or burst <= 0:
+        return Buckets(0.0, 0)
+    return Buckets(rate, burst)
 
 
 def _per_window(failures: int, window_s: float) -> Buckets:

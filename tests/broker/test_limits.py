@@ -8,6 +8,7 @@ import pytest
 
 from broker.delivery.presence import PACING_WINDOW_S
 from broker.limits import NO_LIMIT, Buckets, FrameThrottle, RateWindow, Window
+from broker.runtime import account_budget
 
 
 def pacer(rate: int) -> Window:
@@ -205,6 +206,16 @@ def test_buckets_with_no_burst_limit_nothing() -> None:
     b = Buckets(rate=0.0, burst=0)
     assert all(b.hit("a", 0.0) is None for _ in range(100))
     assert len(b) == 0
+
+
+def test_an_account_budget_of_rate_0_is_no_budget_not_a_burst_then_nothing() -> None:
+    # OPERATIONS.md: SMSDORA_ACCOUNT_RATE=0 is "no budget". As a bare bucket
+    # it was 5,000 requests (the burst), then 429 for ever.
+    for rate, burst in ((0.0, 5000), (2000.0, 0)):
+        b = account_budget(rate, burst)
+        assert all(b.hit("a", 0.0) is None for _ in range(20_000))
+    b = account_budget(2000.0, 3)
+    assert [b.hit("a", 0.0) is None for _ in range(4)] == [True, True, True, False]
 
 
 def test_buckets_refund_a_unit_taken_for_what_did_not_count() -> None:
