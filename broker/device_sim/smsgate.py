@@ -132,7 +132,9 @@ class AppSim:
             self._stream.reschedule(asyncio.get_running_loop().time())
 
     def pause_radio(self) -> None:
-        """Listed jobs wait, locally Pending (as behind the app's own limits)."""
+        """Listed jobs wait, locally Pending (as behind the app's own limits),
+        and an SMS already going out stays Processed, its end not reported,
+        until `resume_radio`."""
         self._radio_on.clear()
 
     def resume_radio(self) -> None:
@@ -379,6 +381,7 @@ class AppSim:
 
     async def _finish(self, message_id: str) -> None:
         await asyncio.sleep(self.delay_s)
+        await self._radio_on.wait()
         self.phone.finish_send(message_id, calls.now())
         self._flush()
 
