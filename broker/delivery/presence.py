@@ -93,6 +93,9 @@ class Presence:
         self._by_account: dict[uuid.UUID, _Account] = {}
         self._pacers: dict[uuid.UUID, Window] = {}  # outlive a reconnect
         self._dirty: dict[uuid.UUID, Connection] = {}
+        # The last batch taken: still `unflushed` until the next one is taken,
+        # for a reader whose PostgreSQL read overlaps that batch's UPDATE.
+        self._taken: dict[uuid.UUID, Connection] = {}
         self._gone_at: dict[uuid.UUID, float] = {}  # wall time of the last disconnect
         self._seen_away: dict[uuid.UUID, float] = {}  # last-seen of phones with no connection
         self._stamps = itertools.count(1)  # freshness and park stamps, never reused
@@ -161,8 +164,11 @@ class Presence:
         return self._gone_at.get(device_id)
 
     def unflushed(self, device_id: uuid.UUID) -> Connection | None:
-        """A connection whose last-seen has not reached PostgreSQL yet."""
-        return self._dirty.get(device_id)
+        """A connection whose last-seen may not have reached PostgreSQL yet,
+        as a reader sees it: changed since the last batch was taken, or in
+        that batch (its UPDATE under way, or committed after the reader
+        read PostgreSQL: a flush period later, the next batch replaces it)."""
+        return self._dirty.get(device_id) or self._taken.get(device_id)
 
     def is_current(self, conn: Connection) -> bool:
         return self._by_device.get(conn.device_id) is conn
@@ -281,6 +287,7 @@ class Presence:
                                   list[str | None]]:
         """What changed since the last flush, as columns for one UPDATE."""
         dirty, self._dirty = self._dirty, {}
+        self._taken = dirty
         away, self._seen_away = self._seen_away, {}
         ids, seen, health, versions = [], [], [], []
         for device_id, conn in dirty.items():

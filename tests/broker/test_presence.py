@@ -377,6 +377,21 @@ def test_take_dirty_includes_a_disconnect() -> None:
     assert presence.take_dirty()[0] == []
 
 
+def test_a_gone_phone_stays_unflushed_until_the_batch_after_its_own() -> None:
+    # A dashboard render reads PostgreSQL, then presence: a flush taking the
+    # phone's last-seen in between (its UPDATE not committed before that
+    # read, or committed after it) must not leave the render PostgreSQL's
+    # older row ("never" for a phone online a moment ago).
+    presence = Presence()
+    a = connect(presence)
+    presence.unregister(a)
+    assert presence.unflushed(a.device_id) is a
+    assert presence.take_dirty()[0] == [a.device_id]
+    assert presence.unflushed(a.device_id) is a  # its UPDATE under way
+    presence.take_dirty()  # a flush period later: PostgreSQL has it
+    assert presence.unflushed(a.device_id) is None
+
+
 def test_touch_keeps_health_when_none_given() -> None:
     presence = Presence()
     a = connect(presence)
