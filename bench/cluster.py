@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import subprocess
 import tempfile
 import time
@@ -536,12 +535,7 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 pair.stop()
     finally:
-        bench.procs.close()
-        bench.pg.stop()
-        if args.keep:
-            say(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        bench.close(keep=args.keep)
     if args.json is not None:
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode(results), indent=1))
 

@@ -227,10 +227,7 @@ def main() -> None:
                   f"collections so far {gc_row['collections']}, ms {gc_row['total_ms']}\n"
                   f"{summarize(raw, args.top)}", flush=True)
     finally:
-        bench.procs.close()
-        bench.pg.stop()
-        if args.out is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        bench.close(keep=args.out is not None)
 
 
 if __name__ == "__main__":

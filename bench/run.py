@@ -122,6 +122,15 @@ class Bench:
 
     # --- processes ----------------------------------------------------------
 
+    def close(self, keep: bool) -> None:
+        """Every process of the run stopped, and its work dir gone unless `keep`."""
+        self.procs.close()
+        self.pg.stop()
+        if keep:
+            say(f"work dir kept: {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
     def server_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("SMSDORA_", "BENCH_")) and k != "DATABASE_URL"}
@@ -474,12 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         rows["cluster"] = bench.cluster_phase(args.quick)
         rows.update(bench.broker())
     finally:
-        bench.procs.close()
-        bench.pg.stop()
-        if args.keep:
-            say(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        bench.close(keep=args.keep)
     results = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": args.quick, "elapsed_s": time.monotonic() - started,
