@@ -64,7 +64,7 @@ from bench import database, report
 from bench.fleet import Fleet
 from bench.loadgen import BODY
 from bench.procs import Proc, cpu_s, free_port, wait_port
-from broker import keys, store
+from broker import store
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -117,30 +117,12 @@ async def seed(dsn: str, secret: bytes, workdir: Path,
     and (phones, send_rate) WebSocket devices."""
     db = await store.connect(dsn)
     try:
-        taken = {r["token_prefix"] for r in await db.fetch("SELECT token_prefix FROM devices")}
         out: dict[str, Group] = {}
         for name, (phones, send_rate) in groups.items():
-            made: dict[str, str] = {}
-            while len(made) < phones:
-                full, prefix = keys.make_secret(keys.TOKEN_KIND)
-                if prefix not in taken:
-                    made.setdefault(prefix, full)
-            taken.update(made)
-            account = uuid.uuid4()
-            await db.execute("INSERT INTO accounts (id, email, plan, created_at)"
-                             " VALUES ($1, $2, $3, now())", account,
-                             f"bench-cluster-{name}@example.com", database.PLAN)
-            key, key_prefix = keys.make_secret(keys.KEY_KIND)
-            await store.insert_key(db, account, f"cluster-{name}", key_prefix,
-                                   keys.digest(secret, key), ["messages:send"], None, None)
-            await db.copy_records_to_table(
-                "devices", columns=["id", "account_id", "name", "token_prefix", "token_hash",
-                                    "send_rate"],
-                records=[(uuid.uuid4(), account, f"cluster-{name}-{i}", prefix,
-                          keys.digest(secret, full), send_rate)
-                         for i, (prefix, full) in enumerate(made.items())])
+            account, key, made = await database.add_account(
+                db, secret, f"cluster-{name}", ["messages:send"], phones, send_rate)
             tokens = workdir / f"tokens-cluster-{name}.json"
-            tokens.write_bytes(msgspec.json.encode(list(made.values())))
+            tokens.write_bytes(msgspec.json.encode(made))
             out[name] = Group(account, key, tokens, phones)
         return out
     finally:

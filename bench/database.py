@@ -99,6 +99,33 @@ def _unique_secrets(kind: str, n: int) -> list[tuple[str, str]]:
     return [(full, prefix) for prefix, full in out.items()]
 
 
+async def add_account(db: asyncpg.Connection, secret: bytes, name: str, scopes: list[str],
+                      phones: int, send_rate: int, transport: str = store.WEBSOCKET
+                      ) -> tuple[uuid.UUID, str, list[str]]:
+    """An account `bench-{name}` on the bench plan, with an API key of
+    `scopes` (no rate limit) and `phones` devices `{name}-{i}` at
+    `send_rate`, whose token prefixes no device of the database has yet:
+    (the account, its key, the device tokens)."""
+    taken = {r["token_prefix"] for r in await db.fetch("SELECT token_prefix FROM devices")}
+    made: dict[str, str] = {}
+    while len(made) < phones:
+        full, prefix = keys.make_secret(keys.TOKEN_KIND)
+        if prefix not in taken:
+            made.setdefault(prefix, full)
+    account = uuid.uuid4()
+    await db.execute("INSERT INTO accounts (id, email, plan, created_at)"
+                     " VALUES ($1, $2, $3, now())", account, f"bench-{name}@example.com", PLAN)
+    key, key_prefix = keys.make_secret(keys.KEY_KIND)
+    await store.insert_key(db, account, name, key_prefix, keys.digest(secret, key), scopes,
+                           None, None)
+    await db.copy_records_to_table(
+        "devices", columns=["id", "account_id", "name", "token_prefix", "token_hash",
+                            "send_rate", "transport"],
+        records=[(uuid.uuid4(), account, f"{name}-{i}", prefix, keys.digest(secret, full),
+                  send_rate, transport) for i, (prefix, full) in enumerate(made.items())])
+    return account, key, list(made.values())
+
+
 async def seed(dsn: str, secret: bytes, phones: int, per_account: int,
                send_rate: int) -> Seeded:
     """A plan without limits, ceil(phones / per_account) accounts, one API key

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import datetime as dt
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +40,7 @@ import msgspec
 from bench import database, report
 from bench.fleet import Fleet
 from bench.procs import Controlled, free_port, wait_port
-from broker import keys, store
+from broker import store
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -78,31 +76,11 @@ async def seed(dsn: str, secret: bytes, phones: int, send_rate: int) -> Groups:
     Gateway devices in the other, all at `send_rate` (SMS a minute)."""
     db = await store.connect(dsn)
     try:
-        taken = {r["token_prefix"] for r in await db.fetch("SELECT token_prefix FROM devices")}
-        tokens: dict[str, str] = {}
-        while len(tokens) < 2 * phones:
-            full, prefix = keys.make_secret(keys.TOKEN_KIND)
-            if prefix not in taken:
-                tokens.setdefault(prefix, full)
-        made = list(tokens.items())
-        now = dt.datetime.now(dt.UTC)
         out: dict[str, tuple[str, list[str]]] = {}
-        for name, transport, part in (("ws-group", store.WEBSOCKET, made[:phones]),
-                                      ("sse-group", store.SMSGATE, made[phones:])):
-            account = uuid.uuid4()
-            await db.execute("INSERT INTO accounts (id, email, plan, created_at)"
-                             " VALUES ($1, $2, $3, $4)", account, f"bench-{name}@example.com",
-                             database.PLAN, now)
-            key, key_prefix = keys.make_secret(keys.KEY_KIND)
-            await store.insert_key(db, account, name, key_prefix, keys.digest(secret, key),
-                                   ["messages:send"], None, None)
-            await db.copy_records_to_table(
-                "devices", columns=["id", "account_id", "name", "token_prefix", "token_hash",
-                                    "send_rate", "transport"],
-                records=[(uuid.uuid4(), account, f"{name}-{i}", prefix,
-                          keys.digest(secret, full), send_rate, transport)
-                         for i, (prefix, full) in enumerate(part)])
-            out[name] = key, [full for _, full in part]
+        for name, transport in (("ws-group", store.WEBSOCKET), ("sse-group", store.SMSGATE)):
+            _, key, made = await database.add_account(db, secret, name, ["messages:send"],
+                                                      phones, send_rate, transport)
+            out[name] = key, made
         return Groups(out["ws-group"][0], out["ws-group"][1], out["sse-group"][0],
                       out["sse-group"][1])
     finally:

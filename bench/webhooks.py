@@ -48,7 +48,7 @@ from bench import database, report
 from bench.fleet import Fleet
 from bench.procs import Controlled, free_port, wait_port
 from bench.sse import percentiles
-from broker import keys, store
+from broker import store
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -90,33 +90,16 @@ class Accounts:
 async def seed(dsn: str, secret: bytes, phones: int) -> Accounts:
     db = await store.connect(dsn)
     try:
-        taken = {r["token_prefix"] for r in await db.fetch("SELECT token_prefix FROM devices")}
-        made: dict[str, str] = {}
-        while len(made) < len(ACCOUNTS) * phones:
-            full, prefix = keys.make_secret(keys.TOKEN_KIND)
-            if prefix not in taken:
-                made.setdefault(prefix, full)
-        tokens = list(made.items())
         ids: dict[str, uuid.UUID] = {}
         api_keys: dict[str, str] = {}
-        for i, name in enumerate(ACCOUNTS):
-            account = uuid.uuid4()
-            await db.execute("INSERT INTO accounts (id, email, plan, created_at)"
-                             " VALUES ($1, $2, $3, now())", account,
-                             f"bench-webhooks-{name}@example.com", database.PLAN)
-            key, key_prefix = keys.make_secret(keys.KEY_KIND)
-            await store.insert_key(db, account, f"webhooks-{name}", key_prefix,
-                                   keys.digest(secret, key), SCOPES, None, None)
-            part = tokens[i * phones:(i + 1) * phones]
+        tokens: list[str] = []
+        for name in ACCOUNTS:
             # send_rate 0: the accept runs measure the API, not the pacing.
-            await db.copy_records_to_table(
-                "devices", columns=["id", "account_id", "name", "token_prefix", "token_hash",
-                                    "send_rate"],
-                records=[(uuid.uuid4(), account, f"webhooks-{name}-{j}", prefix,
-                          keys.digest(secret, full), 0) for j, (prefix, full) in enumerate(part)])
-            ids[name] = account
-            api_keys[name] = key
-        return Accounts(ids, api_keys, [full for _, full in tokens])
+            account, key, made = await database.add_account(
+                db, secret, f"webhooks-{name}", SCOPES, phones, 0)
+            ids[name], api_keys[name] = account, key
+            tokens += made
+        return Accounts(ids, api_keys, tokens)
     finally:
         await db.close()
 
