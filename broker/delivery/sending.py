@@ -129,12 +129,8 @@ class Sender:
                     self._give_back(conn, mono)
                 raise
             if written is store.Inserted.WRITTEN:
-                response = api_encoder.encode(SendResponse(
-                    statusCode=201, message="SMS queued for delivery",
-                    data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
-                                     status=status, device=DeviceRef(id=str(conn.device_id),
-                                                                     deviceName=conn.name)),
-                ))
+                response = job.created(status, DeviceRef(id=str(conn.device_id),
+                                                         deviceName=conn.name))
                 return _Accepted(conn, has_room, mono, response, () if has_room else wake)
             if has_room:
                 self._give_back(conn, mono)  # nothing went to the phone
@@ -189,11 +185,8 @@ class Sender:
             raise Forbidden("Monthly message quota exceeded")
         if written is store.Inserted.DEVICE_GONE:
             return None
-        response = api_encoder.encode(SendResponse(
-            statusCode=201, message="SMS queued for delivery",
-            data=MessageData(id=str(job.id), recipient=job.recipient, message=job.body,
-                             status=lifecycle.QUEUED, device=device)))
-        return _Accepted(None, False, time.monotonic(), response, wake)
+        return _Accepted(None, False, time.monotonic(), job.created(lifecycle.QUEUED, device),
+                         wake)
 
     async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID | None,
                       status: str) -> store.Inserted:
@@ -290,6 +283,13 @@ class _NewJob(NamedTuple):
     def frame(self) -> Job:
         """The job as its phone is offered it."""
         return Job(id=str(self.id), recipient=self.recipient, message=self.body)
+
+    def created(self, status: str, device: DeviceRef | None) -> bytes:
+        """The 201 body of its send."""
+        return api_encoder.encode(SendResponse(
+            statusCode=201, message="SMS queued for delivery",
+            data=MessageData(id=str(self.id), recipient=self.recipient, message=self.body,
+                             status=status, device=device)))
 
 
 class _Accepted(NamedTuple):

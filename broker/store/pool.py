@@ -26,13 +26,13 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Db: TypeAlias = "Pool | Conn"
 
 
-# What "the database cannot be reached" looks like from asyncpg: the edge
-# answers these with 503 in the error shape, never a bare 500.
 # Two transactions that waited for each other, one of them ended by
 # PostgreSQL: nothing of it was written, and the same statement again (alone,
 # outside a transaction) goes through. The edge answers 503 with Retry-After.
 DATABASE_BUSY: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# What "the database cannot be reached" looks like from asyncpg: the edge
+# answers these with 503 in the error shape, never a bare 500.
 DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError, ConnectionError, OSError, TimeoutError,
