@@ -112,6 +112,7 @@ class Broker:
                                      max_queued=self.settings.max_queued_per_account,
                                      wake=self.wake, peers=self.peers)
         self.peers.on_queued = self._queued_here
+        self.peers.on_dispatched = self.dispatcher.remote.arrived
         self.peers.on_stop = self._stop_here
         self.peers.on_rates = self._rates_heard
         self.peers.on_looked = self._looked_elsewhere
@@ -120,7 +121,8 @@ class Broker:
         self._flusher = loop.create_task(self._flush_loop())
         self._gossip = loop.create_task(self._gossip_loop())
         self._sweeper = loop.create_task(
-            Sweeper(self.pool, self.presence, self.settings, self.peers).run())
+            Sweeper(self.pool, self.presence, self.settings, self.peers,
+                    self.dispatcher.remote).run())
         await outbox.release_node(self.pool, self.settings.node)
         self.webhooks = Sender(self.pool, self.settings, self.wake)
         self.device_events = DeviceEvents(self.pool, self.wake)

@@ -1,14 +1,20 @@
 """`Peers`: what one node says to the others over the bus, and hears from
 them (CONTRACT section 13). Ids only; PostgreSQL holds the work.
 
-- **"queued for your phones"** (`q ACCOUNT`): a node took a send for an
-  account whose phones with room are all held by other nodes. It commits
-  the message `queued` (naming the freshest such phone) and wakes the nodes
-  that hold the account's phones; each drains the account's queue to its
-  freshest phone with room (broker/delivery/queue.py), so the job frame or
-  SSE event is written by the node that holds the socket. A send with a ttl
-  and no phone anywhere wakes every node (`all` topic), so that the first
-  phone to connect anywhere is given it at once.
+- **"a job for your phone"** (`d DEVICE MESSAGE`): a node took a send for
+  an account with no phone of its own, and committed it `dispatching` for
+  the freshest phone another node holds that has room as far as this node
+  can tell (its own sends to that phone in the last minute, against the
+  phone's rate). The node holding the phone reads the job (no commit) and
+  writes its frame or SSE event (broker/delivery/remote.py): one commit on
+  the path, as for a phone of its own.
+- **"queued for your phones"** (`q ACCOUNT`): the same, when every such
+  phone has had its rate's worth from this node: the message is committed
+  `queued` (naming the freshest) and the nodes holding the account's phones
+  drain the account's queue to their freshest phone with room
+  (broker/delivery/queue.py). A send with a ttl and no phone anywhere wakes
+  every node (`all` topic), so that the first phone to connect anywhere is
+  given it at once.
 - **"I am up"** (`h NODE`): a node that starts says so to every node, which
   look at its phones from then on (they count the live leases again every
   third of a lease anyway).
@@ -25,7 +31,9 @@ them (CONTRACT section 13). Ids only; PostgreSQL holds the work.
   takes it out of the phone's window and tells the phone.
 
 A lost message costs at most a sweep: the queue is drained again when a
-phone connects or answers, and the sweeper's clocks run on every node.
+phone connects or answers, a node looks every sweep for jobs committed for
+its phones that it never handed (broker/delivery/remote.py), and the
+sweeper's clocks run on every node.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class Peers:
         # Set by the runtime: drain the account's queue here; stop a job of
         # a phone connected here.
         self.on_queued: Callable[[uuid.UUID], None] = lambda _account: None
+        self.on_dispatched: Callable[[uuid.UUID, uuid.UUID], None] = lambda _d, _m: None
         self.on_stop: Callable[[uuid.UUID, uuid.UUID, str], None] = lambda _d, _m, _r: None
         self.on_rates: Callable[[dict[str, tuple[int, int]]], None] = lambda _used: None
         self.on_looked: Callable[[uuid.UUID], None] = lambda _device: None
@@ -78,12 +87,12 @@ class Peers:
 
     # --- what a send asks ------------------------------------------------
 
-    async def holder(self, db: store.Db, account_id: uuid.UUID) -> cluster.Online | None:
-        """The account's freshest phone held by another live node, if any."""
+    async def holders(self, db: store.Db, account_id: uuid.UUID,
+                      limit: int) -> list[cluster.Online]:
+        """The account's freshest phones held by other live nodes."""
         if not self.others or self.bus is None:
-            return None
-        held = await cluster.holders_of(db, account_id, exclude_node=self.node, limit=1)
-        return held[0] if held else None
+            return []
+        return await cluster.holders_of(db, account_id, exclude_node=self.node, limit=limit)
 
     async def nodes_holding(self, db: store.Db, account_id: uuid.UUID) -> list[str]:
         """The other live nodes that hold a phone of the account."""
@@ -92,6 +101,11 @@ class Peers:
         return await cluster.nodes_holding(db, account_id, exclude_node=self.node)
 
     # --- what a node says (after the commit) ------------------------------
+
+    def dispatched(self, node: str, device_id: uuid.UUID, message_id: uuid.UUID) -> None:
+        """A job is committed `dispatching` for a phone `node` holds."""
+        if self.bus is not None:
+            self.bus.publish(node_topic(node), f"d {device_id} {message_id}".encode())
 
     def queued(self, account_id: uuid.UUID, nodes: list[str] | None) -> None:
         """Jobs of the account wait `queued`: the named nodes (None: every
@@ -153,7 +167,10 @@ class Peers:
         self.received += 1
         try:
             kind, _, rest = payload.decode().partition(" ")
-            if kind == "q":
+            if kind == "d":
+                device, message = rest.split(" ", 1)
+                self.on_dispatched(uuid.UUID(device), uuid.UUID(message))
+            elif kind == "q":
                 self.on_queued(uuid.UUID(rest))
             elif kind == "h":
                 if rest != node_topic(self.node):

@@ -18,6 +18,7 @@ from broker.delivery.channel import Answer, Cancel, CloseReason, Receipt, Refusa
 from broker.delivery.handoff import hand, job_of
 from broker.delivery.presence import Connection, Presence
 from broker.delivery.queue import Queue
+from broker.delivery.remote import RemoteJobs
 from broker.delivery.sending import Sender
 from broker.delivery.wake import Wake
 from broker.lookups import Coalescer
@@ -33,6 +34,8 @@ class Dispatcher:
         self.wake = wake or Wake()
         self.peers = peers or Peers(pool, None, "")
         self.queue = Queue(pool, presence)
+        # Jobs other nodes committed for our phones (CONTRACT section 13).
+        self.remote = RemoteJobs(pool, presence, self.peers.node)
         self.sender = Sender(pool, presence, self.queue, max_queued, self.wake, self.peers)
         self.reports = reports.ReportWriter(pool, self._reports_written)
         redelivered = sorted(lifecycle.REDELIVERED)
@@ -142,6 +145,7 @@ class Dispatcher:
 
     async def close(self) -> None:
         await self.queue.close()
+        await self.remote.close()
         await self.reports.close()
         await self.open_jobs.close()
 

@@ -27,6 +27,7 @@ from broker.delivery.presence import Connection, Presence
 from broker.delivery.queue import Queue
 from broker.delivery.wake import Wake
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
+from broker.limits import Window
 from broker.ops import metrics
 from protocol import lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse
@@ -36,6 +37,8 @@ IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
 _PICK_ATTEMPTS = 4
 _QUOTA_ATTEMPTS = 2 * store.STRIPES + 4
 _QUEUE_FULL_RETRY_S = 30
+# A send for another node's phone looks at this many of the freshest.
+_REMOTE_CANDIDATES = 16
 # The send path's metric children, looked up once rather than per send.
 _SENDS = {r: metrics.SENDS.labels(r)
           for r in ("queue_full", "no_device", "dispatching", "queued", "replayed")}
@@ -95,6 +98,8 @@ class Sender:
             except BaseException:
                 if accepted is not None and accepted.conn is not None and accepted.has_room:
                     self._give_back(accepted.conn, accepted.mono)  # rolled back: nothing sent
+                elif accepted is not None and accepted.remote is not None:
+                    accepted.remote.pacer.give_back(accepted.mono)
                 raise
         assert accepted is not None
         await self._deliver(job, accepted)
@@ -140,16 +145,9 @@ class Sender:
                 raise Forbidden("Monthly message quota exceeded")
             self.presence.unregister(conn)  # DEVICE_GONE
             await conn.channel.close(CloseReason.DEACTIVATED)
-        remote = await self.peers.holder(db, job.account_id)
-        if remote is not None:
-            # No phone here: it waits `queued` for the freshest phone another
-            # node holds, which is woken after the commit and drains it to its
-            # freshest phone with room (broker/cluster/peers.py).
-            held = await self._queued(db, job, DeviceRef(id=str(remote.device_id),
-                                                         deviceName=remote.name),
-                                      (remote.node,))
-            if held is not None:
-                return held  # else that phone was deactivated meanwhile
+        held = await self._remote(db, job)
+        if held is not None:
+            return held
         if job.expires_at is None:
             # Without a ttl the caller asked for now or never (contract section 3).
             _SENDS["no_device"].inc()
@@ -160,6 +158,45 @@ class Sender:
         held = await self._queued(db, job, None, None)
         assert held is not None  # no device to be gone
         return held
+
+    async def _remote(self, db: store.Db, job: _NewJob) -> _Accepted | None:
+        """No phone of the account here: the freshest phone another node holds
+        with room, as far as our own sends to it in its pacing window tell,
+        gets the job committed `dispatching`, and that node hands it after
+        the commit (one commit on the path, as for a phone here). If each
+        has had its rate's worth from us, the job waits `queued` for the
+        freshest, whose node drains the queue to its phones with room
+        (broker/cluster/peers.py). None: no other node holds a phone of the
+        account (or those it holds were deactivated meanwhile)."""
+        held = await self.peers.holders(db, job.account_id, _REMOTE_CANDIDATES)
+        mono = time.monotonic()
+        for phone in held:
+            pacer = self.presence.pacer(phone.device_id, phone.send_rate)
+            if pacer.room(mono) <= 0:
+                continue
+            pacer.take(mono)
+            remote = _Remote(phone.node, phone.device_id, pacer)
+            try:
+                written = await self._insert(db, job, phone.device_id, lifecycle.DISPATCHING,
+                                             remote)
+            except BaseException:
+                pacer.give_back(mono)
+                raise
+            if written is store.Inserted.WRITTEN:
+                return _Accepted(None, False, mono, job.created(
+                    lifecycle.DISPATCHING, DeviceRef(id=str(phone.device_id),
+                                                     deviceName=phone.name)), (), remote)
+            pacer.give_back(mono)
+            if written is store.Inserted.KEY_GONE:
+                raise KeyChanged()
+            if written is store.Inserted.OVER_QUOTA:
+                raise Forbidden("Monthly message quota exceeded")
+            # DEVICE_GONE: deactivated meanwhile; the next one.
+        if held:
+            return await self._queued(db, job, DeviceRef(id=str(held[0].device_id),
+                                                         deviceName=held[0].name),
+                                      (held[0].node,))
+        return None
 
     async def _queue_has_room(self, db: store.Db, account_id: uuid.UUID) -> None:
         """A job of the account is queued from now, unless its queue is full:
@@ -189,9 +226,10 @@ class Sender:
                          wake)
 
     async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID | None,
-                      status: str) -> store.Inserted:
+                      status: str, remote: _Remote | None = None) -> store.Inserted:
         """The message's INSERT, which takes its unit of the monthly quota in
-        the same statement (contract section 3, v2)."""
+        the same statement (contract section 3, v2). `remote`: the device is
+        another node's phone."""
         row = store.NewMessage(job.id, job.account_id, device_id, job.recipient, job.body,
                                status, job.expires_at, job.created_at, job.key_id,
                                job.key_prefix, job.quota)
@@ -199,7 +237,8 @@ class Sender:
             # The request may give up (its deadline) while its row is being
             # written: if it is committed, its job goes to the phone all the
             # same, rather than wait for a reconnect.
-            orphaned = (functools.partial(self._orphan_written, job=job, device_id=device_id)
+            orphaned = (functools.partial(self._orphan_written, job=job, device_id=device_id,
+                                          remote=remote)
                         if device_id is not None and status == lifecycle.DISPATCHING else None)
             batched = await self.batch.insert(row, orphaned)
             if batched is not None:
@@ -225,10 +264,13 @@ class Sender:
         raise Unavailable("Monthly quota busy, try again", headers={"Retry-After": "1"})
 
     def _orphan_written(self, future: asyncio.Future[store.Inserted | None], job: _NewJob,
-                        device_id: uuid.UUID) -> None:
+                        device_id: uuid.UUID, remote: _Remote | None) -> None:
         """A send whose request was cancelled while its batch was written."""
         if future.cancelled() or future.exception() is not None \
                 or future.result() is not store.Inserted.WRITTEN:
+            return
+        if remote is not None:
+            self.peers.dispatched(remote.node, device_id, job.id)
             return
         conn = self.presence.get(device_id)
         if conn is not None:
@@ -241,7 +283,12 @@ class Sender:
         """After the commit: the job frame to the phone, or a wake-up for the queue."""
         _QUEUED_T.inc()
         self.wake.poke(job.account_id)
-        if accepted.has_room and accepted.conn is not None:
+        if accepted.remote is not None:
+            # Its node writes the frame (broker/delivery/remote.py).
+            _DISPATCHING_T.inc()
+            self.peers.dispatched(accepted.remote.node, accepted.remote.device_id, job.id)
+            _SENDS["dispatching"].inc()
+        elif accepted.has_room and accepted.conn is not None:
             _DISPATCHING_T.inc()
             await hand(self.presence, accepted.conn, job.id, job.frame())
             metrics.DISPATCH_LATENCY.observe(time.monotonic() - accepted.mono)
@@ -300,6 +347,15 @@ class _Accepted(NamedTuple):
     # Other nodes to wake after the commit to drain the account's queue
     # (None: every node; empty: none).
     wake: tuple[str, ...] | None = ()
+    remote: _Remote | None = None  # committed `dispatching` for another node's phone
+
+
+class _Remote(NamedTuple):
+    """Another node's phone a job is committed for, and our count of the
+    jobs we gave it (taken for this one)."""
+    node: str
+    device_id: uuid.UUID
+    pacer: Window
 
 
 class _LostRace(Exception):

@@ -9,6 +9,8 @@ only in memory and a restarted broker picks up where the last one stopped:
   phone comes back holding it, it gets `cancel`, never a receipt. A job an
   SMS Gateway phone has listed is asked back instead (`handback`), and
   moves once the phone confirmed the cancel;
+- a job another node committed for a phone held here whose wake-up was
+  lost goes to that phone (broker/delivery/remote.py);
 - a job in `sending`, or listed by an SMS Gateway phone, with no report
   within `no_report_after_s` fails as `no report`;
 - idempotency rows older than 24 h (each holds a whole response) are
@@ -32,6 +34,7 @@ from broker.cluster.peers import Peers
 from broker.delivery.channel import Job
 from broker.delivery.handoff import move
 from broker.delivery.presence import Presence
+from broker.delivery.remote import RemoteJobs
 from broker.delivery.sending import IDEMPOTENCY_WINDOW
 from broker.ops import metrics
 from broker.settings import Settings
@@ -44,11 +47,12 @@ log = logging.getLogger("smsdora.sweeper")
 
 class Sweeper:
     def __init__(self, pool: store.Pool, presence: Presence, settings: Settings,
-                 peers: Peers | None = None) -> None:
+                 peers: Peers | None = None, remote: RemoteJobs | None = None) -> None:
         self.pool = pool
         self.presence = presence
         self.settings = settings
         self.peers = peers or Peers(pool, None, "")  # the other nodes: their phones
+        self.remote = remote  # jobs they commit for our phones
         self.started_at = time.time()
 
     async def run(self) -> None:
@@ -66,6 +70,10 @@ class Sweeper:
         now = utcnow()
         await self._expire(now)
         await self._reassign(now)
+        if self.remote is not None and self.peers.others:
+            # Older than two sweeps: a wake-up that is only late is not lost.
+            await self.remote.sweep(now - dt.timedelta(seconds=self.settings.reassign_after_s),
+                                    now - dt.timedelta(seconds=2 * self.settings.sweep_s))
         no_report = now - dt.timedelta(seconds=self.settings.no_report_after_s)
         for statuses, column in (([lifecycle.SENDING], "updated_at"),
                                  ([lifecycle.DISPATCHING], "listed_at")):

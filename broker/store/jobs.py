@@ -71,6 +71,39 @@ async def claim_queued(db: Db, account_id: uuid.UUID, device_id: uuid.UUID,
     ))
 
 
+class Dispatched(msgspec.Struct, frozen=True):
+    """A job committed `dispatching` for a phone, to be handed to it by the
+    node that holds its connection (CONTRACT section 13)."""
+    id: uuid.UUID
+    device_id: uuid.UUID
+    recipient: str
+    body: str
+
+
+async def dispatched_jobs(db: Db, ids: list[uuid.UUID]) -> dict[uuid.UUID, Dispatched]:
+    """Those of these jobs still `dispatching` and not asked back, with their
+    device (another node's wake-up names them: a read, no commit)."""
+    rows = await db.fetch(
+        "SELECT id, device_id, recipient, body FROM messages"
+        " WHERE id = ANY($1::uuid[]) AND status = 'dispatching'"
+        " AND handback IS NULL", ids)
+    return {r["id"]: Dispatched(**dict(r)) for r in rows}
+
+
+async def stray_jobs(db: Db, node: str, since: dt.datetime, before: dt.datetime,
+                     limit: int = 500) -> list[Dispatched]:
+    """`dispatching` jobs never listed nor asked back, last moved between
+    `since` and `before`, of the phones whose presence row names `node`:
+    where a lost wake-up from another node leaves a job (the caller hands
+    those its phones do not hold). The newest first, by messages_unacked."""
+    return rows_of(Dispatched, await db.fetch(
+        "SELECT m.id, m.device_id, m.recipient, m.body FROM messages m"
+        " JOIN presence p ON p.device_id = m.device_id AND p.node = $1"
+        " WHERE m.status = 'dispatching' AND m.updated_at >= $2 AND m.updated_at < $3"
+        " AND m.handback IS NULL AND m.listed_at IS NULL"
+        " ORDER BY m.updated_at DESC LIMIT $4", node, since, before, limit))
+
+
 async def queued_count(db: Db, account_id: uuid.UUID) -> int:
     return int(await db.fetchval(
         "SELECT count(*) FROM messages WHERE account_id = $1 AND status = 'queued'", account_id))

@@ -194,13 +194,14 @@ class Phones:
         return functools.partial(open_phone_at, self.cluster.nodes[node].ws_url)
 
     async def make(self, transport: str, account: Account, node: str,
-                   name: str = "Phone") -> PhoneDriver:
+                   name: str = "Phone", send_rate: int = 0) -> PhoneDriver:
         http = self.cluster.http[node]
         d: PhoneDriver
         if transport == "ws":
-            d = WsDriver(await account.make_device(name, 0), account, http, self.opener(node))
+            d = WsDriver(await account.make_device(name, send_rate), account, http,
+                         self.opener(node))
         else:
-            d = await SmsGateDriver.register(account, http, name, 0)
+            d = await SmsGateDriver.register(account, http, name, send_rate)
         self.made.append(d)
         await d.connect()
         await wait_for(lambda: self.held_by(d.device.id, node), what=f"{name} held by {node}")
@@ -264,12 +265,38 @@ async def test_a_send_through_any_node_reaches_a_phone_on_any_node(
             assert r.status_code == 201, (via, at, r.text)
             data = r.json()["data"]
             assert data["device"]["id"] == phone.device.id
-            # Through the phone's own node it goes out at once; through
-            # another, it waits `queued` for that node (which was woken).
-            assert data["status"] == ("dispatching" if via == at else "queued"), (via, at)
+            # Through any node it is committed `dispatching` for the phone,
+            # whose node is told and writes the frame or SSE event.
+            assert data["status"] == "dispatching", (via, at)
             await deliver(phone, data["id"])
             assert await status_of(dbc, data["id"]) == "delivered"
         await phone.expect_nothing(0.2)
+
+
+@pytest.mark.parametrize("transport", ["ws", "smsgate"])
+async def test_a_node_gives_another_nodes_phones_no_more_than_their_rate(
+        cluster: Cluster, phones: Phones, dbc: asyncpg.Connection, transport: str) -> None:
+    """Two phones at n1 of 1 SMS a minute each; three sends through n2: one
+    each, committed `dispatching` for it (n2 counts its own sends to them),
+    and the third waits `queued` for n1 to drain when one has room."""
+    account = await new_account(dbc)
+    made = [await phones.make(transport, account, "n1", f"slow-{i}", send_rate=1)
+            for i in range(2)]
+    await wait_for(lambda: shown_online(cluster.http["n2"], account, made[1]),
+                   what="both phones online through n2")
+    sent = []
+    for i in range(3):
+        r = await send_sms(cluster.http["n2"], account.key, message=f"slow {i}")
+        assert r.status_code == 201, r.text
+        sent.append(r.json()["data"])
+    assert [d["status"] for d in sent] == ["dispatching", "dispatching", "queued"]
+    by_phone = {p.device.id: p for p in made}
+    assert {d["device"]["id"] for d in sent[:2]} == set(by_phone), sent
+    for d in sent[:2]:
+        await deliver(by_phone[d["device"]["id"]], d["id"])
+    assert await status_of(dbc, sent[2]["id"]) == "queued"  # no room for a minute
+    for p in made:
+        await p.expect_nothing(0.2)
 
 
 async def test_a_job_cancelled_at_one_node_is_taken_back_from_the_phone_on_another(

@@ -1,0 +1,115 @@
+"""Jobs another node committed for a phone held here (CONTRACT section 13).
+
+A node that takes a send for an account with no phone of its own commits
+the job `dispatching` for a phone another node holds and says so over the
+bus after the commit (`d DEVICE MESSAGE`, broker/cluster/peers.py). Here the
+job is read (a read, no commit: the one commit on its path is the sender's)
+and handed to the phone, as soon as its pacer and in-flight window have
+room; it stays the phone's meanwhile.
+
+The bus may lose that word (it promises at most once): the job then waits
+`dispatching` for a phone of ours that never got it, which neither the
+phone's reconnect nor the sweeper's reassignment (the phone is online)
+would mend. So every sweep looks for such jobs of the last reassign delay
+and hands those no connection of ours holds: a lost wake-up costs a sweep
+or two. A job handed twice costs nothing: the phone keys its work by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import time
+import uuid
+
+from broker import store
+from broker.delivery.channel import Job
+from broker.delivery.handoff import hand
+from broker.delivery.presence import Presence
+from broker.lookups import Coalescer
+
+log = logging.getLogger("smsdora.cluster")
+
+
+class RemoteJobs:
+    def __init__(self, pool: store.Pool, presence: Presence, node: str) -> None:
+        self.pool = pool
+        self.presence = presence
+        self.node = node
+        # The wake-ups of one moment share one read.
+        self._jobs: Coalescer[uuid.UUID, store.Dispatched] = Coalescer(
+            functools.partial(store.dispatched_jobs, pool))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._later: dict[uuid.UUID, asyncio.TimerHandle] = {}  # job -> look again then
+        self._closing = False
+        self.handed = 0  # jobs handed here for another node (tests and metrics)
+        self.strays = 0  # of them, found by a sweep: their wake-up was lost
+
+    def arrived(self, device_id: uuid.UUID, message_id: uuid.UUID) -> None:
+        """The bus: a job for `device_id` is committed. Not ours (any more):
+        the phone's reconnect elsewhere gives it, or the sweeper moves it."""
+        old = self._later.pop(message_id, None)
+        if old is not None:
+            old.cancel()  # a timer's own call, or the word again
+        conn = self.presence.get(device_id)
+        if conn is None or message_id in conn.inflight or self._closing:
+            return
+        task = asyncio.get_running_loop().create_task(self._read_and_hand(message_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The database away, say: the sweep finds the job again.
+            log.warning("job for a phone here not handed: the next sweep looks again",
+                        extra={"error": type(task.exception()).__name__})
+
+    async def _read_and_hand(self, message_id: uuid.UUID) -> None:
+        job = await self._jobs.get(message_id)
+        if job is not None:  # else moved on meanwhile: cancelled, expired, asked back
+            await self._hand(job)
+
+    async def _hand(self, job: store.Dispatched) -> None:
+        conn = self.presence.get(job.device_id)
+        if conn is None or job.id in conn.inflight or self._closing:
+            return
+        now = time.monotonic()
+        if conn.room(now) <= 0:
+            # Its pacer or window is full (the sender counted only its own
+            # sends to it): the job waits for room, read again then.
+            old = self._later.pop(job.id, None)
+            if old is not None:
+                old.cancel()
+            self._later[job.id] = asyncio.get_running_loop().call_later(
+                max(0.0, conn.next_room_at(now) - now), self.arrived, job.device_id, job.id)
+            return
+        conn.pacer.take(now)
+        self.handed += 1
+        await hand(self.presence, conn, job.id,
+                   Job(id=str(job.id), recipient=job.recipient, message=job.body))
+
+    async def sweep(self, since: dt.datetime, before: dt.datetime) -> None:
+        """Hand the jobs committed for our phones between `since` and
+        `before` that none of our connections holds: their wake-up was lost."""
+        for job in await store.stray_jobs(self.pool, self.node, since, before):
+            conn = self.presence.get(job.device_id)
+            if conn is None or job.id in conn.inflight or job.id in self._later:
+                continue
+            self.strays += 1
+            log.info("job for a phone here handed by the sweep (its wake-up was lost)",
+                     extra={"message_id": str(job.id), "device_id": str(job.device_id)})
+            await self._hand(job)
+
+    async def close(self) -> None:
+        self._closing = True
+        for handle in self._later.values():
+            handle.cancel()
+        self._later.clear()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._jobs.close()
