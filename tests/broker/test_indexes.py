@@ -333,6 +333,10 @@ async def statements(db: asyncpg.Connection, s: Spread) -> list[Statement]:
     await ex.run("write_history", jobs.write_history,
                  [(i, lifecycle.SENT, phones[0], None) for i in sending[:20]])
     await ex.run("reassign", jobs.reassign, dispatching[0], phones[0], phones[1])
+    # Jobs another node committed for phones held here (delivery/remote.py).
+    await ex.run("dispatched_jobs", jobs.dispatched_jobs, dispatching[:20], hot=True)
+    await ex.run("stray_jobs", jobs.stray_jobs, "node-a", s.now - dt.timedelta(seconds=60),
+                 s.now - dt.timedelta(seconds=2), hot=True)
     # The sweeper, with its own arguments (broker/delivery/sweeper.py).
     no_report = s.now - dt.timedelta(hours=24)
     await ex.run("fail_due (no report)", jobs.fail_due, [lifecycle.SENDING], "updated_at",
@@ -406,7 +410,8 @@ async def test_the_hot_lookups_read_an_index_never_a_seq_scan_of_the_table(found
     # reads its table, so the check below is not vacuous for them.
     named = {"idempotent_response", "lock_for_reports", "claim_queued", "open_jobs",
              "fail_due (no report)", "fail_due (no report, listed)", "fail_due (expired)",
-             "unacked_jobs", "list_messages (big account: recipient)", "get_message"}
+             "unacked_jobs", "list_messages (big account: recipient)", "get_message",
+             "dispatched_jobs", "stray_jobs"}
     assert {st.call for st in hot} >= named
     assert all(st.scans(SCANNED_NEVER) for st in hot if st.call in named)
     scanning = [st for st in hot if "Seq Scan" in st.scans(SCANNED_NEVER)]
