@@ -113,6 +113,7 @@ class Broker:
                                      wake=self.wake, peers=self.peers)
         self.peers.on_queued = self._queued_here
         self.peers.on_dispatched = self.dispatcher.remote.arrived
+        self.peers.on_reserve = self.dispatcher.remote.reserve
         self.peers.on_stop = self._stop_here
         self.peers.on_rates = self._rates_heard
         self.peers.on_looked = self._looked_elsewhere
@@ -135,8 +136,10 @@ class Broker:
         await self.bus.start()
         await asyncio.wait_for(self._listener.connected.wait(), 10)
         # The bus may lag (NATS away at start): it connects in the background,
-        # and PostgreSQL, the truth, covers what it misses.
-        self.peers.hello()
+        # and PostgreSQL, the truth, covers what it misses. Our hello waits
+        # for it: published before, it was dropped, and the other nodes sent
+        # nothing our way until their lease loop counted us (a third of a lease).
+        self._spawn(self._hello())
 
     def _presence_changed(self, conn: Connection, online: bool) -> None:
         """Presence's hook: the shared presence rows, then the webhook events."""
@@ -197,6 +200,11 @@ class Broker:
             conn.inflight.discard(message_id)
             self.presence.room_freed(conn, time.monotonic())
             self._spawn(conn.channel.cancel(str(message_id), reason))
+
+    async def _hello(self) -> None:
+        assert self.bus is not None
+        await self.bus.connected.wait()
+        self.peers.hello()
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,20 +1,23 @@
 """`Peers`: what one node says to the others over the bus, and hears from
 them (CONTRACT section 13). Ids only; PostgreSQL holds the work.
 
-- **"a job for your phone"** (`d DEVICE MESSAGE`): a node took a send for
-  an account with no phone of its own, and committed it `dispatching` for
-  the freshest phone another node holds that has room as far as this node
-  can tell (its own sends to that phone in the last minute, against the
-  phone's rate). The node holding the phone reads the job (no commit) and
-  writes its frame or SSE event (broker/delivery/remote.py): one commit on
-  the path, as for a phone of its own.
-- **"queued for your phones"** (`q ACCOUNT`): the same, when every such
-  phone has had its rate's worth from this node: the message is committed
-  `queued` (naming the freshest) and the nodes holding the account's phones
-  drain the account's queue to their freshest phone with room
-  (broker/delivery/queue.py). A send with a ttl and no phone anywhere wakes
-  every node (`all` topic), so that the first phone to connect anywhere is
-  given it at once.
+- **"a phone of yours for a job?"** (`v ACCOUNT REPLY-TOPIC N`), answered
+  **"this one"** (`w N DEVICE NAME`, or `w N -`): a node took a send for an
+  account with no phone of its own. It asks the node holding the freshest
+  of the account's phones for one with room; that node picks its freshest
+  with room, as for a send of its own, and keeps the room for the job a
+  few seconds (broker/delivery/remote.py). Only the node holding a phone
+  knows its room: its pacer counts every node's jobs.
+- **"a job for your phone"** (`d DEVICE MESSAGE`): the asking node then
+  committed the job `dispatching` for that phone; its node reads the job
+  (no commit) and writes its frame or SSE event: one commit on the path,
+  as for a phone of its own.
+- **"queued for your phones"** (`q ACCOUNT`): no answer in time, or no
+  room: the message is committed `queued` (naming the freshest phone) and
+  the nodes holding the account's phones drain the account's queue to their
+  freshest phone with room (broker/delivery/queue.py). A send with a ttl
+  and no phone anywhere wakes every node (`all` topic), so that the first
+  phone to connect anywhere is given it at once.
 - **"I am up"** (`h NODE`): a node that starts says so to every node, which
   look at its phones from then on (they count the live leases again every
   third of a lease anyway).
@@ -38,6 +41,8 @@ sweeper's clocks run on every node.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import re
 import uuid
@@ -52,6 +57,12 @@ log = logging.getLogger("smsdora.cluster")
 ALL = "all"  # the topic every node hears
 _WORD = re.compile(r"[A-Za-z0-9_-]+")
 _REASON = re.compile(r"[a-z ]{1,40}")
+# How long a send waits for another node to name a phone with room, before
+# it queues the job for that node instead: an answer takes a bus round trip
+# (0.2-0.5 ms here, "The cluster bus" in docs/PERFORMANCE.md); only a lost
+# message or a node that stopped answering (its lease not lapsed yet) costs
+# a send this wait.
+RESERVE_TIMEOUT_S = 0.25
 
 
 def node_topic(node: str) -> str:
@@ -73,6 +84,12 @@ class Peers:
         # a phone connected here.
         self.on_queued: Callable[[uuid.UUID], None] = lambda _account: None
         self.on_dispatched: Callable[[uuid.UUID, uuid.UUID], None] = lambda _d, _m: None
+        # A phone here with room for a job of the account, kept for it: its
+        # id and name (None: none has room).
+        self.on_reserve: Callable[[uuid.UUID], tuple[uuid.UUID, str] | None] = \
+            lambda _account: None
+        self._asked: dict[int, asyncio.Future[tuple[uuid.UUID, str] | None]] = {}
+        self._asks = itertools.count(1)
         self.on_stop: Callable[[uuid.UUID, uuid.UUID, str], None] = lambda _d, _m, _r: None
         self.on_rates: Callable[[dict[str, tuple[int, int]]], None] = lambda _used: None
         self.on_looked: Callable[[uuid.UUID], None] = lambda _device: None
@@ -93,6 +110,23 @@ class Peers:
         if not self.others or self.bus is None:
             return []
         return await cluster.holders_of(db, account_id, exclude_node=self.node, limit=limit)
+
+    async def reserve(self, node: str, account_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        """Ask `node` for a phone of the account with room, kept there for
+        a job we are about to commit for it: (device id, name), or None (no
+        room there, or no answer within RESERVE_TIMEOUT_S)."""
+        if self.bus is None:
+            return None
+        ask = next(self._asks)
+        answer = self._asked[ask] = asyncio.get_running_loop().create_future()
+        try:
+            self.bus.publish(node_topic(node),
+                             f"v {account_id} {node_topic(self.node)} {ask}".encode())
+            return await asyncio.wait_for(answer, RESERVE_TIMEOUT_S)
+        except TimeoutError:
+            return None
+        finally:
+            del self._asked[ask]
 
     async def nodes_holding(self, db: store.Db, account_id: uuid.UUID) -> list[str]:
         """The other live nodes that hold a phone of the account."""
@@ -167,7 +201,19 @@ class Peers:
         self.received += 1
         try:
             kind, _, rest = payload.decode().partition(" ")
-            if kind == "d":
+            if kind == "v":
+                account, reply_to, ask = rest.split(" ", 2)
+                reserved = self.on_reserve(uuid.UUID(account))
+                answer = f"w {int(ask)} " + (f"{reserved[0]} {reserved[1]}" if reserved else "-")
+                if self.bus is not None:
+                    self.bus.publish(reply_to, answer.encode())
+            elif kind == "w":
+                ask, _, named = rest.partition(" ")
+                device, _, name = named.partition(" ")
+                waiting = self._asked.get(int(ask))
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(None if device == "-" else (uuid.UUID(device), name))
+            elif kind == "d":
                 device, message = rest.split(" ", 1)
                 self.on_dispatched(uuid.UUID(device), uuid.UUID(message))
             elif kind == "q":

@@ -1,11 +1,15 @@
 """Jobs another node committed for a phone held here (CONTRACT section 13).
 
-A node that takes a send for an account with no phone of its own commits
-the job `dispatching` for a phone another node holds and says so over the
-bus after the commit (`d DEVICE MESSAGE`, broker/cluster/peers.py). Here the
-job is read (a read, no commit: the one commit on its path is the sender's)
-and handed to the phone, as soon as its pacer and in-flight window have
-room; it stays the phone's meanwhile.
+A node that takes a send for an account with no phone of its own asks the
+node holding the account's freshest phone for one with room (`reserve`:
+picked here as for a send of our own, its room kept for the job), commits
+the job `dispatching` for it, and says so over the bus after the commit
+(`d DEVICE MESSAGE`, broker/cluster/peers.py). Here the job is read (a
+read, no commit: the one commit on its path is the sender's) and handed to
+the phone in the room kept for it. Without that room (its word came after
+`RESERVED_S`) it waits for the phone's next room; it stays the phone's:
+only the phone can say it does not hold a job, so no node moves it while
+the phone is online.
 
 The bus may lose that word (it promises at most once): the job then waits
 `dispatching` for a phone of ours that never got it, which neither the
@@ -31,6 +35,8 @@ from broker.delivery.presence import Presence
 from broker.lookups import Coalescer
 
 log = logging.getLogger("smsdora.cluster")
+# Room kept for another node's job this long (its commit and its word).
+RESERVED_S = 5.0
 
 
 class RemoteJobs:
@@ -43,9 +49,47 @@ class RemoteJobs:
             functools.partial(store.dispatched_jobs, pool))
         self._tasks: set[asyncio.Task[None]] = set()
         self._later: dict[uuid.UUID, asyncio.TimerHandle] = {}  # job -> look again then
+        # Room kept for other nodes' jobs: device -> when each was taken.
+        self._kept: dict[uuid.UUID, list[float]] = {}
         self._closing = False
         self.handed = 0  # jobs handed here for another node (tests and metrics)
         self.strays = 0  # of them, found by a sweep: their wake-up was lost
+
+    def reserve(self, account_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        """Another node asks for a phone of the account with room: the
+        freshest, as for a send here, its room taken and kept RESERVED_S for
+        that node's job (given back then if the job never came)."""
+        now = time.monotonic()
+        picked = None if self._closing else self.presence.pick(account_id, now)
+        if picked is None or not picked[1]:
+            return None
+        conn = picked[0]
+        conn.pacer.take(now)
+        self._kept.setdefault(conn.device_id, []).append(now)
+        asyncio.get_running_loop().call_later(RESERVED_S, self._unkeep, conn.device_id, now)
+        return conn.device_id, conn.name
+
+    def _unkeep(self, device_id: uuid.UUID, taken: float) -> None:
+        """The job the room was kept for never came: the room is free."""
+        kept = None if self._closing else self._kept.get(device_id)
+        if kept is None or taken not in kept:
+            return  # used
+        kept.remove(taken)
+        if not kept:
+            del self._kept[device_id]
+        conn = self.presence.get(device_id)
+        if conn is not None:
+            conn.pacer.give_back(taken)
+            self.presence.room_freed(conn, time.monotonic())
+
+    def _use_kept(self, device_id: uuid.UUID) -> bool:
+        kept = self._kept.get(device_id)
+        if not kept:
+            return False
+        kept.pop(0)
+        if not kept:
+            del self._kept[device_id]
+        return True
 
     def arrived(self, device_id: uuid.UUID, message_id: uuid.UUID) -> None:
         """The bus: a job for `device_id` is committed. Not ours (any more):
@@ -77,16 +121,20 @@ class RemoteJobs:
         if conn is None or job.id in conn.inflight or self._closing:
             return
         now = time.monotonic()
-        if conn.room(now) <= 0:
-            # Its pacer or window is full (the sender counted only its own
-            # sends to it): the job waits for room, read again then.
+        if self._use_kept(job.device_id):
+            pass  # its room was taken when the sender asked
+        elif conn.room(now) > 0:
+            conn.pacer.take(now)
+        else:
+            # No room kept for it (its word came after RESERVED_S, or with
+            # none asked: a sender's orphan, the sweep) and its pacer or
+            # window is full: it waits for room, read again then.
             old = self._later.pop(job.id, None)
             if old is not None:
                 old.cancel()
             self._later[job.id] = asyncio.get_running_loop().call_later(
                 max(0.0, conn.next_room_at(now) - now), self.arrived, job.device_id, job.id)
             return
-        conn.pacer.take(now)
         self.handed += 1
         await hand(self.presence, conn, job.id,
                    Job(id=str(job.id), recipient=job.recipient, message=job.body))

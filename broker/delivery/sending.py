@@ -27,7 +27,6 @@ from broker.delivery.presence import Connection, Presence
 from broker.delivery.queue import Queue
 from broker.delivery.wake import Wake
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
-from broker.limits import Window
 from broker.ops import metrics
 from protocol import lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse
@@ -37,8 +36,6 @@ IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
 _PICK_ATTEMPTS = 4
 _QUOTA_ATTEMPTS = 2 * store.STRIPES + 4
 _QUEUE_FULL_RETRY_S = 30
-# A send for another node's phone looks at this many of the freshest.
-_REMOTE_CANDIDATES = 16
 # The send path's metric children, looked up once rather than per send.
 _SENDS = {r: metrics.SENDS.labels(r)
           for r in ("queue_full", "no_device", "dispatching", "queued", "replayed")}
@@ -98,8 +95,6 @@ class Sender:
             except BaseException:
                 if accepted is not None and accepted.conn is not None and accepted.has_room:
                     self._give_back(accepted.conn, accepted.mono)  # rolled back: nothing sent
-                elif accepted is not None and accepted.remote is not None:
-                    accepted.remote.pacer.give_back(accepted.mono)
                 raise
         assert accepted is not None
         await self._deliver(job, accepted)
@@ -160,43 +155,34 @@ class Sender:
         return held
 
     async def _remote(self, db: store.Db, job: _NewJob) -> _Accepted | None:
-        """No phone of the account here: the freshest phone another node holds
-        with room, as far as our own sends to it in its pacing window tell,
-        gets the job committed `dispatching`, and that node hands it after
-        the commit (one commit on the path, as for a phone here). If each
-        has had its rate's worth from us, the job waits `queued` for the
-        freshest, whose node drains the queue to its phones with room
+        """No phone of the account here: the node holding its freshest phone
+        names one with room and keeps that room (broker/delivery/remote.py);
+        the job is committed `dispatching` for it, and that node hands it
+        after the commit (one commit on the path, as for a phone here). No
+        room there, or no answer in time: the job waits `queued` for the
+        freshest phone, whose node drains the queue to its phones with room
         (broker/cluster/peers.py). None: no other node holds a phone of the
-        account (or those it holds were deactivated meanwhile)."""
-        held = await self.peers.holders(db, job.account_id, _REMOTE_CANDIDATES)
-        mono = time.monotonic()
-        for phone in held:
-            pacer = self.presence.pacer(phone.device_id, phone.send_rate)
-            if pacer.room(mono) <= 0:
-                continue
-            pacer.take(mono)
-            remote = _Remote(phone.node, phone.device_id, pacer)
-            try:
-                written = await self._insert(db, job, phone.device_id, lifecycle.DISPATCHING,
-                                             remote)
-            except BaseException:
-                pacer.give_back(mono)
-                raise
-            if written is store.Inserted.WRITTEN:
-                return _Accepted(None, False, mono, job.created(
-                    lifecycle.DISPATCHING, DeviceRef(id=str(phone.device_id),
-                                                     deviceName=phone.name)), (), remote)
-            pacer.give_back(mono)
-            if written is store.Inserted.KEY_GONE:
-                raise KeyChanged()
-            if written is store.Inserted.OVER_QUOTA:
-                raise Forbidden("Monthly message quota exceeded")
-            # DEVICE_GONE: deactivated meanwhile; the next one.
-        if held:
+        account (or the one named was deactivated meanwhile)."""
+        held = await self.peers.holders(db, job.account_id, 1)
+        if not held:
+            return None
+        node = held[0].node
+        reserved = await self.peers.reserve(node, job.account_id)
+        if reserved is None:
             return await self._queued(db, job, DeviceRef(id=str(held[0].device_id),
-                                                         deviceName=held[0].name),
-                                      (held[0].node,))
-        return None
+                                                         deviceName=held[0].name), (node,))
+        device_id, name = reserved
+        written = await self._insert(db, job, device_id, lifecycle.DISPATCHING, node)
+        if written is store.Inserted.KEY_GONE:
+            raise KeyChanged()
+        if written is store.Inserted.OVER_QUOTA:
+            raise Forbidden("Monthly message quota exceeded")
+        if written is store.Inserted.DEVICE_GONE:
+            return None
+        # (The room kept there for a job that is not written lapses there.)
+        return _Accepted(None, False, time.monotonic(), job.created(
+            lifecycle.DISPATCHING, DeviceRef(id=str(device_id), deviceName=name)), (),
+            _Remote(node, device_id))
 
     async def _queue_has_room(self, db: store.Db, account_id: uuid.UUID) -> None:
         """A job of the account is queued from now, unless its queue is full:
@@ -226,10 +212,10 @@ class Sender:
                          wake)
 
     async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID | None,
-                      status: str, remote: _Remote | None = None) -> store.Inserted:
+                      status: str, remote: str | None = None) -> store.Inserted:
         """The message's INSERT, which takes its unit of the monthly quota in
-        the same statement (contract section 3, v2). `remote`: the device is
-        another node's phone."""
+        the same statement (contract section 3, v2). `remote`: the node
+        holding the device, when another does."""
         row = store.NewMessage(job.id, job.account_id, device_id, job.recipient, job.body,
                                status, job.expires_at, job.created_at, job.key_id,
                                job.key_prefix, job.quota)
@@ -264,13 +250,13 @@ class Sender:
         raise Unavailable("Monthly quota busy, try again", headers={"Retry-After": "1"})
 
     def _orphan_written(self, future: asyncio.Future[store.Inserted | None], job: _NewJob,
-                        device_id: uuid.UUID, remote: _Remote | None) -> None:
+                        device_id: uuid.UUID, remote: str | None) -> None:
         """A send whose request was cancelled while its batch was written."""
         if future.cancelled() or future.exception() is not None \
                 or future.result() is not store.Inserted.WRITTEN:
             return
         if remote is not None:
-            self.peers.dispatched(remote.node, device_id, job.id)
+            self.peers.dispatched(remote, device_id, job.id)
             return
         conn = self.presence.get(device_id)
         if conn is not None:
@@ -351,11 +337,9 @@ class _Accepted(NamedTuple):
 
 
 class _Remote(NamedTuple):
-    """Another node's phone a job is committed for, and our count of the
-    jobs we gave it (taken for this one)."""
+    """Another node's phone a job is committed for."""
     node: str
     device_id: uuid.UUID
-    pacer: Window
 
 
 class _LostRace(Exception):

@@ -32,7 +32,6 @@ class Online(msgspec.Struct, frozen=True):
     node: str
     last_seen_at: dt.datetime
     name: str  # the device's
-    send_rate: int  # the device's: at most this many jobs in any 60 s (0: no limit)
 
 
 class Reaped(msgspec.Struct, frozen=True):
@@ -149,7 +148,7 @@ async def holders_of(db: Db, account_id: uuid.UUID, exclude_node: str | None = N
     """The account's active phones online on any live node (but
     `exclude_node`), the freshest first."""
     return rows_of(Online, await db.fetch(
-        f"SELECT p.device_id, p.node, p.last_seen_at, d.name, d.send_rate FROM presence p {_LIVE}"
+        f"SELECT p.device_id, p.node, p.last_seen_at, d.name FROM presence p {_LIVE}"
         " JOIN devices d ON d.id = p.device_id"
         " WHERE d.account_id = $1 AND d.active AND p.node IS DISTINCT FROM $2"
         " ORDER BY p.last_seen_at DESC, p.device_id LIMIT $3",

@@ -79,3 +79,39 @@ def test_node_topics_are_bus_words_whatever_the_hostname() -> None:
     assert node_topic("n1") == "node.n1"
     assert node_topic("web-1.example.com") == "node.web-1_example_com"
     assert node_topic("???") == "node._"
+
+
+async def test_a_node_asks_another_for_a_phone_with_room_and_hears_which() -> None:
+    """`v` asks the node holding the account's phones; its answer `w` names
+    the phone it kept room on (or none), and only the asker's wait ends."""
+    bus = Published()
+    a, b = peers("n1", bus), peers("n2", bus)
+    account, device = uuid.uuid4(), uuid.uuid4()
+    asked: list[uuid.UUID] = []
+
+    def reserve(acc: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        asked.append(acc)
+        return (device, "My phone 2") if len(asked) == 1 else None
+
+    b.on_reserve = reserve
+    for expected in ((device, "My phone 2"), None):
+        wait = asyncio.ensure_future(a.reserve("n2", account))
+        await asyncio.sleep(0)
+        topic, question = bus.sent[-1]
+        assert topic == node_topic("n2") and question.startswith(b"v ")
+        b._heard(question)
+        reply_topic, answer = bus.sent[-1]
+        assert reply_topic == node_topic("n1")
+        a._heard(answer)
+        assert await wait == expected
+    assert asked == [account, account] and a._asked == {}
+    assert a.refused == b.refused == 0
+
+
+async def test_no_answer_in_time_is_no_phone() -> None:
+    bus = Published()
+    a = peers("n1", bus)
+    assert await a.reserve("n2", uuid.uuid4()) is None  # nobody answers: after the timeout
+    assert a._asked == {}
+    a._heard(b"w 1 " + str(uuid.uuid4()).encode() + b" late")  # the late answer: dropped
+    assert a.refused == 0

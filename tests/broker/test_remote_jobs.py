@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from broker import store
+from broker.delivery import remote as remote_module
 from broker.delivery.presence import Presence
 from broker.delivery.remote import RemoteJobs
 from tests.conftest import RecordingChannel, new_account, new_device, new_message, online, stored
@@ -133,3 +134,26 @@ async def test_the_sweep_hands_the_jobs_whose_word_was_lost(
 
     await remote.sweep(now - dt.timedelta(seconds=60), now + dt.timedelta(seconds=1))
     assert len(channel.offered) == 1  # in flight now: the next sweep leaves it
+
+
+async def test_room_kept_for_another_nodes_job_is_used_by_it_or_given_back(
+        db: asyncpg.Connection, remote: RemoteJobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The asking node's job goes in the room kept for it (the phone's pacer
+    counted once); room kept for a job that never comes is free again."""
+    monkeypatch.setattr(remote_module, "RESERVED_S", 0.2)
+    acc = await new_account(db)
+    dev = await new_device(db, acc, "only", send_rate=2)
+    conn, channel = online(remote.presence, dev)
+    assert remote.reserve(acc.id) == (dev.id, "only")
+    assert remote.reserve(acc.id) == (dev.id, "only")
+    assert remote.reserve(acc.id) is None  # its 2 a minute are kept
+    assert remote.reserve(uuid.uuid4()) is None  # no phone of that account here
+
+    mid = await new_message(db, acc, dev, status="dispatching")
+    remote.arrived(dev.id, mid)
+    assert await offered(channel, 1) == [str(mid)]
+    assert conn.pacer.room(time.monotonic()) == 0  # the kept room, not one more
+
+    await asyncio.sleep(0.3)  # the other kept room lapses: free again
+    assert conn.pacer.room(time.monotonic()) == 1
+    assert remote.reserve(acc.id) == (dev.id, "only")

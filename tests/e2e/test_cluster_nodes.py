@@ -276,9 +276,10 @@ async def test_a_send_through_any_node_reaches_a_phone_on_any_node(
 @pytest.mark.parametrize("transport", ["ws", "smsgate"])
 async def test_a_node_gives_another_nodes_phones_no_more_than_their_rate(
         cluster: Cluster, phones: Phones, dbc: asyncpg.Connection, transport: str) -> None:
-    """Two phones at n1 of 1 SMS a minute each; three sends through n2: one
-    each, committed `dispatching` for it (n2 counts its own sends to them),
-    and the third waits `queued` for n1 to drain when one has room."""
+    """Two phones at n1 of 1 SMS a minute each; three sends through n2: n1
+    names a phone with room for each of the first two (and keeps that room),
+    each committed `dispatching` for it; the third finds no room and waits
+    `queued` for n1 to drain when one has room."""
     account = await new_account(dbc)
     made = [await phones.make(transport, account, "n1", f"slow-{i}", send_rate=1)
             for i in range(2)]
