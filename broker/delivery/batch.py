@@ -19,6 +19,12 @@ cases apart and opens or re-cuts the month (broker/delivery/sending.py). A
 statement that fails as a whole (a row PostgreSQL refuses) is tried again
 row by row, so that only the bad row's request fails; a database that is
 away fails every waiting request, as it would have one by one.
+
+Sends with an Idempotency-Key gather in a batch of their own (`keyed`):
+one transaction claims their keys in one statement and writes the messages
+of those whose key is theirs (`store.insert_keyed`); a key another request
+holds is answered KEY_TAKEN (that request's response is replayed), and a
+row not written lets its key go in the same transaction.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ Outcome = store.Inserted | None
 
 
 class SendBatch:
-    def __init__(self, pool: store.Pool) -> None:
+    def __init__(self, pool: store.Pool, keyed: bool = False) -> None:
         self.pool = pool
+        self.keyed = keyed  # rows with a claim: store.insert_keyed
         self._waiting: list[tuple[store.NewMessage, asyncio.Future[Outcome]]] = []
         self._writers = 0
         self._scheduled = False
@@ -113,7 +120,9 @@ class SendBatch:
     async def _run(self, batch: list[tuple[store.NewMessage, asyncio.Future[Outcome]]]) -> None:
         rows = [row for row, _ in batch]
         try:
-            if len(rows) < SMALL:
+            if self.keyed:
+                outcomes = await _keyed(self.pool, rows)
+            elif len(rows) < SMALL:
                 # Too few to pay for the batch statement (its plan and CTEs
                 # cost PostgreSQL about three one-row INSERTs): each alone,
                 # at once, as before the batches (light load: no wait).
@@ -137,7 +146,7 @@ class SendBatch:
             for item in batch:
                 await self._run([item])
             return
-        if len(rows) >= SMALL:
+        if len(rows) >= SMALL or self.keyed:
             self.statements += 1
         metrics.SEND_BATCH_ROWS.observe(len(rows))
         for (_, future), outcome in zip(batch, outcomes, strict=True):
@@ -154,6 +163,16 @@ async def _alone(pool: store.Pool, r: store.NewMessage) -> Outcome:
     except store.DATABASE_BUSY:
         return None  # ended by PostgreSQL (a deadlock): nothing written, again alone
     return None if got in _AGAIN else got
+
+
+async def _keyed(pool: store.Pool, rows: list[store.NewMessage]) -> list[Outcome]:
+    """Keyed rows in one transaction (`store.insert_keyed`). Ended by
+    PostgreSQL (a deadlock): rolled back, nothing written, each alone."""
+    try:
+        async with pool.acquire() as conn:
+            return await store.insert_keyed(conn, rows)
+    except store.DATABASE_BUSY:
+        return [None] * len(rows)
 
 
 _AGAIN = (store.Inserted.CONTENDED, store.Inserted.MONTH_UNOPENED, store.Inserted.PLAN_CHANGED)

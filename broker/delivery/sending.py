@@ -51,8 +51,13 @@ class Sender:
         self.wake = wake or Wake()  # the webhook sender: this send's events are committed
         # The other nodes (CONTRACT section 13): their phones, when ours have no room.
         self.peers = peers or Peers(pool, None, "")
-        # Sends outside a transaction of their own share statements and commits.
+        # Sends outside a transaction of their own share statements and
+        # commits; those with an Idempotency-Key, transactions of their own.
         self.batch = SendBatch(pool)
+        self.keyed = SendBatch(pool, keyed=True)
+        # Keyed sends in progress here: a twin waits for the first, then
+        # replays its response, and never picks a device (nor takes its room).
+        self._keyed_now: dict[tuple[uuid.UUID, str], asyncio.Future[None]] = {}
         self._orphans: set[asyncio.Task[None]] = set()
         self.presence = presence
         self.queue = queue
@@ -68,37 +73,77 @@ class Sender:
         job = _NewJob(uuid.uuid4(), account_id, recipient, body,
                       now + dt.timedelta(seconds=ttl_s) if ttl_s else None, now, key_id,
                       key_prefix, store.Quota(self._month.of(now).date(), monthly))
-        accepted: _Accepted | None = None
         if idempotency_key is None:
             accepted = await self._accept(self.pool, job)
         else:
-            request_hash = hashlib.sha256(raw_body).digest()
-            replay = await self._replay(account_id, idempotency_key, request_hash, now)
-            if replay is not None:
-                return replay
-            # Claim the key first, in the message's own transaction: a twin
-            # request blocks on the key until we commit and then replays our
-            # response, so only one of them ever picks a device.
-            try:
-                async with self.pool.acquire() as db, db.transaction():
-                    if not await store.claim_idempotency(
-                            db, account_id, idempotency_key, request_hash, job.id, b"",
-                            now - IDEMPOTENCY_WINDOW):
-                        raise _LostRace()
-                    accepted = await self._accept(db, job)
-                    await store.set_idempotent_response(db, account_id, idempotency_key,
-                                                        accepted.response)
-            except _LostRace:
-                replay = await self._replay(account_id, idempotency_key, request_hash, now)
-                assert replay is not None, "idempotency row vanished under us"
-                return replay
-            except BaseException:
-                if accepted is not None and accepted.conn is not None and accepted.has_room:
-                    self._give_back(accepted.conn, accepted.mono)  # rolled back: nothing sent
-                raise
-        assert accepted is not None
+            keyed = await self._send_keyed(job, idempotency_key, raw_body, now)
+            if isinstance(keyed, bytes):
+                return keyed  # a replay
+            accepted = keyed
         await self._deliver(job, accepted)
         return accepted.response
+
+    async def _send_keyed(self, job: _NewJob, key: str, raw_body: bytes,
+                          now: dt.datetime) -> _Accepted | bytes:
+        """A send with an Idempotency-Key (contract section 3): accepted, or
+        the response of the request that used the key first (bytes)."""
+        request_hash = hashlib.sha256(raw_body).digest()
+        twin = (job.account_id, key)
+        while True:
+            replay = await self._replay(job.account_id, key, request_hash, now)
+            if replay is not None:
+                return replay
+            ahead = self._keyed_now.get(twin)
+            if ahead is None:
+                break
+            await asyncio.wait([ahead])  # a twin here first: its outcome, then again
+        done = self._keyed_now[twin] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._accept_keyed(job, key, request_hash, now)
+        finally:
+            del self._keyed_now[twin]
+            done.set_result(None)
+
+    async def _accept_keyed(self, job: _NewJob, key: str, request_hash: bytes,
+                            now: dt.datetime) -> _Accepted | bytes:
+        """A send with an Idempotency-Key: the key is claimed in the
+        transaction that writes the message, shared with the other keyed
+        sends of the moment; a twin at another node waits on the key until
+        we commit and then replays our response (bytes, if its claim won)."""
+        try:
+            return await self._accept(self.pool, job._replace(claim=store.Claim(
+                key, request_hash, b"", now - IDEMPOTENCY_WINDOW)))
+        except _KeyTaken:
+            replay = await self._replay(job.account_id, key, request_hash, now)
+            if replay is not None:
+                return replay
+            # Its holder did not write its message and let the key go: again.
+        except _Alone:
+            pass  # the batch could not write it: in a transaction of its own
+        return await self._keyed_alone(job, key, request_hash, now)
+
+    async def _keyed_alone(self, job: _NewJob, key: str, request_hash: bytes,
+                           now: dt.datetime) -> _Accepted | bytes:
+        """A keyed send in a transaction of its own: the key claimed first
+        (a twin blocks on it until we commit), then the message; or the
+        twin's response (bytes) if its claim won."""
+        accepted: _Accepted | None = None
+        try:
+            async with self.pool.acquire() as db, db.transaction():
+                if not await store.claim_idempotency(db, job.account_id, key, request_hash,
+                                                     job.id, b"", now - IDEMPOTENCY_WINDOW):
+                    raise _LostRace()
+                accepted = await self._accept(db, job)
+                await store.set_idempotent_response(db, job.account_id, key, accepted.response)
+        except _LostRace:
+            replay = await self._replay(job.account_id, key, request_hash, now)
+            assert replay is not None, "idempotency row vanished under us"
+            return replay
+        except BaseException:
+            if accepted is not None and accepted.conn is not None and accepted.has_room:
+                self._give_back(accepted.conn, accepted.mono)  # rolled back: nothing sent
+            raise
+        return accepted
 
     def _give_back(self, conn: Connection, mono: float) -> None:
         """Undo a pacer take whose job never went out."""
@@ -122,15 +167,15 @@ class Sender:
                 await self._queue_has_room(db, job.account_id)
                 # Other nodes' phones may have room: they drain it if so.
                 wake = tuple(await self.peers.nodes_holding(db, job.account_id))
+            response = job.created(status, DeviceRef(id=str(conn.device_id),
+                                                     deviceName=conn.name))
             try:
-                written = await self._insert(db, job, conn.device_id, status)
+                written = await self._insert(db, job, conn.device_id, status, response)
             except BaseException:
                 if has_room:
                     self._give_back(conn, mono)
                 raise
             if written is store.Inserted.WRITTEN:
-                response = job.created(status, DeviceRef(id=str(conn.device_id),
-                                                         deviceName=conn.name))
                 return _Accepted(conn, has_room, mono, response, () if has_room else wake)
             if has_room:
                 self._give_back(conn, mono)  # nothing went to the phone
@@ -172,7 +217,9 @@ class Sender:
             return await self._queued(db, job, DeviceRef(id=str(held[0].device_id),
                                                          deviceName=held[0].name), (node,))
         device_id, name = reserved
-        written = await self._insert(db, job, device_id, lifecycle.DISPATCHING, node)
+        response = job.created(lifecycle.DISPATCHING, DeviceRef(id=str(device_id),
+                                                                deviceName=name))
+        written = await self._insert(db, job, device_id, lifecycle.DISPATCHING, response, node)
         if written is store.Inserted.KEY_GONE:
             raise KeyChanged()
         if written is store.Inserted.OVER_QUOTA:
@@ -180,9 +227,7 @@ class Sender:
         if written is store.Inserted.DEVICE_GONE:
             return None
         # (The room kept there for a job that is not written lapses there.)
-        return _Accepted(None, False, time.monotonic(), job.created(
-            lifecycle.DISPATCHING, DeviceRef(id=str(device_id), deviceName=name)), (),
-            _Remote(node, device_id))
+        return _Accepted(None, False, time.monotonic(), response, (), _Remote(node, device_id))
 
     async def _queue_has_room(self, db: store.Db, account_id: uuid.UUID) -> None:
         """A job of the account is queued from now, unless its queue is full:
@@ -200,25 +245,28 @@ class Sender:
         the nodes to wake after the commit (None: every node). None: the
         device was deactivated meanwhile."""
         await self._queue_has_room(db, job.account_id)
+        response = job.created(lifecycle.QUEUED, device)
         written = await self._insert(db, job, uuid.UUID(device.id) if device else None,
-                                     lifecycle.QUEUED)
+                                     lifecycle.QUEUED, response)
         if written is store.Inserted.KEY_GONE:
             raise KeyChanged()
         if written is store.Inserted.OVER_QUOTA:
             raise Forbidden("Monthly message quota exceeded")
         if written is store.Inserted.DEVICE_GONE:
             return None
-        return _Accepted(None, False, time.monotonic(), job.created(lifecycle.QUEUED, device),
-                         wake)
+        return _Accepted(None, False, time.monotonic(), response, wake)
 
     async def _insert(self, db: store.Db, job: _NewJob, device_id: uuid.UUID | None,
-                      status: str, remote: str | None = None) -> store.Inserted:
+                      status: str, response: bytes, remote: str | None = None
+                      ) -> store.Inserted:
         """The message's INSERT, which takes its unit of the monthly quota in
-        the same statement (contract section 3, v2). `remote`: the node
-        holding the device, when another does."""
+        the same statement (contract section 3, v2), and for a keyed send
+        its key's claim with `response`. `remote`: the node holding the
+        device, when another does."""
+        claim = job.claim._replace(response=response) if job.claim is not None else None
         row = store.NewMessage(job.id, job.account_id, device_id, job.recipient, job.body,
                                status, job.expires_at, job.created_at, job.key_id,
-                               job.key_prefix, job.quota)
+                               job.key_prefix, job.quota, claim)
         if db is self.pool:
             # The request may give up (its deadline) while its row is being
             # written: if it is committed, its job goes to the phone all the
@@ -226,9 +274,13 @@ class Sender:
             orphaned = (functools.partial(self._orphan_written, job=job, device_id=device_id,
                                           remote=remote)
                         if device_id is not None and status == lifecycle.DISPATCHING else None)
-            batched = await self.batch.insert(row, orphaned)
+            batched = await (self.batch if claim is None else self.keyed).insert(row, orphaned)
+            if batched is store.Inserted.KEY_TAKEN:
+                raise _KeyTaken()
             if batched is not None:
                 return batched
+            if claim is not None:
+                raise _Alone()
             # Its quota unit needs a look of its own (a stripe filled
             # meanwhile, the month's first send, a plan changed): alone.
         # Each CONTENDED means another send took a stripe's last unit, and a
@@ -312,6 +364,7 @@ class _NewJob(NamedTuple):
     key_id: uuid.UUID | None  # the API key, checked again in the INSERT itself
     key_prefix: str | None
     quota: store.Quota  # the month's usage it takes a unit of
+    claim: store.Claim | None = None  # its Idempotency-Key, claimed with its row
 
     def frame(self) -> Job:
         """The job as its phone is offered it."""
@@ -344,3 +397,12 @@ class _Remote(NamedTuple):
 
 class _LostRace(Exception):
     """A concurrent request with the same Idempotency-Key committed first."""
+
+
+class _KeyTaken(Exception):
+    """A keyed send's batch found its key another request's."""
+
+
+class _Alone(Exception):
+    """A keyed send's batch could not write it (its quota unit needs a look
+    of its own): it goes in a transaction of its own."""

@@ -104,7 +104,7 @@ from broker.store.messages import (
 from broker.store.migrate import SchemaTooNew
 from broker.store.pairing import claim_code, insert_code
 from broker.store.pool import DATABASE_BUSY, DATABASE_DOWN, SCHEMA_PATH, Conn, Db, Pool, connect, create_pool, ping
-from broker.store.sends import NewMessage, insert_messages, insert_row
+from broker.store.sends import Claim, NewMessage, insert_keyed, insert_messages, insert_row
 from broker.store.share import AccountBusy, PoolShares
 from broker.store.usage import STRIPES, Quota, open_month, resize_month, used_in
 
@@ -122,6 +122,7 @@ __all__ = [
     "Account",
     "AccountBusy",
     "Cancelled",
+    "Claim",
     "Conn",
     "Db",
     "Deleted",
@@ -179,6 +180,7 @@ __all__ = [
     "insert_device",
     "insert_inbound",
     "insert_key",
+    "insert_keyed",
     "insert_message",
     "insert_messages",
     "insert_row",

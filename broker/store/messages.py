@@ -101,6 +101,9 @@ class Inserted(enum.Enum):
     CONTENDED = "contended"
     MONTH_UNOPENED = "unopened"  # the month has no usage yet: `open_month`, then again
     PLAN_CHANGED = "resized"  # the caps were cut for another limit: `resize_month`, again
+    # Its Idempotency-Key is another request's (a batch of keyed sends,
+    # store/sends.py): that request's response is the one to give.
+    KEY_TAKEN = "taken"
 
 
 async def insert_message(db: Db, message_id: uuid.UUID, account_id: uuid.UUID,

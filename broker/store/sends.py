@@ -7,8 +7,10 @@ import random
 import uuid
 from typing import NamedTuple
 
+import asyncpg
+
 from broker.store.messages import Inserted, insert_message
-from broker.store.pool import Db
+from broker.store.pool import Conn, Db
 from broker.store.usage import STRIPES, Quota
 
 # Many sends in one statement and one commit (broker/delivery/batch.py): the
@@ -93,8 +95,19 @@ SELECT r.ord, r.key_ok, r.device_ok, EXISTS (SELECT 1 FROM m WHERE m.id = r.id) 
 """
 
 
+class Claim(NamedTuple):
+    """A send's Idempotency-Key (contract section 3), claimed in the
+    transaction that writes its message, with the response to replay."""
+
+    key: str
+    request_hash: bytes
+    response: bytes
+    since: dt.datetime  # a claim older than this is over: the key is free
+
+
 class NewMessage(NamedTuple):
-    """One row of `insert_messages`: `insert_message`'s arguments."""
+    """One row of `insert_messages`: `insert_message`'s arguments (and, for
+    `insert_keyed`, its key's claim)."""
 
     id: uuid.UUID
     account_id: uuid.UUID
@@ -107,11 +120,103 @@ class NewMessage(NamedTuple):
     key_id: uuid.UUID | None
     key_prefix: str | None
     quota: Quota | None
+    claim: Claim | None = None
 
 
 async def insert_row(db: Db, row: NewMessage) -> Inserted:
-    """One row through the one-row statement (`insert_message`)."""
-    return await insert_message(db, *row)
+    """One row through the one-row statement (`insert_message`); its claim
+    is the caller's."""
+    return await insert_message(db, *row[:-1])
+
+
+# The keys of a batch of keyed sends, in one statement. A key a concurrent
+# request holds uncommitted is waited for (then it is that one's); a claim
+# older than its window is taken over, as `claim_idempotency` does. Rows in
+# key order: two batches wait for each other's keys in one order only.
+_CLAIM_KEYS = """
+INSERT INTO idempotency_keys (account_id, key, request_hash, message_id, response)
+SELECT account_id, key, request_hash, message_id, response
+  FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::uuid[], $5::bytea[])
+       WITH ORDINALITY AS v(account_id, key, request_hash, message_id, response, ord)
+ ORDER BY ord
+ON CONFLICT (account_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
+   message_id = EXCLUDED.message_id, response = EXCLUDED.response, created_at = now()
+ WHERE idempotency_keys.created_at < $6
+RETURNING message_id
+"""
+
+# The keys of the rows whose message was not written (a revoked key, a
+# deactivated device, a quota unit the batch could not take), let go in
+# the same transaction: free for that request's next try.
+_LET_GO = """
+DELETE FROM idempotency_keys k USING unnest($1::uuid[], $2::text[], $3::uuid[])
+    AS v(account_id, key, message_id)
+ WHERE k.account_id = v.account_id AND k.key = v.key AND k.message_id = v.message_id
+"""
+
+# Fewer rows than this go through the one-row statement inside the batch's
+# transaction (the batch statement for one row cost PostgreSQL three one-row
+# INSERTs: broker/delivery/batch.py).
+_SMALL = 3
+# How long a batch's claim waits for a key another transaction holds (a twin
+# at another node commits in milliseconds) before the batch gives way: one
+# stuck request's key would otherwise hold every keyed send of the batch,
+# of any account, and a pool connection. Each row then goes alone.
+KEY_WAIT = "200ms"
+_AGAIN = (Inserted.CONTENDED, Inserted.MONTH_UNOPENED, Inserted.PLAN_CHANGED)
+
+
+async def insert_keyed(db: Conn, rows: list[NewMessage]) -> list[Inserted | None]:
+    """Sends with an Idempotency-Key (each row's `claim`) in one
+    transaction: the keys claimed in one statement, then the messages of
+    the rows whose key is theirs, and the keys of those not written let go,
+    all committed together. For each row: KEY_TAKEN (another request's key,
+    a twin in this batch included: nothing written), or what
+    `insert_messages` says (None: nothing written, its key free again: send
+    it alone). A claim older than the oldest row's `since` is taken over.
+    A key held past KEY_WAIT: nothing written, every row None."""
+    order: list[int] = []
+    keys: set[tuple[uuid.UUID, str]] = set()
+    for i in sorted(range(len(rows)), key=lambda i: (rows[i].account_id, _claim(rows[i]).key)):
+        if (rows[i].account_id, _claim(rows[i]).key) not in keys:  # a twin: the first claims
+            keys.add((rows[i].account_id, _claim(rows[i]).key))
+            order.append(i)
+    out: list[Inserted | None] = [Inserted.KEY_TAKEN] * len(rows)
+    try:
+        return await _claim_and_insert(db, rows, order, out)
+    except asyncpg.LockNotAvailableError:
+        return [None] * len(rows)  # rolled back
+
+
+async def _claim_and_insert(db: Conn, rows: list[NewMessage], order: list[int],
+                            out: list[Inserted | None]) -> list[Inserted | None]:
+    async with db.transaction():
+        await db.execute(f"SET LOCAL lock_timeout = '{KEY_WAIT}'")
+        claimed = {r["message_id"] for r in await db.fetch(
+            _CLAIM_KEYS, [rows[i].account_id for i in order],
+            [_claim(rows[i]).key for i in order], [_claim(rows[i]).request_hash for i in order],
+            [rows[i].id for i in order], [_claim(rows[i]).response for i in order],
+            min(_claim(r).since for r in rows))}
+        mine = [i for i in range(len(rows)) if rows[i].id in claimed]
+        written: list[Inserted | None] = []
+        if len(mine) >= _SMALL:
+            written = await insert_messages(db, [rows[i] for i in mine])
+        for i in mine[len(written):]:
+            one = await insert_row(db, rows[i])
+            written.append(None if one in _AGAIN else one)
+        for i, got in zip(mine, written, strict=True):
+            out[i] = got
+        let_go = [rows[i] for i, got in zip(mine, written, strict=True)
+                  if got is not Inserted.WRITTEN]
+        if let_go:
+            await db.execute(_LET_GO, [r.account_id for r in let_go],
+                             [_claim(r).key for r in let_go], [r.id for r in let_go])
+    return out
+
+
+def _claim(row: NewMessage) -> Claim:
+    assert row.claim is not None, "a keyed send without its key"
+    return row.claim
 
 
 async def insert_messages(db: Db, rows: list[NewMessage]) -> list[Inserted | None]:

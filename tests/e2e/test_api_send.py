@@ -447,3 +447,27 @@ async def test_idempotency_key_over_255_characters_is_400(
     assert (r.status_code, r.json()) == (400, error(
         400, "Idempotency-Key must be 1-255 characters"))
     assert await count_messages(db) == 0
+
+
+async def test_concurrent_keyed_sends_share_transactions_and_each_replays_its_own(
+        server: Any, http: httpx.AsyncClient, account: Account, phone: PhoneFactory,
+        db: asyncpg.Connection) -> None:
+    """30 sends with keys of their own at once: each 201 with its own
+    message, written in a few shared transactions (not one each); each key
+    then replays its own response, and the phone got each job once."""
+    p = await phone(await account.make_device(send_rate=0))
+    keyed = server.broker.dispatcher.sender.keyed
+    before = keyed.statements
+    first = await asyncio.gather(*(
+        send_sms(http, account.key, message=f"m{i}", headers={"Idempotency-Key": f"key-{i}"})
+        for i in range(30)))
+    assert [r.status_code for r in first] == [201] * 30
+    assert len({r.json()["data"]["id"] for r in first}) == 30
+    assert keyed.statements - before < 30
+    again = await asyncio.gather(*(
+        send_sms(http, account.key, message=f"m{i}", headers={"Idempotency-Key": f"key-{i}"})
+        for i in range(30)))
+    assert [r.content for r in again] == [r.content for r in first]
+    assert await count_messages(db) == 30
+    got = {(await p.expect("send"))["id"] for _ in range(30)}
+    assert got == {r.json()["data"]["id"] for r in first}
