@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import mmap
+import os
 import struct
 import time
 from collections import Counter, deque
@@ -111,6 +112,12 @@ class Run:
             with open(path, "rb") as f:
                 self.counters.append(mmap.mmap(f.fileno(), 8, access=mmap.ACCESS_READ))
         self.delivered_at_start = self.delivered()
+        self.run_tag = os.urandom(6).hex().encode()  # keys of this run only
+
+    def keyed_payload(self) -> bytes:
+        """The request with an Idempotency-Key of its own (`--keyed`)."""
+        head, _, rest = self.payload.partition(b"\r\n")
+        return b"%s\r\nIdempotency-Key: %s-%d\r\n%s" % (head, self.run_tag, self.sent, rest)
 
     def delivered(self) -> int:
         return sum(struct.unpack_from("Q", c, 0)[0] for c in self.counters)
@@ -127,7 +134,9 @@ class Run:
             conn = await self.connect()
         self.sent += 1
         try:
-            sent, status, body, answered = await conn.request(self.payload)
+            sent, status, body, answered = await conn.request(self.keyed_payload()
+                                                              if self.args.keyed
+                                                              else self.payload)
         except ConnectionError:
             self.statuses["conn_closed"] += 1
             return await self.connect()
@@ -255,6 +264,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--max-requests", type=int, default=10**9)
     p.add_argument("--out", required=True)
+    p.add_argument("--keyed", action="store_true",
+                   help="an Idempotency-Key of its own on every request")
     args = p.parse_args()
     if args.mode == "open" and args.rate <= 0:
         p.error("--mode open needs --rate")

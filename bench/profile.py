@@ -110,6 +110,8 @@ def main() -> None:
                    help="ALTER DATABASE ... SET for the bench database (a diagnosis)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the broker (e.g. SMSDORA_POOL_MAX=40)")
+    p.add_argument("--keyed", action="store_true",
+                   help="every request with an Idempotency-Key of its own (the baseline ignores it)")
     args = p.parse_args()
     spy_bin = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy_bin is None:
@@ -119,6 +121,8 @@ def main() -> None:
     try:
         bench.setup()
         bench.env.update(item.split("=", 1) for item in args.env)
+        if args.keyed:
+            bench.loadgen_args = ["--keyed"]
         if args.pg:
             import asyncio
 

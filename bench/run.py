@@ -118,6 +118,7 @@ class Bench:
         self.key = ""
         self.tokens_file = workdir / "tokens.json"
         self.env: dict[str, str] = {}
+        self.loadgen_args: list[str] = []  # for every load generator (bench.profile --keyed)
         self.broker_starts = 0
 
     # --- processes ----------------------------------------------------------
@@ -173,7 +174,8 @@ class Bench:
         proc = self.procs.spawn(name, [
             "-m", "bench.loadgen", "--port", str(port), "--key", key, "--mode", mode,
             "--conns", str(conns), "--duration", str(duration), "--rate", str(rate),
-            "--max-requests", str(self.sz.max_requests), "--out", str(out), *(extra or [])])
+            "--max-requests", str(self.sz.max_requests), "--out", str(out), *(extra or []),
+            *self.loadgen_args])
         code = proc.popen.wait(duration + 60)  # past that: TimeoutExpired, and main's clean-up
         if code != 0:
             raise RuntimeError(f"{name} failed ({code})\n{proc.tail()}")

@@ -146,6 +146,7 @@ class Dispatcher:
     async def close(self) -> None:
         await self.queue.close()
         await self.remote.close()
+        await self.sender.close()
         await self.reports.close()
         await self.open_jobs.close()
 

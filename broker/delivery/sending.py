@@ -27,6 +27,7 @@ from broker.delivery.presence import Connection, Presence
 from broker.delivery.queue import Queue
 from broker.delivery.wake import Wake
 from broker.errors import Conflict, Forbidden, KeyChanged, NoEligibleDevice, Unavailable
+from broker.lookups import Coalescer
 from broker.ops import metrics
 from protocol import lifecycle
 from protocol.api import DeviceRef, MessageData, SendResponse
@@ -58,6 +59,14 @@ class Sender:
         # Keyed sends in progress here: a twin waits for the first, then
         # replays its response, and never picks a device (nor takes its room).
         self._keyed_now: dict[tuple[uuid.UUID, str], asyncio.Future[None]] = {}
+
+        async def claims(keys: list[tuple[uuid.UUID, str]]
+                         ) -> dict[tuple[uuid.UUID, str], store.Idempotent]:
+            return await store.idempotent_responses(pool, keys, utcnow() - IDEMPOTENCY_WINDOW)
+
+        # The keyed sends' look for an earlier claim of their key: one query
+        # for the sends of one moment.
+        self._claims: Coalescer[tuple[uuid.UUID, str], store.Idempotent] = Coalescer(claims)
         self._orphans: set[asyncio.Task[None]] = set()
         self.presence = presence
         self.queue = queue
@@ -90,7 +99,7 @@ class Sender:
         request_hash = hashlib.sha256(raw_body).digest()
         twin = (job.account_id, key)
         while True:
-            replay = await self._replay(job.account_id, key, request_hash, now)
+            replay = await self._replay(job.account_id, key, request_hash)
             if replay is not None:
                 return replay
             ahead = self._keyed_now.get(twin)
@@ -114,7 +123,7 @@ class Sender:
             return await self._accept(self.pool, job._replace(claim=store.Claim(
                 key, request_hash, b"", now - IDEMPOTENCY_WINDOW)))
         except _KeyTaken:
-            replay = await self._replay(job.account_id, key, request_hash, now)
+            replay = await self._replay(job.account_id, key, request_hash)
             if replay is not None:
                 return replay
             # Its holder did not write its message and let the key go: again.
@@ -136,7 +145,7 @@ class Sender:
                 accepted = await self._accept(db, job)
                 await store.set_idempotent_response(db, job.account_id, key, accepted.response)
         except _LostRace:
-            replay = await self._replay(job.account_id, key, request_hash, now)
+            replay = await self._replay(job.account_id, key, request_hash)
             assert replay is not None, "idempotency row vanished under us"
             return replay
         except BaseException:
@@ -144,6 +153,9 @@ class Sender:
                 self._give_back(accepted.conn, accepted.mono)  # rolled back: nothing sent
             raise
         return accepted
+
+    async def close(self) -> None:
+        await self._claims.close()
 
     def _give_back(self, conn: Connection, mono: float) -> None:
         """Undo a pacer take whose job never went out."""
@@ -342,10 +354,9 @@ class Sender:
             self.queue.wake_at(job.account_id, self.presence.next_room_at(job.account_id,
                                                                     accepted.mono))
 
-    async def _replay(self, account_id: uuid.UUID, key: str, request_hash: bytes,
-                      now: dt.datetime) -> bytes | None:
-        found = await store.idempotent_response(self.pool, account_id, key,
-                                                now - IDEMPOTENCY_WINDOW)
+    async def _replay(self, account_id: uuid.UUID, key: str,
+                      request_hash: bytes) -> bytes | None:
+        found = await self._claims.get((account_id, key))
         if found is None:
             return None
         if found.request_hash != request_hash:

@@ -278,8 +278,8 @@ async def statements(db: asyncpg.Connection, s: Spread) -> list[Statement]:
     delivered, sending, dispatching = s.ids["delivered"], s.ids["sending"], s.ids["dispatching"]
 
     # A send (services/messages.py): the idempotency check and claim, the INSERT.
-    await ex.run("idempotent_response", messages.idempotent_response, big, "key-7", day_ago,
-                 hot=True)
+    await ex.run("idempotent_responses", messages.idempotent_responses,
+                 [(big, "key-7"), (big, "key-8")], day_ago, hot=True)
     await ex.run("claim_idempotency", messages.claim_idempotency, big, "key-new", b"\0",
                  uuid.uuid4(), b"\0", day_ago, hot=True)
     await ex.run("insert_message", messages.insert_message, uuid.uuid4(), big, phones[0],
@@ -408,7 +408,7 @@ async def test_the_hot_lookups_read_an_index_never_a_seq_scan_of_the_table(found
     # The brief's hot lookups: the send's idempotency check, a report's row
     # lock, claim_queued, open_jobs, the sweeper, the list, GET by id. Each
     # reads its table, so the check below is not vacuous for them.
-    named = {"idempotent_response", "lock_for_reports", "claim_queued", "open_jobs",
+    named = {"idempotent_responses", "lock_for_reports", "claim_queued", "open_jobs",
              "fail_due (no report)", "fail_due (no report, listed)", "fail_due (expired)",
              "unacked_jobs", "list_messages (big account: recipient)", "get_message",
              "dispatched_jobs", "stray_jobs"}

@@ -577,18 +577,19 @@ async def test_claim_idempotency(conn: asyncpg.Connection) -> None:
 
     assert await store.claim_idempotency(conn, acc.id, "k1", b"h1", m1, b"r1", day_ago) is True
     assert await store.claim_idempotency(conn, acc.id, "k1", b"h2", m2, b"r2", day_ago) is False
-    assert await store.idempotent_response(conn, acc.id, "k1", day_ago) == store.Idempotent(
-        request_hash=b"h1", response=b"r1")
+    assert await store.idempotent_responses(conn, [(acc.id, "k1"), (acc.id, "k2")], day_ago) == {
+        (acc.id, "k1"): store.Idempotent(request_hash=b"h1", response=b"r1")}
     # Keys are per account.
     assert await store.claim_idempotency(conn, other.id, "k1", b"h9", m3, b"r9", day_ago) is True
-    assert await store.idempotent_response(conn, acc.id, "k2", day_ago) is None
+    assert await store.idempotent_responses(conn, [(other.id, "k1")], day_ago) == {
+        (other.id, "k1"): store.Idempotent(request_hash=b"h9", response=b"r9")}
 
     # Past the window (the row is older than `since`) the key is taken over.
     later = dt.datetime.now(UTC) + dt.timedelta(seconds=5)
-    assert await store.idempotent_response(conn, acc.id, "k1", later) is None
+    assert await store.idempotent_responses(conn, [(acc.id, "k1")], later) == {}
     assert await store.claim_idempotency(conn, acc.id, "k1", b"h3", m3, b"r3", later) is True
-    assert await store.idempotent_response(conn, acc.id, "k1", day_ago) == store.Idempotent(
-        request_hash=b"h3", response=b"r3")
+    assert await store.idempotent_responses(conn, [(acc.id, "k1")], day_ago) == {
+        (acc.id, "k1"): store.Idempotent(request_hash=b"h3", response=b"r3")}
     # ... and is fresh again: a twin right after is refused.
     assert await store.claim_idempotency(conn, acc.id, "k1", b"h4", m2, b"r4", day_ago) is False
 
