@@ -33,10 +33,10 @@ class Dispatcher:
         self.presence = presence
         self.wake = wake or Wake()
         self.peers = peers or Peers(pool, None, "")
-        self.queue = Queue(pool, presence)
+        self.queue = Queue(pool, presence, max_queued)
         # Jobs other nodes committed for our phones (CONTRACT section 13).
         self.remote = RemoteJobs(pool, presence, self.peers.node)
-        self.sender = Sender(pool, presence, self.queue, max_queued, self.wake, self.peers)
+        self.sender = Sender(pool, presence, self.queue, self.wake, self.peers)
         self.reports = reports.ReportWriter(pool, self._reports_written)
         redelivered = sorted(lifecycle.REDELIVERED)
 

@@ -13,6 +13,7 @@ import uuid
 from broker import store
 from broker.delivery.handoff import hand, job_of
 from broker.delivery.presence import Presence
+from broker.errors import Unavailable
 from broker.ops import metrics
 from protocol import lifecycle
 
@@ -22,17 +23,46 @@ log = logging.getLogger("smsdora.queue")
 # query per phone). Jobs queued here meanwhile end the trust at once; only
 # another broker process's could wait this long for a drain.
 QUEUE_EMPTY_TRUST_S = 5.0
+_QUEUE_FULL_RETRY_S = 30
+# An account's count of queued jobs is trusted this long (each queued send
+# counted them: the whole backlog, up to max_queued rows, every time).
+_QUEUE_COUNT_TRUST_S = 1.0
+_QUEUE_COUNTS_KEPT = 10_000  # accounts; past it every count is forgotten at once
+_FULL = metrics.SENDS.labels("queue_full")
 
 
 class Queue:
-    def __init__(self, pool: store.Db, presence: Presence) -> None:
+    def __init__(self, pool: store.Db, presence: Presence, max_queued: int = 10_000) -> None:
         self.pool = pool
         self.presence = presence
+        self.max_queued = max_queued
+        # Accounts' queued jobs, as last counted (and when), plus ours since.
+        self._counted: dict[uuid.UUID, tuple[int, float]] = {}
         self._drains: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakeups: dict[uuid.UUID, asyncio.TimerHandle] = {}
         self._empty_at: dict[uuid.UUID, float] = {}  # account -> when a drain found none
         self._again: set[uuid.UUID] = set()  # accounts kicked while their drain ran
         self._closing = False
+
+    async def admit(self, db: store.Db, account_id: uuid.UUID) -> None:
+        """A job of the account is queued from now, unless its queue is full:
+        a bounded queue, past which the client is told to come back rather
+        than the backlog growing without end (503). The count is
+        PostgreSQL's, at most _QUEUE_COUNT_TRUST_S old, plus what this node
+        queued since: it only overstates (drains lower it), so it is counted
+        again before a refusal; other nodes' jobs of that moment it misses."""
+        self.filled(account_id)
+        now = time.monotonic()
+        seen = self._counted.get(account_id)
+        if seen is None or now - seen[1] > _QUEUE_COUNT_TRUST_S or seen[0] >= self.max_queued:
+            if len(self._counted) >= _QUEUE_COUNTS_KEPT:
+                self._counted.clear()
+            seen = (await store.queued_count(db, account_id, self.max_queued), now)
+        if seen[0] >= self.max_queued:
+            _FULL.inc()
+            raise Unavailable("Too many queued messages",
+                              headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
+        self._counted[account_id] = (seen[0] + 1, seen[1])  # this one, if written
 
     def filled(self, account_id: uuid.UUID) -> None:
         """A job of the account is (about to be) queued: a drain's "empty"

@@ -36,18 +36,16 @@ from protocol.api import encoder as api_encoder
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
 _PICK_ATTEMPTS = 4
 _QUOTA_ATTEMPTS = 2 * store.STRIPES + 4
-_QUEUE_FULL_RETRY_S = 30
 # The send path's metric children, looked up once rather than per send.
 _SENDS = {r: metrics.SENDS.labels(r)
-          for r in ("queue_full", "no_device", "dispatching", "queued", "replayed")}
+          for r in ("no_device", "dispatching", "queued", "replayed")}
 _QUEUED_T = metrics.TRANSITIONS.labels(lifecycle.QUEUED)
 _DISPATCHING_T = metrics.TRANSITIONS.labels(lifecycle.DISPATCHING)
 
 
 class Sender:
     def __init__(self, pool: store.Pool, presence: Presence, queue: Queue,
-                 max_queued: int = 10_000, wake: Wake | None = None,
-                 peers: Peers | None = None) -> None:
+                 wake: Wake | None = None, peers: Peers | None = None) -> None:
         self.pool = pool
         self.wake = wake or Wake()  # the webhook sender: this send's events are committed
         # The other nodes (CONTRACT section 13): their phones, when ours have no room.
@@ -70,7 +68,6 @@ class Sender:
         self._orphans: set[asyncio.Task[None]] = set()
         self.presence = presence
         self.queue = queue
-        self.max_queued = max_queued
         self._month = Month()
 
     async def send(self, account_id: uuid.UUID, monthly: int, recipient: str, body: str,
@@ -176,7 +173,7 @@ class Sender:
             if has_room:
                 conn.pacer.take(mono)  # before the await: a concurrent send sees it
             else:
-                await self._queue_has_room(db, job.account_id)
+                await self.queue.admit(db, job.account_id)
                 # Other nodes' phones may have room: they drain it if so.
                 wake = tuple(await self.peers.nodes_holding(db, job.account_id))
             response = job.created(status, DeviceRef(id=str(conn.device_id),
@@ -241,22 +238,12 @@ class Sender:
         # (The room kept there for a job that is not written lapses there.)
         return _Accepted(None, False, time.monotonic(), response, (), _Remote(node, device_id))
 
-    async def _queue_has_room(self, db: store.Db, account_id: uuid.UUID) -> None:
-        """A job of the account is queued from now, unless its queue is full:
-        a bounded queue, past which the client is told to come back rather
-        than the backlog growing without end."""
-        self.queue.filled(account_id)
-        if await store.queued_count(db, account_id) >= self.max_queued:
-            _SENDS["queue_full"].inc()
-            raise Unavailable("Too many queued messages",
-                              headers={"Retry-After": str(_QUEUE_FULL_RETRY_S)})
-
     async def _queued(self, db: store.Db, job: _NewJob, device: DeviceRef | None,
                       wake: tuple[str, ...] | None) -> _Accepted | None:
         """The message written `queued` for `device` (None: any phone), and
         the nodes to wake after the commit (None: every node). None: the
         device was deactivated meanwhile."""
-        await self._queue_has_room(db, job.account_id)
+        await self.queue.admit(db, job.account_id)
         response = job.created(lifecycle.QUEUED, device)
         written = await self._insert(db, job, uuid.UUID(device.id) if device else None,
                                      lifecycle.QUEUED, response)

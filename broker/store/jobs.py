@@ -104,9 +104,11 @@ async def stray_jobs(db: Db, node: str, since: dt.datetime, before: dt.datetime,
         " ORDER BY m.updated_at DESC LIMIT $4", node, since, before, limit))
 
 
-async def queued_count(db: Db, account_id: uuid.UUID) -> int:
+async def queued_count(db: Db, account_id: uuid.UUID, at_most: int) -> int:
+    """The account's queued messages, counted up to `at_most`."""
     return int(await db.fetchval(
-        "SELECT count(*) FROM messages WHERE account_id = $1 AND status = 'queued'", account_id))
+        "SELECT count(*) FROM (SELECT 1 FROM messages WHERE account_id = $1"
+        " AND status = 'queued' LIMIT $2) q", account_id, at_most))
 
 
 class Held(msgspec.Struct, frozen=True):

@@ -325,7 +325,7 @@ async def statements(db: asyncpg.Connection, s: Spread) -> list[Statement]:
     # The delivery engine: redelivery on connect, the queue, reports.
     await ex.run("open_jobs", jobs.open_jobs, phones, sorted(lifecycle.REDELIVERED), hot=True)
     await ex.run("claim_queued", jobs.claim_queued, big, phones[0], 10, hot=True)
-    await ex.run("queued_count", jobs.queued_count, big)
+    await ex.run("queued_count", jobs.queued_count, big, 10_000)
     await ex.run("held_jobs", jobs.held_jobs, big, sending[:20])
     await ex.run("lock_for_reports", jobs.lock_for_reports, sending[:20], hot=True)
     await ex.run("write_moves", jobs.write_moves,

@@ -20,6 +20,7 @@ from broker import store
 from broker.delivery import queue as queue_module
 from broker.delivery.presence import Presence
 from broker.delivery.queue import Queue
+from broker.errors import Unavailable
 from tests.conftest import drained, new_account, new_device, new_message, online, stored
 
 pytestmark = pytest.mark.timeout(30)
@@ -218,3 +219,26 @@ async def test_after_close_nothing_drains(db: asyncpg.Connection, pool: store.Po
     q.wake_at(acc.id, time.monotonic())
     assert q._drains == {} and q._wakeups == {}
     assert channel.offered == [] and (await stored(db, waiting)).status == "queued"
+
+
+async def test_the_queue_bound_counts_the_backlog_once_a_moment_and_again_before_a_refusal(
+        db: asyncpg.Connection, pool: store.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`admit` counts an account's queued rows (up to the bound), then trusts
+    that count plus its own admissions for _QUEUE_COUNT_TRUST_S: a queued
+    send no longer counts the whole backlog each time. It only overstates
+    (drains lower the real count), so a refusal counts again first."""
+    monkeypatch.setattr(queue_module, "_QUEUE_COUNT_TRUST_S", 0.3)
+    q = Queue(pool, Presence(), max_queued=3)
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    await new_message(db, acc, dev)
+    await q.admit(pool, acc.id)  # counted: 1, and this one
+    await q.admit(pool, acc.id)  # 3 by its count, no query
+    await q.admit(pool, acc.id)  # at the bound by its count: counted again, 1 in truth
+    behind = [await new_message(db, acc, dev) for _ in range(2)]  # another node's: 3 in truth
+    await q.admit(pool, acc.id)  # the count of a moment ago (2) is trusted
+    await asyncio.sleep(0.35)
+    with pytest.raises(Unavailable, match="Too many queued messages"):
+        await q.admit(pool, acc.id)  # counted again: 3
+    await db.execute("UPDATE messages SET status = 'failed' WHERE id = ANY($1)", behind)
+    await q.admit(pool, acc.id)  # a refusal's count is not trusted: counted again, 1
