@@ -67,6 +67,9 @@ CREATE FUNCTION public.smsdora_history_events() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled) THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO webhook_events (webhook_id, account_id, type, message_id, data, occurred_at)
     SELECT w.id, m.account_id, 'message.' || n.status, n.message_id,
            jsonb_build_object(
