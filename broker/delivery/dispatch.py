@@ -11,6 +11,8 @@ import asyncio
 import time
 import uuid
 
+from prometheus_client import Counter
+
 from broker import store
 from broker.cluster.peers import Peers
 from broker.delivery import reports
@@ -135,7 +137,7 @@ class Dispatcher:
                 self.presence.room_freed(conn, time.monotonic())
                 self.kick(conn.account_id)  # room again: queued jobs may go now
         if outcome.kind is lifecycle.Kind.MOVE:
-            metrics.TRANSITIONS.labels(outcome.new_status).inc()
+            _TRANSITIONS[outcome.new_status].inc()
         if outcome.kind is lifecycle.Kind.REFUSE:
             return Refusal(outcome.code or lifecycle.REFUSED_FINAL)
         if outcome.kind is lifecycle.Kind.CANCEL:
@@ -151,8 +153,11 @@ class Dispatcher:
         await self.open_jobs.close()
 
 
-# Built once: a receipt per status (the answer to almost every report).
+# Built once: a receipt per status (the answer to almost every report), and
+# the transition counter's child for each.
 _RECEIPTS: dict[str, Receipt] = {status: Receipt(status) for status in lifecycle.STATUSES}
+_TRANSITIONS: dict[str | None, Counter] = {
+    status: metrics.TRANSITIONS.labels(status) for status in lifecycle.STATUSES}
 
 
 def parse_id(raw: str) -> uuid.UUID | None:

@@ -29,6 +29,9 @@ _RECEIVED = Receipt(frames.RECEIVED)
 _answering: set[asyncio.Task[None]] = set()  # phones' receipt writers (Answers)
 _storing: set[asyncio.Task[Answer]] = set()  # incoming SMS being stored
 _PONG = frames.encode(frames.Pong())
+# The frame counter's children, looked up once rather than per frame.
+_FRAMES = {kind: metrics.FRAMES.labels(kind) for kind in (
+    "flood", "throttled", "binary", "invalid", "ack", "status", "ping", "incoming", "hello")}
 
 
 async def receive(ws: WebSocket) -> Any:
@@ -134,12 +137,12 @@ async def within_budget(throttle: FrameThrottle, channel: WsChannel, device_id: 
     (TCP then throttles it); False once it floods, the socket closed 1008."""
     wait = throttle.take(time.monotonic())
     if wait is None:
-        metrics.FRAMES.labels("flood").inc()
+        _FRAMES["flood"].inc()
         log.warning("frame flood: closing", extra={"device_id": str(device_id)})
         await channel.close_with(CLOSE_POLICY, "too many frames")
         return False
     if wait > 0:
-        metrics.FRAMES.labels("throttled").inc()
+        _FRAMES["throttled"].inc()
         await asyncio.sleep(wait)
     return True
 
@@ -159,33 +162,33 @@ async def serve(presence: Presence, dispatcher: Dispatcher, ws: WebSocket, conn:
         presence.touch(conn)
         data = payload(message)
         if data is None:
-            metrics.FRAMES.labels("binary").inc()
+            _FRAMES["binary"].inc()
             await channel.send_frame(error_frame(frames.BINARY_FRAME, "frames are JSON text"))
             continue
         try:
             frame = frames.decode_device(data)
         except frames.FrameError as err:
-            metrics.FRAMES.labels("invalid").inc()
+            _FRAMES["invalid"].inc()
             await channel.send_frame(error_frame(err.code, err.detail))
             continue
         match frame:
             case frames.Ack(id=message_id):
-                metrics.FRAMES.labels("ack").inc()
+                _FRAMES["ack"].inc()
                 if answers is None:
                     answers = Answers(dispatcher, conn, channel)
                 await answers.add(message_id, dispatcher.report(conn.device_id, message_id, "ack"))
             case frames.Status(id=message_id, status=status, error=error):
-                metrics.FRAMES.labels("status").inc()
+                _FRAMES["status"].inc()
                 if answers is None:
                     answers = Answers(dispatcher, conn, channel)
                 await answers.add(message_id, dispatcher.report(conn.device_id, message_id, status, error))
             case frames.Ping(health=health):
-                metrics.FRAMES.labels("ping").inc()
+                _FRAMES["ping"].inc()
                 if health is not None:
                     presence.touch(conn, health)
                 await channel.send_frame(_PONG)
             case frames.Incoming():
-                metrics.FRAMES.labels("incoming").inc()
+                _FRAMES["incoming"].inc()
                 if answers is None:
                     answers = Answers(dispatcher, conn, channel)
                 stored = asyncio.get_running_loop().create_task(
@@ -194,7 +197,7 @@ async def serve(presence: Presence, dispatcher: Dispatcher, ws: WebSocket, conn:
                 stored.add_done_callback(_storing.discard)
                 await answers.add(frame.id, stored)
             case frames.Hello():
-                metrics.FRAMES.labels("hello").inc()
+                _FRAMES["hello"].inc()
                 await channel.send_frame(error_frame(frames.BAD_FRAME, "hello was already received"))
 
 
