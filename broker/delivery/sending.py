@@ -188,10 +188,7 @@ class Sender:
                 return _Accepted(conn, has_room, mono, response, () if has_room else wake)
             if has_room:
                 self._give_back(conn, mono)  # nothing went to the phone
-            if written is store.Inserted.KEY_GONE:
-                raise KeyChanged()
-            if written is store.Inserted.OVER_QUOTA:
-                raise Forbidden("Monthly message quota exceeded")
+            _fail_if_refused(written)
             self.presence.unregister(conn)  # DEVICE_GONE
             await conn.channel.close(CloseReason.DEACTIVATED)
         held = await self._remote(db, job)
@@ -229,10 +226,7 @@ class Sender:
         response = job.created(lifecycle.DISPATCHING, DeviceRef(id=str(device_id),
                                                                 deviceName=name))
         written = await self._insert(db, job, device_id, lifecycle.DISPATCHING, response, node)
-        if written is store.Inserted.KEY_GONE:
-            raise KeyChanged()
-        if written is store.Inserted.OVER_QUOTA:
-            raise Forbidden("Monthly message quota exceeded")
+        _fail_if_refused(written)
         if written is store.Inserted.DEVICE_GONE:
             return None
         # (The room kept there for a job that is not written lapses there.)
@@ -247,10 +241,7 @@ class Sender:
         response = job.created(lifecycle.QUEUED, device)
         written = await self._insert(db, job, uuid.UUID(device.id) if device else None,
                                      lifecycle.QUEUED, response)
-        if written is store.Inserted.KEY_GONE:
-            raise KeyChanged()
-        if written is store.Inserted.OVER_QUOTA:
-            raise Forbidden("Monthly message quota exceeded")
+        _fail_if_refused(written)
         if written is store.Inserted.DEVICE_GONE:
             return None
         return _Accepted(None, False, time.monotonic(), response, wake)
@@ -350,6 +341,15 @@ class Sender:
             raise Conflict("Idempotency-Key was already used with a different request body")
         _SENDS["replayed"].inc()
         return found.response
+
+
+def _fail_if_refused(written: store.Inserted) -> None:
+    """The outcomes of an INSERT that fail the request: its key changed, or
+    the month's quota is used up."""
+    if written is store.Inserted.KEY_GONE:
+        raise KeyChanged()
+    if written is store.Inserted.OVER_QUOTA:
+        raise Forbidden("Monthly message quota exceeded")
 
 
 class _NewJob(NamedTuple):
