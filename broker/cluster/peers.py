@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Callable
 
 from broker import store
-from broker.cluster.bus import MAX_PAYLOAD, Bus
+from broker.cluster.bus import MAX_PAYLOAD, BadMessage, Bus
 from broker.store import cluster
 
 log = logging.getLogger("smsdora.cluster")
@@ -206,7 +206,10 @@ class Peers:
                 reserved = self.on_reserve(uuid.UUID(account))
                 answer = f"w {int(ask)} " + (f"{reserved[0]} {reserved[1]}" if reserved else "-")
                 if self.bus is not None:
-                    self.bus.publish(reply_to, answer.encode())
+                    try:
+                        self.bus.publish(reply_to, answer.encode())
+                    except BadMessage:  # a reply topic no node has: the asker times out
+                        self.refused += 1
             elif kind == "w":
                 ask, _, named = rest.partition(" ")
                 device, _, name = named.partition(" ")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from broker.cluster.bus import MAX_PAYLOAD, Handler
+from broker.cluster.bus import MAX_PAYLOAD, Handler, check
 from broker.cluster.peers import ALL, Peers, node_topic
 
 
 class Published:
-    """A bus that keeps what is published (the real ones: test_cluster_bus.py)."""
+    """A bus that keeps what is published, refusing what the real ones
+    refuse (test_cluster_bus.py)."""
 
     def __init__(self) -> None:
         self.connected = asyncio.Event()
@@ -21,6 +22,7 @@ class Published:
     async def stop(self) -> None: ...
 
     def publish(self, topic: str, payload: bytes) -> None:
+        check(topic, payload)
         self.sent.append((topic, payload))
 
     async def subscribe(self, topic: str, handler: Handler) -> None: ...
@@ -115,3 +117,11 @@ async def test_no_answer_in_time_is_no_phone() -> None:
     assert a._asked == {}
     a._heard(b"w 1 " + str(uuid.uuid4()).encode() + b" late")  # the late answer: dropped
     assert a.refused == 0
+
+
+def test_a_question_with_a_reply_topic_no_bus_can_carry_is_refused() -> None:
+    bus = Published()
+    b = peers("n2", bus)
+    b.on_reserve = lambda _account: (uuid.uuid4(), "phone")
+    b._heard(f"v {uuid.uuid4()} not/a/topic 7".encode())
+    assert bus.sent == [] and b.refused == 1
