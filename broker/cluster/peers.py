@@ -104,12 +104,12 @@ class Peers:
 
     # --- what a send asks ------------------------------------------------
 
-    async def holders(self, db: store.Db, account_id: uuid.UUID,
-                      limit: int) -> list[cluster.Online]:
-        """The account's freshest phones held by other live nodes."""
+    async def holder(self, db: store.Db, account_id: uuid.UUID) -> cluster.Online | None:
+        """The account's freshest phone held by another live node, if any."""
         if not self.others or self.bus is None:
-            return []
-        return await cluster.holders_of(db, account_id, exclude_node=self.node, limit=limit)
+            return None
+        held = await cluster.holders_of(db, account_id, exclude_node=self.node, limit=1)
+        return held[0] if held else None
 
     async def reserve(self, node: str, account_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
         """Ask `node` for a phone of the account with room, kept there for

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Protocol
 
 from broker import store
 from broker.delivery.channel import Job
@@ -13,7 +14,18 @@ from broker.delivery.presence import Connection, Presence
 log = logging.getLogger("smsdora.sweeper")
 
 
-def job_of(row: store.Job) -> Job:
+class JobRow(Protocol):
+    """A job as PostgreSQL returns it (store.Job, store.Dispatched, store.Unacked)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+
+
+def job_of(row: JobRow) -> Job:
     return Job(id=str(row.id), recipient=row.recipient, message=row.body)
 
 

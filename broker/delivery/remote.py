@@ -29,8 +29,7 @@ import time
 import uuid
 
 from broker import store
-from broker.delivery.channel import Job
-from broker.delivery.handoff import hand
+from broker.delivery.handoff import hand, job_of
 from broker.delivery.presence import Presence
 from broker.lookups import Coalescer
 
@@ -52,8 +51,7 @@ class RemoteJobs:
         # Room kept for other nodes' jobs: device -> when each was taken.
         self._kept: dict[uuid.UUID, list[float]] = {}
         self._closing = False
-        self.handed = 0  # jobs handed here for another node (tests and metrics)
-        self.strays = 0  # of them, found by a sweep: their wake-up was lost
+        self.strays = 0  # jobs handed by a sweep: their wake-up was lost (tests)
 
     def reserve(self, account_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
         """Another node asks for a phone of the account with room: the
@@ -94,9 +92,7 @@ class RemoteJobs:
     def arrived(self, device_id: uuid.UUID, message_id: uuid.UUID) -> None:
         """The bus: a job for `device_id` is committed. Not ours (any more):
         the phone's reconnect elsewhere gives it, or the sweeper moves it."""
-        old = self._later.pop(message_id, None)
-        if old is not None:
-            old.cancel()  # a timer's own call, or the word again
+        self._look_later(message_id, None)  # a timer's own call, or the word again
         conn = self.presence.get(device_id)
         if conn is None or message_id in conn.inflight or self._closing:
             return
@@ -129,15 +125,18 @@ class RemoteJobs:
             # No room kept for it (its word came after RESERVED_S, or with
             # none asked: a sender's orphan, the sweep) and its pacer or
             # window is full: it waits for room, read again then.
-            old = self._later.pop(job.id, None)
-            if old is not None:
-                old.cancel()
-            self._later[job.id] = asyncio.get_running_loop().call_later(
-                max(0.0, conn.next_room_at(now) - now), self.arrived, job.device_id, job.id)
+            self._look_later(job.id, asyncio.get_running_loop().call_later(
+                max(0.0, conn.next_room_at(now) - now), self.arrived, job.device_id, job.id))
             return
-        self.handed += 1
-        await hand(self.presence, conn, job.id,
-                   Job(id=str(job.id), recipient=job.recipient, message=job.body))
+        await hand(self.presence, conn, job.id, job_of(job))
+
+    def _look_later(self, message_id: uuid.UUID, timer: asyncio.TimerHandle | None) -> None:
+        """The job's next look: `timer`, in place of any before (None: none)."""
+        old = self._later.pop(message_id, None)
+        if old is not None:
+            old.cancel()
+        if timer is not None:
+            self._later[message_id] = timer
 
     async def sweep(self, since: dt.datetime, before: dt.datetime) -> None:
         """Hand the jobs committed for our phones between `since` and

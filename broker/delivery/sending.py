@@ -214,14 +214,14 @@ class Sender:
         freshest phone, whose node drains the queue to its phones with room
         (broker/cluster/peers.py). None: no other node holds a phone of the
         account (or the one named was deactivated meanwhile)."""
-        held = await self.peers.holders(db, job.account_id, 1)
-        if not held:
+        holder = await self.peers.holder(db, job.account_id)
+        if holder is None:
             return None
-        node = held[0].node
+        node = holder.node
         reserved = await self.peers.reserve(node, job.account_id)
         if reserved is None:
-            return await self._queued(db, job, DeviceRef(id=str(held[0].device_id),
-                                                         deviceName=held[0].name), (node,))
+            return await self._queued(db, job, DeviceRef(id=str(holder.device_id),
+                                                         deviceName=holder.name), (node,))
         device_id, name = reserved
         response = job.created(lifecycle.DISPATCHING, DeviceRef(id=str(device_id),
                                                                 deviceName=name))

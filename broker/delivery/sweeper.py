@@ -31,8 +31,7 @@ import uuid
 from broker import store
 from broker.clock import utcnow
 from broker.cluster.peers import Peers
-from broker.delivery.channel import Job
-from broker.delivery.handoff import move
+from broker.delivery.handoff import job_of, move
 from broker.delivery.presence import Presence
 from broker.delivery.remote import RemoteJobs
 from broker.delivery.sending import IDEMPOTENCY_WINDOW
@@ -158,7 +157,7 @@ class Sweeper:
                                                       "from_device": str(job.device_id)})
                 continue
             await move(self.pool, self.presence, conn, job.id, job.device_id,
-                       Job(id=str(job.id), recipient=job.recipient, message=job.body))
+                       job_of(job))
 
     def _away_since(self, job: store.Unacked) -> float:
         """Since when the device has been away, as far as anyone can tell: its

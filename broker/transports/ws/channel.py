@@ -5,6 +5,7 @@ close code it uses, is chosen here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -22,6 +23,7 @@ CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 CLOSE_REPLACED = 4000  # a second connection with the same token replaced this one
 SEND_TIMEOUT_S = 2.0
+_UNTIMED = contextlib.nullcontext()
 
 _CLOSE_CODES = {
     CloseReason.REPLACED: CLOSE_REPLACED,
@@ -98,13 +100,12 @@ class WsChannel:
             # write waits; nobody (a send request, the sweeper, a drain) may
             # wait on it for long. Its jobs stay in PostgreSQL and come again
             # when it reconnects.
-            if self._writable is not None and self._writable.is_set():
-                # Written at once, never waiting: no timer for it (one per
-                # frame was 6 % of the broker's CPU in the lifecycle loop).
+            # While the transport takes writes one is written at once, never
+            # waiting: no timer for it (one a frame was 6 % of the broker's
+            # CPU in the lifecycle loop).
+            untimed = self._writable is not None and self._writable.is_set()
+            async with _UNTIMED if untimed else asyncio.timeout(SEND_TIMEOUT_S):
                 await self.ws.send({"type": "websocket.send", "text": data.decode()})
-            else:
-                async with asyncio.timeout(SEND_TIMEOUT_S):
-                    await self.ws.send({"type": "websocket.send", "text": data.decode()})
             return True
         except TimeoutError:
             log.warning("phone not reading: closing its socket")
