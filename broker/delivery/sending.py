@@ -291,11 +291,10 @@ class Sender:
                 return written
         raise Unavailable("Monthly quota busy, try again", headers={"Retry-After": "1"})
 
-    def _orphan_written(self, future: asyncio.Future[store.Inserted | None], job: _NewJob,
+    def _orphan_written(self, outcome: store.Inserted | None, job: _NewJob,
                         device_id: uuid.UUID, remote: str | None) -> None:
         """A send whose request was cancelled while its batch was written."""
-        if future.cancelled() or future.exception() is not None \
-                or future.result() is not store.Inserted.WRITTEN:
+        if outcome is not store.Inserted.WRITTEN:
             return
         if remote is not None:
             self.peers.dispatched(remote, device_id, job.id)

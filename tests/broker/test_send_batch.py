@@ -189,3 +189,52 @@ async def test_a_send_given_up_before_its_batch_left_is_never_written(
     assert await future is store.Inserted.WRITTEN
     assert {r["body"] for r in await db.fetch("SELECT body FROM messages")} == {"late"}
     assert batch.statements == 0  # one row: the one-row statement, cheaper for it
+
+
+async def test_a_caller_gets_its_outcome_before_the_writer_gives_its_connection_back(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    """The outcome is handed over as soon as the statement answers; the
+    connection goes back to the pool after (asyncpg's release costs the
+    event loop a task and a shield: loop turns a request would wait for)."""
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    batch = SendBatch(pool)
+    in_use: list[int] = []
+
+    async def send() -> store.Inserted | None:
+        outcome = await batch.insert(row(acc, dev))
+        in_use.append(pool.get_size() - pool.get_idle_size())  # as the caller wakes
+        return outcome
+
+    for rows in (1, 2, 8):  # the one-row statement, two at once, the batch statement
+        in_use.clear()
+        assert await asyncio.gather(*(send() for _ in range(rows))) == [
+            store.Inserted.WRITTEN] * rows
+        assert min(in_use) >= 1  # the writer's connection, still held
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert pool.get_size() - pool.get_idle_size() == 0  # then given back
+
+
+async def test_a_caller_cancelled_while_its_row_is_in_flight_hands_the_outcome_on(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    """A request that gives up (its deadline) once its row is in
+    PostgreSQL: the row is written all the same, and `orphaned` gets its
+    outcome, so that its job still goes to the phone."""
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    batch = SendBatch(pool)
+    handed: list[store.Inserted | None] = []
+    r = row(acc, dev, body="given up")
+    caller = asyncio.get_running_loop().create_task(batch.insert(r, handed.append))
+    for _ in range(3):
+        await asyncio.sleep(0)  # the row is in flight
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(200):
+        if handed:
+            break
+        await asyncio.sleep(0.01)
+    assert handed == [store.Inserted.WRITTEN]
+    assert await db.fetchval("SELECT body FROM messages WHERE id = $1", r.id) == "given up"
