@@ -5,8 +5,9 @@ one transaction per report costs a commit each: with `ack`, `sent` and
 `delivered` that is three per SMS. Reports from all phones are queued here
 and written together: while one batch commits, the next gathers, so under
 load many reports share one commit and at low load a report waits for
-nobody. One batch is three statements in one transaction: lock the messages
-(in id order), update the ones that move, insert their history rows.
+nobody. One batch is two statements in one transaction: lock the messages
+(in id order), then update the ones that move and insert their history
+rows together.
 """
 
 from __future__ import annotations
@@ -86,46 +87,64 @@ class ReportWriter:
         return future
 
     async def _write_all(self) -> None:
+        """The writer: batch after batch on one connection, held while
+        reports keep coming (asyncpg's release is a task and a shield: loop
+        turns no report should wait for)."""
         while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            await self._settle(batch)
+            try:
+                async with self.pool.acquire() as db:
+                    while self._pending:
+                        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                        if not await self._settle(db, batch):
+                            break  # the connection is gone: a new one for the rest
+            except Exception as err:  # noqa: BLE001 - no connection: handed to the callers
+                err.__traceback__ = None
+                pending, self._pending = self._pending, []
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(err)
 
-    async def _settle(self, batch: list[tuple[Report, asyncio.Future[Result]]]) -> None:
-        """Write a batch and hand each caller its result or the error."""
+    async def _settle(self, db: store.Conn,
+                      batch: list[tuple[Report, asyncio.Future[Result]]]) -> bool:
+        """Write a batch and hand each caller its result or the error.
+        False: the database is away (the connection with it)."""
         try:
-            results = await self._write([r for r, _ in batch])
+            results = await self._write(db, [r for r, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
             raise
         except Exception as err:  # noqa: BLE001 - handed to the callers below
-            if len(batch) > 1 and not isinstance(err, store.DATABASE_DOWN):
+            down = isinstance(err, store.DATABASE_DOWN)
+            if len(batch) > 1 and not down:
                 # One report the database refuses must not fail the others
                 # that shared its commit: write them one by one.
                 for item in batch:
-                    await self._settle([item])
-                return
+                    if not await self._settle(db, [item]):
+                        return False
+                return True
             # Without its traceback, which holds this frame and so the
             # futures that hold the error: a reference cycle otherwise.
             err.__traceback__ = None
             for _, future in batch:
                 if not future.done():
                     future.set_exception(err)
-            return
+            return not down
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        return True
 
-    async def _write(self, reports: list[Report]) -> list[Result]:
+    async def _write(self, db: store.Conn, reports: list[Report]) -> list[Result]:
+        """Three round trips and the commit: lock, decide (here), write the
+        moves and their history rows in one statement."""
         metrics.REPORT_BATCH.observe(len(reports))
         ids = sorted({r.message_id for r in reports})
-        async with self.pool.acquire() as db, db.transaction():
+        async with db.transaction():
             rows = {h.id: h for h in await store.lock_for_reports(db, ids)}
             results, moved, history = decide(reports, rows)
-            if moved:
-                await store.write_moves(db, moved)
-            if history:
-                await store.write_history(db, history)
+            if history:  # every move has its history row; a late report only that
+                await store.write_reports(db, moved, history)
         if history and self.written is not None:
             self.written(reports)
         return results

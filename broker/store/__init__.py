@@ -70,8 +70,7 @@ from broker.store.jobs import (
     reassign,
     stray_jobs,
     unacked_jobs,
-    write_history,
-    write_moves,
+    write_reports,
 )
 from broker.store.keys import (
     KEY_ADDED,
@@ -217,6 +216,5 @@ __all__ = [
     "update_device",
     "usage_of",
     "used_in",
-    "write_history",
-    "write_moves",
+    "write_reports",
 ]

@@ -135,22 +135,21 @@ async def lock_for_reports(db: Db, ids: list[uuid.UUID]) -> list[Held]:
     ))
 
 
-async def write_moves(db: Db, moved: list[Held]) -> None:
+async def write_reports(db: Db, moved: list[Held],
+                        history: list[tuple[uuid.UUID, str, uuid.UUID, str | None]]) -> None:
+    """The messages that moved (status, error) and the history rows of a
+    batch of reports, in one statement: one round trip."""
     await db.execute(
-        "UPDATE messages m SET status = v.status, error = v.error, updated_at = now()"
+        "WITH moved AS ("
+        " UPDATE messages m SET status = v.status, error = v.error, updated_at = now()"
         " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, status, error)"
-        " WHERE m.id = v.id",
-        [h.id for h in moved], [h.status for h in moved], [h.error for h in moved],
-    )
-
-
-async def write_history(db: Db,
-                        rows: list[tuple[uuid.UUID, str, uuid.UUID, str | None]]) -> None:
-    await db.execute(
-        "INSERT INTO message_history (message_id, status, device_id, error)"
-        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])"
+        " WHERE m.id = v.id)"
+        " INSERT INTO message_history (message_id, status, device_id, error)"
+        " SELECT * FROM unnest($4::uuid[], $5::text[], $6::uuid[], $7::text[])"
         " ON CONFLICT DO NOTHING",
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+        [h.id for h in moved], [h.status for h in moved], [h.error for h in moved],
+        [r[0] for r in history], [r[1] for r in history], [r[2] for r in history],
+        [r[3] for r in history],
     )
 
 

@@ -329,10 +329,9 @@ async def statements(db: asyncpg.Connection, s: Spread) -> list[Statement]:
     await ex.run("queued_count", jobs.queued_count, big, 10_000)
     await ex.run("held_jobs", jobs.held_jobs, big, sending[:20])
     await ex.run("lock_for_reports", jobs.lock_for_reports, sending[:20], hot=True)
-    await ex.run("write_moves", jobs.write_moves,
-                 [jobs.Held(i, None, lifecycle.SENT, None) for i in sending[:20]], hot=True)
-    await ex.run("write_history", jobs.write_history,
-                 [(i, lifecycle.SENT, phones[0], None) for i in sending[:20]])
+    await ex.run("write_reports", jobs.write_reports,
+                 [jobs.Held(i, None, lifecycle.SENT, None) for i in sending[:20]],
+                 [(i, lifecycle.SENT, phones[0], None) for i in sending[:20]], hot=True)
     await ex.run("reassign", jobs.reassign, dispatching[0], phones[0], phones[1])
     # Jobs another node committed for phones held here (delivery/remote.py).
     await ex.run("dispatched_jobs", jobs.dispatched_jobs, dispatching[:20], hot=True)

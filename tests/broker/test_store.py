@@ -607,19 +607,18 @@ async def test_lock_for_reports(conn: asyncpg.Connection) -> None:
         id=mid, device_id=mine.id, status="dispatching", error=None)]
 
 
-async def test_write_moves_and_history_never_duplicate_history(
+async def test_write_reports_moves_and_never_duplicates_history(
         conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
     acc = await account(conn)
     dev = await device(conn, acc)
     mid = await message(conn, acc, dev)
-    await store.write_moves(conn, [store.Held(id=mid, device_id=dev.id, status="sending",
-                                              error=None)])
-    await store.write_history(conn, [(mid, "sending", dev.id, None)] * 2)
-    await store.write_history(conn, [(mid, "sending", dev.id, None)])
-    await store.write_moves(conn, [store.Held(id=mid, device_id=dev.id, status="failed",
-                                              error="carrier said no")])
-    await store.write_history(conn, [(mid, "failed", dev.id, "carrier said no")])
-    await store.write_history(conn, [(mid, "failed", dev.id, None)])
+    sending = store.Held(id=mid, device_id=dev.id, status="sending", error=None)
+    await store.write_reports(conn, [sending], [(mid, "sending", dev.id, None)] * 2)
+    await store.write_reports(conn, [], [(mid, "sending", dev.id, None)])  # a late report
+    await store.write_reports(conn, [store.Held(id=mid, device_id=dev.id, status="failed",
+                                                error="carrier said no")],
+                              [(mid, "failed", dev.id, "carrier said no")])
+    await store.write_reports(conn, [], [(mid, "failed", dev.id, None)])
     statuses = [s for s, _ in await history(db, mid)]
     assert sorted(statuses) == sorted(["queued", "dispatching", "sending", "failed"])
     r = await db.fetchrow("SELECT status, error FROM messages WHERE id = $1", mid)
@@ -631,16 +630,16 @@ async def test_write_moves_and_history_never_duplicate_history(
         id=mid, device_id=dev.id, status="failed", error="carrier said no")]
 
 
-async def test_write_history_records_without_moving_status(conn: asyncpg.Connection,
-                                                           db: asyncpg.Connection) -> None:
+async def test_write_reports_records_a_late_report_without_moving_status(
+        conn: asyncpg.Connection, db: asyncpg.Connection) -> None:
     """A late `sent` after `delivered` is in the history; the status stays."""
     acc = await account(conn)
     dev = await device(conn, acc)
     mid = await message(conn, acc, dev)
-    await store.write_moves(conn, [store.Held(id=mid, device_id=dev.id, status="delivered",
-                                              error=None)])
-    await store.write_history(conn, [(mid, "sent", dev.id, None)])
-    await store.write_history(conn, [(mid, "sent", dev.id, None)])
+    await store.write_reports(conn, [store.Held(id=mid, device_id=dev.id, status="delivered",
+                                                error=None)], [])
+    await store.write_reports(conn, [], [(mid, "sent", dev.id, None)])
+    await store.write_reports(conn, [], [(mid, "sent", dev.id, None)])
     assert await db.fetchval("SELECT status FROM messages WHERE id = $1", mid) == "delivered"
     assert await db.fetchval(
         "SELECT count(*) FROM message_history WHERE message_id = $1 AND status = 'sent'", mid) == 1
