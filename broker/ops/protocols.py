@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http
 import socket
+from typing import Any
 
 from broker.ops import metrics
 from broker.ops.connections import ConnectionGate, RateLimitedLog, Refusal
@@ -31,7 +32,7 @@ LINGER_BYTES = 1 << 20
 def protocols(settings: Settings, gate: ConnectionGate, refusals: RateLimitedLog) -> tuple[type, type]:
     """The HTTP and WebSocket protocol classes of one listener, sharing its
     connection gate."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
     header_timeout_s = settings.header_timeout_s
@@ -50,6 +51,49 @@ def protocols(settings: Settings, gate: ConnectionGate, refusals: RateLimitedLog
                 if self.gate_key is not None:
                     gate.release(self.gate_key)
                     self.gate_key = None
+
+    class OneWriteCycle(RequestResponseCycle):
+        """uvicorn's request cycle, writing a response of known length (a
+        `content-length` head, not HEAD) as one write: its head is held
+        until the body comes, and both go out together. uvicorn writes them
+        apart: two system calls and two segments a response, the client
+        woken twice. Anything else (a stream, HEAD, a body in pieces, the
+        socket paused) writes the held head first, then goes as uvicorn's."""
+
+        _head: bytes | None = None
+
+        async def send(self, message: Any) -> None:
+            head = self._head
+            if head is None:
+                if (message["type"] == "http.response.start" and not self.response_started
+                        and self.scope["method"] != "HEAD" and _has_length(message)):
+                    transport, capture = self.transport, _Capture()
+                    self.transport = capture  # type: ignore[assignment]
+                    try:
+                        await super().send(message)  # its checks and bookkeeping, one write
+                    finally:
+                        self.transport = transport
+                    self._head = capture.data
+                    return
+                await super().send(message)
+                return
+            self._head = None
+            if (message["type"] == "http.response.body" and not message.get("more_body", False)
+                    and not self.disconnected and not self.flow.write_paused):
+                body = message.get("body", b"")
+                if len(body) == self.expected_content_length:
+                    # What uvicorn's send does with the last piece of a body.
+                    self.transport.write(head + body)
+                    self.expected_content_length = 0
+                    self.response_complete = True
+                    self.message_event.set()
+                    if not self.keep_alive:
+                        self.transport.close()
+                    self.on_response()
+                    return
+            if not self.disconnected:
+                self.transport.write(head)
+            await super().send(message)
 
     class BrokerHttpProtocol(HttpToolsProtocol):
         """uvicorn's httptools protocol with the edges of an exposed broker
@@ -153,7 +197,11 @@ def protocols(settings: Settings, gate: ConnectionGate, refusals: RateLimitedLog
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._not_owed()
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not before and type(self.cycle) is RequestResponseCycle:
+                # Its task has not run yet: every send of it is ours.
+                self.cycle.__class__ = OneWriteCycle
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -251,6 +299,19 @@ def protocols(settings: Settings, gate: ConnectionGate, refusals: RateLimitedLog
             self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     return BrokerHttpProtocol, BrokerWebSocketProtocol
+
+
+class _Capture:
+    """Stands in for the transport while uvicorn writes a response head."""
+
+    data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data = data
+
+
+def _has_length(message: Any) -> bool:
+    return any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))
 
 
 def _drop_dead_peers(transport: asyncio.Transport) -> None:

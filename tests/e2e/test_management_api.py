@@ -88,7 +88,17 @@ async def test_keys_create_read_list_rotate_revoke(http: httpx.AsyncClient,
     assert info == {"id": made["id"], "name": "reader", "prefix": made["prefix"],
                     "scopes": ["messages:read"], "rateLimit": 5,
                     "expiresAt": made["expiresAt"], "revoked": False,
-                    "createdAt": info["createdAt"], "lastUsedAt": None}
+                    "createdAt": info["createdAt"], "lastUsedAt": info["lastUsedAt"]}
+    # Used above: its last use is written by the node's flush loop (every
+    # 0.2 s here), so it may not be there yet; then it is, after the key's
+    # creation.
+    for _ in range(50):
+        if info["lastUsedAt"] is not None:
+            break
+        await asyncio.sleep(0.1)
+        info = (await http.get(f"/keys/{made['id']}", headers=account.headers)).json()["data"]
+    assert dt.datetime.fromisoformat(info["lastUsedAt"]) >= dt.datetime.fromisoformat(
+        info["createdAt"])
 
     # Listed oldest first, a page at a time, never with a secret.
     listed = await pages(http, account, "/keys", 1)
