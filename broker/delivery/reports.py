@@ -98,11 +98,8 @@ class ReportWriter:
                         if not await self._settle(db, batch):
                             break  # the connection is gone: a new one for the rest
             except Exception as err:  # noqa: BLE001 - no connection: handed to the callers
-                err.__traceback__ = None
                 pending, self._pending = self._pending, []
-                for _, future in pending:
-                    if not future.done():
-                        future.set_exception(err)
+                _fail(pending, err)
 
     async def _settle(self, db: store.Conn,
                       batch: list[tuple[Report, asyncio.Future[Result]]]) -> bool:
@@ -123,12 +120,7 @@ class ReportWriter:
                     if not await self._settle(db, [item]):
                         return False
                 return True
-            # Without its traceback, which holds this frame and so the
-            # futures that hold the error: a reference cycle otherwise.
-            err.__traceback__ = None
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(err)
+            _fail(batch, err)
             return not down
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
@@ -153,3 +145,13 @@ class ReportWriter:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+
+
+def _fail(batch: list[tuple[Report, asyncio.Future[Result]]], err: Exception) -> None:
+    """Hand `err` to every caller of `batch` still waiting. Without its
+    traceback, which holds the writer's frame and so the futures that hold
+    the error: a reference cycle otherwise."""
+    err.__traceback__ = None
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(err)
