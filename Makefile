@@ -21,8 +21,12 @@ run: $(STAMP)
 	$(BIN)/smsdora migrate && $(BIN)/smsdora serve
 
 # Extra pytest arguments: make test ARGS='-k lifecycle -x'
+# The suite runs in TEST_WORKERS processes (pytest-xdist; `auto`: one a core),
+# each with its own database on the shared server: make test TEST_WORKERS=0
+# runs it in this one process.
+TEST_WORKERS ?= auto
 test: lint typecheck nginx chromium nats
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 # tests/proxy runs docs/nginx/smsdora.conf through a real nginx: Debian's
 # package, installed when missing (as root, or through sudo -n). A machine
