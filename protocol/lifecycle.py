@@ -10,6 +10,7 @@ outcome.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Final, Literal
 
 import msgspec
@@ -128,3 +129,29 @@ def apply(current: str, report: str) -> Outcome:
         return TABLE[(current, report)]
     except KeyError:
         raise ValueError(f"unknown status/report pair {current!r}/{report!r}") from None
+
+
+@functools.cache
+def moves(reports: tuple[str, ...]) -> tuple[frozenset[str], tuple[Outcome, ...]] | None:
+    """The statuses from which every report of ``reports``, applied in
+    order, moves the message on, and those moves' outcomes (the same from
+    each such status: a move's new status is the report's); None if there
+    is no such status. What a batch of reports can write without reading
+    its messages first: a status these moves start from is all it checks."""
+    starts: set[str] = set()
+    found: tuple[Outcome, ...] | None = None
+    for start in STATUSES:
+        status: str = start
+        outcomes: list[Outcome] = []
+        for report in reports:
+            outcome = TABLE[(status, report)]
+            if outcome.kind is not Kind.MOVE or outcome.new_status is None:
+                break
+            outcomes.append(outcome)
+            status = outcome.new_status
+        else:
+            if found is None:
+                found = tuple(outcomes)
+            if tuple(outcomes) == found:
+                starts.add(start)
+    return (frozenset(starts), found) if found is not None and reports else None

@@ -13,6 +13,7 @@ rows together.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Callable
 from typing import NamedTuple
@@ -65,6 +66,46 @@ def decide(reports: list[Report],
             history.append((r.message_id, outcome.new_status, r.device_id, r.error))
         results.append(Result(outcome, row.error))
     return results, list(moved.values()), history
+
+
+def _expected_moves(reports: list[Report]) -> tuple[
+        list[tuple[uuid.UUID, uuid.UUID, str, str, str | None]],
+        list[tuple[uuid.UUID, str, uuid.UUID, str | None]],
+        dict[uuid.UUID, list[tuple[int, lifecycle.Outcome]]]]:
+    """The messages whose reports in this batch (one device's, in order)
+    move them on from some status (`lifecycle.moves`), as `move_reported`
+    takes them; and for each, its reports' places in the batch and
+    outcomes. Any other message goes through the lock."""
+    by_message: dict[uuid.UUID, list[int]] = {}
+    for i, r in enumerate(reports):
+        by_message.setdefault(r.message_id, []).append(i)
+    moves: list[tuple[uuid.UUID, uuid.UUID, str, str, str | None]] = []
+    history: list[tuple[uuid.UUID, str, uuid.UUID, str | None]] = []
+    expected: dict[uuid.UUID, list[tuple[int, lifecycle.Outcome]]] = {}
+    for message_id, places in by_message.items():
+        first = reports[places[0]]
+        if any(reports[i].device_id != first.device_id for i in places):
+            continue
+        found = _moves(tuple(reports[i].report for i in places))
+        if found is None:
+            continue
+        froms, outcomes = found
+        last = reports[places[-1]]
+        error = last.error if outcomes[-1].new_status == lifecycle.FAILED else None
+        moves.append((message_id, first.device_id, froms, outcomes[-1].new_status or "", error))
+        for i, outcome in zip(places, outcomes, strict=True):
+            failed = outcome.new_status == lifecycle.FAILED
+            history.append((message_id, outcome.new_status or "", first.device_id,
+                            reports[i].error if failed else None))
+        expected[message_id] = list(zip(places, outcomes, strict=True))
+    return moves, history, expected
+
+
+@functools.cache
+def _moves(reports: tuple[str, ...]) -> tuple[str, tuple[lifecycle.Outcome, ...]] | None:
+    """`lifecycle.moves`, its statuses joined as `move_reported` takes them."""
+    found = lifecycle.moves(reports)
+    return None if found is None else (",".join(sorted(found[0])), found[1])
 
 
 class ReportWriter:
@@ -128,18 +169,45 @@ class ReportWriter:
         return True
 
     async def _write(self, db: store.Conn, reports: list[Report]) -> list[Result]:
-        """Three round trips and the commit: lock, decide (here), write the
-        moves and their history rows in one statement."""
+        """The reports that move their message on as expected (nearly all)
+        in one statement, its own commit, no lock; the others, and those
+        whose message had moved meanwhile (a sweep, a cancel), through the
+        lock: lock, decide (here), write, commit."""
         metrics.REPORT_BATCH.observe(len(reports))
+        results: list[Result | None] = [None] * len(reports)
+        moves, history, expected = _expected_moves(reports)
+        written = False
+        if moves:
+            for moved in await store.move_reported(db, moves, history):
+                # Only a failure writes an error, and a message not final
+                # has none: the reports before a failure in the batch had
+                # none either.
+                *before, (last, outcome) = expected[moved.id]
+                earlier = None if outcome.new_status == lifecycle.FAILED else moved.error
+                for i, step in before:
+                    results[i] = Result(step, earlier)
+                results[last] = Result(outcome, moved.error)
+                written = True
+        rest = [i for i, result in enumerate(results) if result is None]
+        if rest:
+            locked = await self._locked(db, [reports[i] for i in rest])
+            written = written or locked[1]
+            for i, result in zip(rest, locked[0], strict=True):
+                results[i] = result
+        if written and self.written is not None:
+            self.written(reports)
+        return results  # type: ignore[return-value]  # every slot filled above
+
+    async def _locked(self, db: store.Conn, reports: list[Report]) -> tuple[list[Result], bool]:
+        """Three round trips and the commit: lock, decide (here), write the
+        moves and their history rows in one statement. And whether it wrote."""
         ids = sorted({r.message_id for r in reports})
         async with db.transaction():
             rows = {h.id: h for h in await store.lock_for_reports(db, ids)}
             results, moved, history = decide(reports, rows)
             if history:  # every move has its history row; a late report only that
                 await store.write_reports(db, moved, history)
-        if history and self.written is not None:
-            self.written(reports)
-        return results
+        return results, bool(history)
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -153,6 +153,43 @@ async def write_reports(db: Db, moved: list[Held],
     )
 
 
+class Moved(NamedTuple):
+    id: uuid.UUID
+    error: str | None  # as stored after the move
+
+
+async def move_reported(db: Db, moves: list[tuple[uuid.UUID, uuid.UUID, str, str, str | None]],
+                        history: list[tuple[uuid.UUID, str, uuid.UUID, str | None]]) -> list[Moved]:
+    """The common case of a batch of reports, in one statement and its
+    commit, no lock taken first: each message of `moves` (id, the reporting
+    device, the statuses it may move from joined by commas, the new status,
+    the error of a failure or None) moves if the device still holds it and
+    its status is one of those; the history rows of the messages that moved
+    go in with them, the others' are left out. The messages that moved; the
+    rest are as they were, for the locking path (`lock_for_reports`)."""
+    return rows_of(Moved, await db.fetch(
+        "WITH moved AS ("
+        " UPDATE messages m SET status = v.status, error = coalesce(v.error, m.error),"
+        "  updated_at = now()"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])"
+        "  AS v(id, device_id, froms, status, error)"
+        " WHERE m.id = v.id AND m.device_id = v.device_id"
+        "  AND m.status = ANY(string_to_array(v.froms, ','))"
+        " RETURNING m.id, m.error),"
+        " logged AS ("
+        " INSERT INTO message_history (message_id, status, device_id, error)"
+        " SELECT h.* FROM unnest($6::uuid[], $7::text[], $8::uuid[], $9::text[])"
+        "  AS h(message_id, status, device_id, error)"
+        " WHERE h.message_id IN (SELECT id FROM moved)"
+        " ON CONFLICT DO NOTHING)"
+        " SELECT id, error FROM moved",
+        [m[0] for m in moves], [m[1] for m in moves], [m[2] for m in moves],
+        [m[3] for m in moves], [m[4] for m in moves],
+        [h[0] for h in history], [h[1] for h in history], [h[2] for h in history],
+        [h[3] for h in history],
+    ))
+
+
 # --- the lifecycle's clocks (broker/delivery/sweeper.py) --------------------
 
 

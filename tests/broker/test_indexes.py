@@ -332,6 +332,9 @@ async def statements(db: asyncpg.Connection, s: Spread) -> list[Statement]:
     await ex.run("write_reports", jobs.write_reports,
                  [jobs.Held(i, None, lifecycle.SENT, None) for i in sending[:20]],
                  [(i, lifecycle.SENT, phones[0], None) for i in sending[:20]], hot=True)
+    await ex.run("move_reported", jobs.move_reported,
+                 [(i, phones[0], "sending", lifecycle.SENT, None) for i in sending[20:40]],
+                 [(i, lifecycle.SENT, phones[0], None) for i in sending[20:40]], hot=True)
     await ex.run("reassign", jobs.reassign, dispatching[0], phones[0], phones[1])
     # Jobs another node committed for phones held here (delivery/remote.py).
     await ex.run("dispatched_jobs", jobs.dispatched_jobs, dispatching[:20], hot=True)
@@ -408,7 +411,8 @@ async def test_the_hot_lookups_read_an_index_never_a_seq_scan_of_the_table(found
     # The brief's hot lookups: the send's idempotency check, a report's row
     # lock, claim_queued, open_jobs, the sweeper, the list, GET by id. Each
     # reads its table, so the check below is not vacuous for them.
-    named = {"idempotent_responses", "lock_for_reports", "claim_queued", "open_jobs",
+    named = {"idempotent_responses", "lock_for_reports", "move_reported", "claim_queued",
+             "open_jobs",
              "fail_due (no report)", "fail_due (no report, listed)", "fail_due (expired)",
              "unacked_jobs", "list_messages (big account: recipient)", "get_message",
              "dispatched_jobs", "stray_jobs"}

@@ -5,12 +5,13 @@ the commit answers; a database away fails the reports, never hangs them."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import pytest
 
 from broker import store
-from broker.delivery.reports import Report, ReportWriter
+from broker.delivery.reports import Report, ReportWriter, Result
 from protocol import lifecycle
 from tests.conftest import new_account, new_device, new_message, stored
 
@@ -71,4 +72,105 @@ async def test_with_the_database_away_every_waiting_report_fails_and_none_hangs(
         with pytest.raises(store.DATABASE_DOWN):
             await asyncio.wait_for(f, 5)
     assert (await stored(db, mid)).status == lifecycle.DISPATCHING  # nothing written
+    await writer.close()
+
+
+async def test_reports_that_move_their_messages_on_are_one_statement_without_a_lock(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    acc = await new_account(db)
+    phone = await new_device(db, acc)
+    warm, *mids = [await new_message(db, acc, phone, status="dispatching") for _ in range(6)]
+    reports = [Report(phone.id, m, "ack", None) for m in mids]
+    reports += [Report(phone.id, mids[0], "sent", None), Report(phone.id, mids[0], "delivered", None)]
+    writer = ReportWriter(pool)
+    async with pool.acquire() as conn:
+        # The statement's first run on a connection: asyncpg's type lookups.
+        await writer._write(conn, [Report(phone.id, warm, "ack", None)])
+        statements: list[str] = []
+        conn.add_query_logger(lambda q: statements.append(q.query))
+        results = await writer._write(conn, reports)
+    assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 7
+    assert len(statements) == 1, statements  # no BEGIN, lock, COMMIT: one round trip
+    assert "FOR UPDATE" not in statements[0]
+    assert (await stored(db, mids[0])).status == lifecycle.DELIVERED
+    assert [(await stored(db, m)).status for m in mids[1:]] == [lifecycle.SENDING] * 4
+
+
+async def test_without_the_lock_every_status_and_report_sequence_ends_as_with_it(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    """Two identical sets of messages, one per initial status and sequence
+    of one or two reports, and one another phone reports: the lock-free path
+    (`_write`) and the locking one (`_locked`, the decision in Python) give
+    the same results, statuses, errors and history rows."""
+    acc = await new_account(db)
+    phone, other = await new_device(db, acc, "p"), await new_device(db, acc, "o")
+    sequences = [(r,) for r in lifecycle.REPORTS] + [
+        (a, b) for a in lifecycle.REPORTS for b in lifecycle.REPORTS]
+    cases = [(status, seq, reporter) for status in lifecycle.STATUSES for seq in sequences
+             for reporter in (phone, other) if reporter is phone or len(seq) == 1]
+
+    async def messages() -> list[uuid.UUID]:
+        return [await new_message(db, acc, phone, status=status,
+                                  error="expired" if status == lifecycle.FAILED else None)
+                for status, _, _ in cases]
+
+    def batch(mids: list[uuid.UUID]) -> list[Report]:
+        per = [[Report(reporter.id, m, r, "no SIM" if r == "failed" else None) for r in seq]
+               for m, (_, seq, reporter) in zip(mids, cases, strict=True)]
+        # Interleaved, as many phones' reports come: each message's in order.
+        return [rs[i] for i in range(2) for rs in per if i < len(rs)]
+
+    async def outcome(mids: list[uuid.UUID], results: list[Result],
+                      reports: list[Report]) -> list[tuple[object, ...]]:
+        by_message: dict[uuid.UUID, list[Result]] = {}
+        for r, result in zip(reports, results, strict=True):
+            by_message.setdefault(r.message_id, []).append(result)
+        rows = []
+        for m in mids:
+            s = await stored(db, m)
+            history = sorted(r["status"] for r in await db.fetch(
+                "SELECT status FROM message_history WHERE message_id = $1", m))
+            rows.append((by_message[m], s.status, s.error, history))
+        return rows
+
+    writer = ReportWriter(pool)
+    locked_ids, free_ids = await messages(), await messages()
+    locked_reports, free_reports = batch(locked_ids), batch(free_ids)
+    async with pool.acquire() as conn:
+        locked, _ = await writer._locked(conn, locked_reports)
+        free = await writer._write(conn, free_reports)
+    expected = await outcome(locked_ids, locked, locked_reports)
+    got = await outcome(free_ids, free, free_reports)
+    for case, want, have in zip(cases, expected, got, strict=True):
+        assert have == want, (case[0], case[1], case[2] is other)
+    assert {r.outcome.kind for r in free} == set(lifecycle.Kind)  # every kind was met
+
+
+async def test_a_message_moved_meanwhile_is_decided_again_under_the_lock(
+        db: asyncpg.Connection, pool: store.Pool, database_url: str) -> None:
+    """A sweep fails the message while the report's statement waits for its
+    row: the statement finds it no longer dispatching, moves nothing, and
+    the report goes through the lock, which sees it failed: cancel."""
+    acc = await new_account(db)
+    phone = await new_device(db, acc)
+    mid = await new_message(db, acc, phone, status="dispatching")
+    sweep = await asyncpg.connect(database_url)
+    try:
+        tx = sweep.transaction()
+        await tx.start()
+        await sweep.execute("UPDATE messages SET status = 'failed', error = 'expired'"
+                            " WHERE id = $1", mid)
+        writer = ReportWriter(pool)
+        pending = writer.enqueue(Report(phone.id, mid, "ack", None))
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # waiting for the row
+        await tx.commit()
+        result = await asyncio.wait_for(pending, 5)
+    finally:
+        await sweep.close()
+    assert result.outcome.kind is lifecycle.Kind.CANCEL
+    assert result.error == "expired"
+    assert (await stored(db, mid)).status == lifecycle.FAILED
+    assert "sending" not in {r["status"] for r in await db.fetch(
+        "SELECT status FROM message_history WHERE message_id = $1", mid)}
     await writer.close()
