@@ -25,6 +25,7 @@ from protocol.lifecycle import (
     apply,
     can_move,
     is_final,
+    moves,
 )
 
 ORDER = ("queued", "dispatching", "sending", "sent", "delivered", "failed")
@@ -239,3 +240,60 @@ def test_redelivered_are_the_jobs_out_with_a_phone_and_not_final() -> None:
 def test_apply_unknown_pair_raises_value_error(status: str, report: str) -> None:
     with pytest.raises(ValueError, match="unknown status/report pair"):
         apply(status, report)
+
+
+@pytest.mark.parametrize(("reports", "starts"), [
+    (("ack",), {"dispatching"}),
+    (("sent",), {"sending"}),
+    # A lost `sent` is skipped over: `delivered` moves from both.
+    (("delivered",), {"sending", "sent"}),
+    (("failed",), {"dispatching", "sending", "sent"}),
+    (("ack", "sent"), {"dispatching"}),
+    (("sent", "delivered"), {"sending"}),
+    (("ack", "sent", "delivered"), {"dispatching"}),
+    (("ack", "failed"), {"dispatching"}),
+])
+def test_moves_are_the_statuses_every_report_moves_on_from(
+        reports: tuple[str, ...], starts: set[str]) -> None:
+    found = moves(reports)
+    assert found is not None
+    assert found[0] == starts
+    assert [outcome.new_status for outcome in found[1]] == [
+        "sending" if report == "ack" else report for report in reports]
+
+
+@pytest.mark.parametrize("reports", [
+    (),
+    ("ack", "ack"),  # the second is a repeat
+    ("delivered", "sent"),  # late, not a move
+    ("delivered", "failed"),  # refused
+    ("failed", "ack"),  # a cancel
+])
+def test_no_moves_when_some_report_does_not_move_the_message(reports: tuple[str, ...]) -> None:
+    assert moves(reports) is None
+
+
+@pytest.mark.parametrize("reports", [
+    reports for n in (1, 2, 3) for reports in itertools.product(REPORTS, repeat=n)])
+def test_moves_agree_with_the_contracts_table(reports: tuple[str, ...]) -> None:
+    """Every status from which the contract's table moves the message on at
+    every report is a start, and no other."""
+    def outcomes_from(status: str) -> list[Outcome] | None:
+        found = []
+        for report in reports:
+            outcome = EXPECTED[(status, report)]
+            if outcome.kind is not Kind.MOVE:
+                return None
+            found.append(outcome)
+            status = typing.cast(str, outcome.new_status)
+        return found
+
+    expected = {status for status in STATUSES if outcomes_from(status) is not None}
+    found = moves(reports)
+    if not expected:
+        assert found is None
+        return
+    assert found is not None
+    assert found[0] == expected
+    for status in expected:
+        assert list(found[1]) == outcomes_from(status)
