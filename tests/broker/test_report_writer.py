@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from broker import store
+from broker.delivery import reports
 from broker.delivery.reports import Report, ReportWriter, Result
 from protocol import lifecycle
 from tests.conftest import new_account, new_device, new_message, stored
@@ -173,4 +174,59 @@ async def test_a_message_moved_meanwhile_is_decided_again_under_the_lock(
     assert (await stored(db, mid)).status == lifecycle.FAILED
     assert "sending" not in {r["status"] for r in await db.fetch(
         "SELECT status FROM message_history WHERE message_id = $1", mid)}
+    await writer.close()
+
+
+async def test_reports_a_moment_apart_wait_for_each_other_and_share_a_commit(
+        db: asyncpg.Connection, pool: store.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report that finds the writer idle waits for company (LINGER_S):
+    two phones' reports a few loop turns and a millisecond apart are one
+    statement and one commit, not one each."""
+    monkeypatch.setattr(reports, "LINGER_S", 0.2)
+    acc = await new_account(db)
+    phones = [await new_device(db, acc, f"p{i}") for i in range(2)]
+    mids = [await new_message(db, acc, p, status="dispatching") for p in phones]
+    written: list[int] = []
+    writer = ReportWriter(pool, lambda batch: written.append(len(batch)))
+    first = writer.enqueue(Report(phones[0].id, mids[0], "ack", None))
+    await asyncio.sleep(0.01)
+    assert not first.done()  # waiting for company
+    second = writer.enqueue(Report(phones[1].id, mids[1], "ack", None))
+    results = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 2
+    assert written == [2]
+    await writer.close()
+
+
+async def test_a_lone_report_is_written_once_it_has_waited_its_linger(
+        db: asyncpg.Connection, pool: store.Pool) -> None:
+    acc = await new_account(db)
+    phone = await new_device(db, acc)
+    mid = await new_message(db, acc, phone, status="dispatching")
+    writer = ReportWriter(pool)
+    result = await asyncio.wait_for(writer.enqueue(Report(phone.id, mid, "ack", None)), 5)
+    assert result.outcome.kind is lifecycle.Kind.MOVE
+    assert (await stored(db, mid)).status == lifecycle.SENDING
+    await writer.close()
+
+
+async def test_a_full_batch_is_written_at_once_whatever_the_linger(
+        db: asyncpg.Connection, pool: store.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FULL reports waiting end the wait: with a linger of a minute, FULL
+    reports queued over several loop turns are written within seconds."""
+    monkeypatch.setattr(reports, "LINGER_S", 60.0)
+    monkeypatch.setattr(reports, "FULL", 4)
+    acc = await new_account(db)
+    phone = await new_device(db, acc)
+    mids = [await new_message(db, acc, phone, status="dispatching") for _ in range(4)]
+    written: list[int] = []
+    writer = ReportWriter(pool, lambda batch: written.append(len(batch)))
+    futures = []
+    for mid in mids:
+        futures.append(writer.enqueue(Report(phone.id, mid, "ack", None)))
+        await asyncio.sleep(0.01)
+    assert not any(f.done() for f in futures[:3])
+    results = await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 4
+    assert written == [4]
     await writer.close()
