@@ -243,9 +243,15 @@ class ReportWriter:
         return results, bool(history)
 
     async def close(self) -> None:
+        """Stop writing. Reports not yet written (lingering, or waiting for
+        a connection) are cancelled, not left waiting: nothing was committed,
+        so no receipt goes out, and the phone reports them again."""
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            future.cancel()
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -230,3 +230,17 @@ async def test_a_full_batch_is_written_at_once_whatever_the_linger(
     assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 4
     assert written == [4]
     await writer.close()
+
+
+async def test_closing_the_writer_cancels_the_reports_it_did_not_write(
+        db: asyncpg.Connection, pool: store.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reports, "LINGER_S", 60.0)
+    acc = await new_account(db)
+    phone = await new_device(db, acc)
+    mid = await new_message(db, acc, phone, status="dispatching")
+    writer = ReportWriter(pool)
+    pending = writer.enqueue(Report(phone.id, mid, "ack", None))
+    await asyncio.sleep(0.05)
+    await writer.close()
+    assert pending.cancelled()  # not left waiting for a writer that is gone
+    assert (await stored(db, mid)).status == lifecycle.DISPATCHING  # nothing written
