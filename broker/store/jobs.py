@@ -161,20 +161,29 @@ class Moved(NamedTuple):
 async def move_reported(db: Db, moves: list[tuple[uuid.UUID, uuid.UUID, str, str, str | None]],
                         history: list[tuple[uuid.UUID, str, uuid.UUID, str | None]]) -> list[Moved]:
     """The common case of a batch of reports, in one statement and its
-    commit, no lock taken first: each message of `moves` (id, the reporting
+    commit, no round trip for a lock: each message of `moves` (id, the reporting
     device, the statuses it may move from joined by commas, the new status,
     the error of a failure or None) moves if the device still holds it and
     its status is one of those; the history rows of the messages that moved
     go in with them, the others' are left out. The messages that moved; the
-    rest are as they were, for the locking path (`lock_for_reports`)."""
+    rest are as they were, for the locking path (`lock_for_reports`).
+
+    The rows are locked first, in id order, as `lock_for_reports` and a
+    phone's listing (store/holds.py) lock them: an update in the batch's
+    order waited for a listing that waited for it, and PostgreSQL ended
+    one of the two after a second (a 503)."""
+    moves = sorted(moves, key=lambda m: m[0])
     return rows_of(Moved, await db.fetch(
-        "WITH moved AS ("
+        "WITH locked AS MATERIALIZED ("
+        " SELECT id FROM messages WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE),"
+        " moved AS ("
         " UPDATE messages m SET status = v.status, error = coalesce(v.error, m.error),"
         "  updated_at = now()"
         " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])"
         "  AS v(id, device_id, froms, status, error)"
         " WHERE m.id = v.id AND m.device_id = v.device_id"
         "  AND m.status = ANY(string_to_array(v.froms, ','))"
+        "  AND v.id IN (SELECT id FROM locked)"
         " RETURNING m.id, m.error),"
         " logged AS ("
         " INSERT INTO message_history (message_id, status, device_id, error)"

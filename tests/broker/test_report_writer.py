@@ -76,7 +76,7 @@ async def test_with_the_database_away_every_waiting_report_fails_and_none_hangs(
     await writer.close()
 
 
-async def test_reports_that_move_their_messages_on_are_one_statement_without_a_lock(
+async def test_reports_that_move_their_messages_on_are_one_statement_and_its_commit(
         db: asyncpg.Connection, pool: store.Pool) -> None:
     acc = await new_account(db)
     phone = await new_device(db, acc)
@@ -92,7 +92,7 @@ async def test_reports_that_move_their_messages_on_are_one_statement_without_a_l
         results = await writer._write(conn, reports)
     assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 7
     assert len(statements) == 1, statements  # no BEGIN, lock, COMMIT: one round trip
-    assert "FOR UPDATE" not in statements[0]
+    assert "UPDATE messages" in statements[0] and "INSERT INTO message_history" in statements[0]
     assert (await stored(db, mids[0])).status == lifecycle.DELIVERED
     assert [(await stored(db, m)).status for m in mids[1:]] == [lifecycle.SENDING] * 4
 
@@ -244,3 +244,40 @@ async def test_closing_the_writer_cancels_the_reports_it_did_not_write(
     await writer.close()
     assert pending.cancelled()  # not left waiting for a writer that is gone
     assert (await stored(db, mid)).status == lifecycle.DISPATCHING  # nothing written
+
+
+async def test_the_one_statement_locks_its_messages_in_id_order_as_a_listing_does(
+        db: asyncpg.Connection, pool: store.Pool, database_url: str) -> None:
+    """A listing (store/holds.py) locks a phone's jobs in id order. A batch
+    that named the later one first locked it, then waited for the listing,
+    which waited for it: PostgreSQL ended one of the two after a second."""
+    acc = await new_account(db)
+    phone = await new_device(db, acc)
+    # The later id written first (first in the table's pages too), and
+    # named first in the batch: in every plan of an update without the
+    # ordered lock, the later is locked first.
+    while True:
+        last, first = [await new_message(db, acc, phone, status="dispatching")
+                       for _ in range(2)]
+        if last > first:
+            break
+    listing = await asyncpg.connect(database_url)
+    try:
+        tx = listing.transaction()
+        await tx.start()
+        await listing.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", first)
+        writer = ReportWriter(pool)
+        pending = [writer.enqueue(Report(phone.id, m, "ack", None)) for m in (last, first)]
+        await asyncio.sleep(0.3)  # the batch is waiting for `first`
+        assert not any(p.done() for p in pending)
+        # `last` is not held by the waiting batch: the listing takes it at
+        # once (on the old code it waited, and the deadlock check ended the
+        # batch's statement after a second, deadlock_timeout).
+        await listing.execute("SET LOCAL lock_timeout = '200ms'")
+        await listing.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", last)
+        await tx.commit()
+        results = await asyncio.wait_for(asyncio.gather(*pending), 5)
+    finally:
+        await listing.close()
+    assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 2
+    await writer.close()
