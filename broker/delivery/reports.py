@@ -28,10 +28,21 @@ MAX_BATCH = 1000
 # share its statement and commit, unless FULL are waiting first. A batch
 # statement costs PostgreSQL about 0.35 ms however few its rows, and 25 µs
 # a row (docs/PERFORMANCE.md, "Reports that wait for company"): at a few
-# hundred reports a second, one each would be most of its CPU. Under load
-# the reports that gather during a write are older than this: no wait.
+# hundred reports a second, one each would be most of its CPU. The wait
+# counts from the oldest report's arrival: after a write that took this
+# long the reports that gathered meanwhile go at once; after a shorter one
+# they wait out the rest.
 LINGER_S = 0.005
 FULL = 64
+
+
+class WriterClosed(ConnectionError):
+    """The writer was closed (the broker stopping) before the report was
+    written: nothing of it is committed. A connection error, as with the
+    database away: a phone is told NOT_STORED, an HTTP caller gets 503."""
+
+    def __init__(self) -> None:
+        super().__init__("the report writer is closed")
 
 
 class Report(NamedTuple):
@@ -126,13 +137,19 @@ class ReportWriter:
         self._writer: asyncio.Task[None] | None = None
         self._since = 0.0  # when the oldest report waiting came (loop time)
         self._full: asyncio.Future[None] | None = None  # the writer, lingering
+        self._writing: list[tuple[Report, asyncio.Future[Result]]] = []  # the batch in hand
+        self._closed = False
 
     def enqueue(self, report: Report) -> asyncio.Future[Result]:
         """Queue one report; the future is done once it is committed (or
-        refused). Reports are written in the order they are queued, so a
-        phone's reports apply in the order it sent them."""
+        refused), or fails with WriterClosed if the writer is closed first.
+        Reports are written in the order they are queued, so a phone's
+        reports apply in the order it sent them."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
+        if self._closed:
+            future.set_exception(WriterClosed())
+            return future
         if not self._pending:
             self._since = loop.time()
         self._pending.append((report, future))
@@ -155,7 +172,10 @@ class ReportWriter:
                         await self._linger()
                         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                         self._since = float("-inf")  # those left waited already
-                        if not await self._settle(db, batch):
+                        self._writing = batch
+                        settled = await self._settle(db, batch)
+                        self._writing = []
+                        if not settled:
                             break  # the connection is gone: a new one for the rest
             except Exception as err:  # noqa: BLE001 - no connection: handed to the callers
                 pending, self._pending = self._pending, []
@@ -181,10 +201,6 @@ class ReportWriter:
         False: the database is away (the connection with it)."""
         try:
             results = await self._write(db, [r for r, _ in batch])
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
         except Exception as err:  # noqa: BLE001 - handed to the callers below
             down = isinstance(err, store.DATABASE_DOWN)
             if len(batch) > 1 and not down:
@@ -203,9 +219,10 @@ class ReportWriter:
 
     async def _write(self, db: store.Conn, reports: list[Report]) -> list[Result]:
         """The reports that move their message on as expected (nearly all)
-        in one statement, its own commit, no lock; the others, and those
-        whose message had moved meanwhile (a sweep, a cancel), through the
-        lock: lock, decide (here), write, commit."""
+        in one statement and its own commit (its row locks taken in it, no
+        round trip for them); the others, and those whose message had moved
+        meanwhile (a sweep, a cancel), through the lock: lock, decide
+        (here), write, commit."""
         metrics.REPORT_BATCH.observe(len(reports))
         results: list[Result | None] = [None] * len(reports)
         moves, history, expected = _expected_moves(reports)
@@ -223,7 +240,12 @@ class ReportWriter:
                 written = True
         rest = [i for i, result in enumerate(results) if result is None]
         if rest:
-            locked = await self._locked(db, [reports[i] for i in rest])
+            try:
+                locked = await self._locked(db, [reports[i] for i in rest])
+            except BaseException:
+                if written and self.written is not None:  # the statement's commit stands
+                    self.written([r for r, done in zip(reports, results, strict=True) if done])
+                raise
             written = written or locked[1]
             for i, result in zip(rest, locked[0], strict=True):
                 results[i] = result
@@ -243,15 +265,17 @@ class ReportWriter:
         return results, bool(history)
 
     async def close(self) -> None:
-        """Stop writing. Reports not yet written (lingering, or waiting for
-        a connection) are cancelled, not left waiting: nothing was committed,
-        so no receipt goes out, and the phone reports them again."""
+        """Stop writing, for good. Reports not yet written (lingering,
+        waiting for a connection, or in the batch being written) fail with
+        WriterClosed rather than wait for ever: no receipt goes out, and the
+        phone reports them again."""
+        self._closed = True
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
-        pending, self._pending = self._pending, []
-        for _, future in pending:
-            future.cancel()
+        left = self._writing + self._pending
+        self._writing, self._pending = [], []
+        _fail(left, WriterClosed())
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from broker import store
 from broker.delivery import reports
-from broker.delivery.reports import Report, ReportWriter, Result
+from broker.delivery.reports import Report, ReportWriter, Result, WriterClosed
 from protocol import lifecycle
 from tests.conftest import new_account, new_device, new_message, stored
 
@@ -232,8 +232,11 @@ async def test_a_full_batch_is_written_at_once_whatever_the_linger(
     await writer.close()
 
 
-async def test_closing_the_writer_cancels_the_reports_it_did_not_write(
+async def test_closing_the_writer_fails_the_reports_it_did_not_write(
         db: asyncpg.Connection, pool: store.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lingering report, and one queued after the close, fail with
+    WriterClosed (a database-down error: NOT_STORED to a phone, 503 over
+    HTTP), never left waiting; nothing is written."""
     monkeypatch.setattr(reports, "LINGER_S", 60.0)
     acc = await new_account(db)
     phone = await new_device(db, acc)
@@ -242,8 +245,36 @@ async def test_closing_the_writer_cancels_the_reports_it_did_not_write(
     pending = writer.enqueue(Report(phone.id, mid, "ack", None))
     await asyncio.sleep(0.05)
     await writer.close()
-    assert pending.cancelled()  # not left waiting for a writer that is gone
+    late = writer.enqueue(Report(phone.id, mid, "ack", None))
+    for future in (pending, late):
+        assert isinstance(future.exception(), WriterClosed)
+        assert isinstance(future.exception(), store.DATABASE_DOWN)
+    await asyncio.sleep(0.05)
     assert (await stored(db, mid)).status == lifecycle.DISPATCHING  # nothing written
+
+
+async def test_closing_the_writer_mid_write_fails_that_batch_too(
+        db: asyncpg.Connection, pool: store.Pool, database_url: str) -> None:
+    """Closed while its statement waits for a row another transaction
+    holds: every report of that batch fails with WriterClosed."""
+    acc = await new_account(db)
+    phone = await new_device(db, acc)
+    mids = [await new_message(db, acc, phone, status="dispatching") for _ in range(2)]
+    holder = await asyncpg.connect(database_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM messages WHERE id = ANY($1::uuid[]) FOR UPDATE", mids)
+        writer = ReportWriter(pool)
+        pending = [writer.enqueue(Report(phone.id, m, "ack", None)) for m in mids]
+        await asyncio.sleep(0.3)  # the batch waits for the rows
+        assert not any(f.done() for f in pending)
+        await writer.close()
+        await tx.rollback()
+    finally:
+        await holder.close()
+    assert all(isinstance(f.exception(), WriterClosed) for f in pending)
+    assert [(await stored(db, m)).status for m in mids] == [lifecycle.DISPATCHING] * 2
 
 
 async def test_the_one_statement_locks_its_messages_in_id_order_as_a_listing_does(
