@@ -46,9 +46,15 @@ WITH r AS MATERIALIZED (
       FROM r WHERE key_ok AND device_ok AND month IS NOT NULL
 ), room AS MATERIALIZED (
     -- One stripe for each account and month: the first with room from
-    -- stripe $13 on. A batch locks one stripe an account, so two batches
-    -- never wait for each other in a cycle (with several stripes each they
-    -- did: PostgreSQL's deadlock check, a second, then a 500).
+    -- stripe $13 on. A batch locks one stripe an account (with several
+    -- stripes each, two batches waited for each other in a cycle:
+    -- PostgreSQL's deadlock check, a second, then a 500). The stripes of
+    -- several accounts are locked in the order of the update's join: two
+    -- batches of the same accounts that drew the same stripes, planned
+    -- differently, can still wait in a cycle, rarely; one is ended after
+    -- a second and its rows go one by one (a stall, no failure). Locking
+    -- them first in account order cost PostgreSQL 10-20 % more a row in
+    -- batches of 8 (docs/PERFORMANCE.md), so it is not done.
     SELECT DISTINCT ON (u.account_id, u.month)
            u.account_id, u.month, u.sized_for AS lim, u.stripe, u.cap - u.used AS room
       FROM account_usage u
