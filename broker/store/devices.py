@@ -159,13 +159,20 @@ async def deactivate_device(db: Db, device_id: uuid.UUID,
     """Deactivate a device (its token stops working, brokers drop its
     connection). The jobs an SMS Gateway phone listed fail at once with
     `device deactivated` (it may have sent them; no other phone may); the
-    ones never listed go to another phone (broker/delivery/sweeper.py)."""
+    ones never listed go to another phone (broker/delivery/sweeper.py).
+    Those jobs are locked first in id order, as the phone's report batches
+    and listings lock them: in the update's own order it could hold one
+    while it waited for one a report batch held (a deadlock, a second)."""
     found = await db.fetchval(
         "WITH u AS (UPDATE devices SET active = false WHERE id = $1"
         " AND ($2::uuid IS NULL OR account_id = $2) RETURNING id),"
+        " l AS MATERIALIZED (SELECT m.id FROM messages m, u WHERE m.device_id = u.id"
+        "   AND m.status = 'dispatching' AND m.listed_at IS NOT NULL"
+        "   AND m.handback IS DISTINCT FROM 'released' ORDER BY m.id FOR UPDATE OF m),"
         " f AS (UPDATE messages m SET status = 'failed', error = 'device deactivated',"
         "   updated_at = now() FROM u WHERE m.device_id = u.id AND m.status = 'dispatching'"
         "   AND m.listed_at IS NOT NULL AND m.handback IS DISTINCT FROM 'released'"
+        "   AND m.id IN (SELECT id FROM l)"
         "   RETURNING m.id, m.device_id),"
         " h AS (INSERT INTO message_history (message_id, status, device_id, error)"
         "   SELECT id, 'failed', device_id, 'device deactivated' FROM f ON CONFLICT DO NOTHING)"

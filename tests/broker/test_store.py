@@ -19,6 +19,7 @@ import pytest
 
 from broker import keys, store
 from broker.store import usage
+from tests.conftest import new_account, new_device, new_message, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -647,3 +648,40 @@ async def test_write_reports_records_a_late_report_without_moving_status(
 
 async def test_ping(conn: asyncpg.Connection) -> None:
     await store.ping(conn)
+
+
+async def test_deactivating_a_device_locks_its_listed_jobs_in_id_order(
+        db: asyncpg.Connection, database_url: str) -> None:
+    """The phone's report batch and its listings lock its jobs in id order;
+    the deactivation that fails its listed jobs must too, or it holds one
+    while it waits for another a report batch holds (a deadlock, a second)."""
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    # The job written first has the later id: in the table's and the
+    # index's order (seq) the later id comes first.
+    while True:
+        later, earlier = [await new_message(db, acc, dev, status="dispatching")
+                          for _ in range(2)]
+        if later > earlier:
+            break
+    await db.execute("UPDATE messages SET listed_at = now() WHERE id = ANY($1::uuid[])",
+                     [later, earlier])
+    holder = await asyncpg.connect(database_url)
+    admin = await store.connect(database_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        # As a report batch does, the earlier id first.
+        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", earlier)
+        deactivating = asyncio.ensure_future(store.deactivate_device(admin, dev.id))
+        await asyncio.sleep(0.3)
+        assert not deactivating.done()  # waiting for the earlier job
+        await holder.execute("SET LOCAL lock_timeout = '200ms'")
+        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", later)
+        await tx.rollback()
+        assert await asyncio.wait_for(deactivating, 5)
+    finally:
+        await holder.close()
+        await admin.close()
+    for mid in (later, earlier):
+        assert (await stored(db, mid)).status == "failed"
