@@ -256,9 +256,10 @@ class ReportWriter:
     async def _locked(self, db: store.Conn, reports: list[Report]) -> tuple[list[Result], bool]:
         """Three round trips and the commit: lock, decide (here), write the
         moves and their history rows in one statement. And whether it wrote."""
-        ids = sorted({r.message_id for r in reports})
+        pairs = sorted({(r.message_id, r.device_id) for r in reports})
         async with db.transaction():
-            rows = {h.id: h for h in await store.lock_for_reports(db, ids)}
+            rows = {h.id: h for h in await store.lock_for_reports(
+                db, [m for m, _ in pairs], [d for _, d in pairs])}
             results, moved, history = decide(reports, rows)
             if history:  # every move has its history row; a late report only that
                 await store.write_reports(db, moved, history)

@@ -126,12 +126,17 @@ async def held_jobs(db: Db, account_id: uuid.UUID, ids: list[uuid.UUID]) -> list
     ))
 
 
-async def lock_for_reports(db: Db, ids: list[uuid.UUID]) -> list[Held]:
-    """Lock the messages a batch of reports names, in id order (two batches
-    can never wait on each other in a cycle)."""
+async def lock_for_reports(db: Db, ids: list[uuid.UUID],
+                           device_ids: list[uuid.UUID]) -> list[Held]:
+    """Lock the messages a batch of reports names (`ids[i]` by the phone
+    `device_ids[i]`), each only if it is that phone's, in id order (two
+    batches can never wait on each other in a cycle). A report naming
+    another phone's job neither reads nor locks it: it is not yours."""
     return rows_of(Held, await db.fetch(
-        "SELECT id, device_id, status, error FROM messages WHERE id = ANY($1::uuid[])"
-        " ORDER BY id FOR UPDATE", ids,
+        "SELECT m.id, m.device_id, m.status, m.error FROM messages m"
+        " JOIN unnest($1::uuid[], $2::uuid[]) AS k(id, device_id)"
+        "  ON m.id = k.id AND m.device_id = k.device_id"
+        " ORDER BY m.id FOR UPDATE OF m", ids, device_ids,
     ))
 
 
@@ -168,14 +173,16 @@ async def move_reported(db: Db, moves: list[tuple[uuid.UUID, uuid.UUID, str, str
     go in with them, the others' are left out. The messages that moved; the
     rest are as they were, for the locking path (`lock_for_reports`).
 
-    The rows are locked first, in id order, as `lock_for_reports` and a
+    The rows are locked first (each only if it is the reporting phone's),
+    in id order, as `lock_for_reports` and a
     phone's listing (store/holds.py) lock them: an update in the batch's
     order waited for a listing that waited for it, and PostgreSQL ended
     one of the two after a second (a 503)."""
     moves = sorted(moves, key=lambda m: m[0])
     return rows_of(Moved, await db.fetch(
         "WITH locked AS MATERIALIZED ("
-        " SELECT id FROM messages WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE),"
+        " SELECT m.id FROM messages m JOIN unnest($1::uuid[], $2::uuid[]) AS k(id, device_id)"
+        "  ON m.id = k.id AND m.device_id = k.device_id ORDER BY m.id FOR UPDATE OF m),"
         " moved AS ("
         " UPDATE messages m SET status = v.status, error = coalesce(v.error, m.error),"
         "  updated_at = now()"

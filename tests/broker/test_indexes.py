@@ -328,7 +328,8 @@ async def statements(db: asyncpg.Connection, s: Spread) -> list[Statement]:
     await ex.run("claim_queued", jobs.claim_queued, big, phones[0], 10, hot=True)
     await ex.run("queued_count", jobs.queued_count, big, 10_000)
     await ex.run("held_jobs", jobs.held_jobs, big, sending[:20])
-    await ex.run("lock_for_reports", jobs.lock_for_reports, sending[:20], hot=True)
+    await ex.run("lock_for_reports", jobs.lock_for_reports, sending[:20],
+                 [phones[0]] * 20, hot=True)
     await ex.run("write_reports", jobs.write_reports,
                  [jobs.Held(i, None, lifecycle.SENT, None) for i in sending[:20]],
                  [(i, lifecycle.SENT, phones[0], None) for i in sending[:20]], hot=True)

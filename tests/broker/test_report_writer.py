@@ -312,3 +312,26 @@ async def test_the_one_statement_locks_its_messages_in_id_order_as_a_listing_doe
         await listing.close()
     assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 2
     await writer.close()
+
+
+async def test_a_report_naming_another_phones_job_neither_waits_for_nor_locks_it(
+        db: asyncpg.Connection, pool: store.Pool, database_url: str) -> None:
+    """Phone A reports on phone B's job (its id learnt somehow) while B's
+    own report holds that job's row: A's report is not yours at once, and
+    never held B's row (it waited for it before)."""
+    acc = await new_account(db)
+    a, b = await new_device(db, acc, "a"), await new_device(db, acc, "b")
+    theirs = await new_message(db, acc, b, status="dispatching")
+    holder = await asyncpg.connect(database_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", theirs)
+        writer = ReportWriter(pool)
+        result = await asyncio.wait_for(writer.enqueue(Report(a.id, theirs, "ack", None)), 3)
+        await tx.rollback()
+    finally:
+        await holder.close()
+    assert result.outcome is lifecycle.NOT_YOURS
+    assert (await stored(db, theirs)).status == lifecycle.DISPATCHING
+    await writer.close()

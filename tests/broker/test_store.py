@@ -599,13 +599,16 @@ async def test_claim_idempotency(conn: asyncpg.Connection) -> None:
 
 
 async def test_lock_for_reports(conn: asyncpg.Connection) -> None:
-    """The rows a batch of reports names, with their owner (whose the report
-    is, is decided from it in broker/delivery/reports.py); unknown ids are absent."""
+    """The rows a batch of reports names, each if the reporting phone holds
+    it; unknown ids, and another phone's job, are absent (not yours)."""
     acc = await account(conn)
     mine = await device(conn, acc)
+    other = await device(conn, acc, "other")
     mid = await message(conn, acc, mine)
-    assert await store.lock_for_reports(conn, [mid, uuid.uuid4()]) == [store.Held(
-        id=mid, device_id=mine.id, status="dispatching", error=None)]
+    theirs = await message(conn, acc, other)
+    assert await store.lock_for_reports(
+        conn, [mid, uuid.uuid4(), theirs], [mine.id, mine.id, mine.id]) == [store.Held(
+            id=mid, device_id=mine.id, status="dispatching", error=None)]
 
 
 async def test_write_reports_moves_and_never_duplicates_history(
@@ -627,7 +630,7 @@ async def test_write_reports_moves_and_never_duplicates_history(
     assert await db.fetchval(
         "SELECT error FROM message_history WHERE message_id = $1 AND status = 'failed'",
         mid) == "carrier said no"
-    assert await store.lock_for_reports(conn, [mid]) == [store.Held(
+    assert await store.lock_for_reports(conn, [mid], [dev.id]) == [store.Held(
         id=mid, device_id=dev.id, status="failed", error="carrier said no")]
 
 
