@@ -16,6 +16,7 @@ tests/e2e/conftest.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import http
 import os
@@ -215,6 +216,25 @@ async def new_device(db: store.Conn, account: store.Account, name: str = "phone"
     full, prefix = keys.make_secret(keys.TOKEN_KIND)
     return await store.insert_device(db, account.id, name, prefix,
                                      keys.digest(b"test-secret", full), send_rate)
+
+
+@contextlib.asynccontextmanager
+async def rows_held(database_url: str,
+                    ids: list[uuid.UUID] | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """Another transaction, on a connection of its own, holding the
+    messages `ids` (FOR UPDATE) until the block ends, when it is rolled
+    back unless the block ran COMMIT itself; the block may lock or write
+    more with it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("BEGIN")
+        if ids:
+            await conn.execute("SELECT 1 FROM messages WHERE id = ANY($1::uuid[]) FOR UPDATE", ids)
+        yield conn
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+    finally:
+        await conn.close()
 
 
 async def new_message(db: store.Db, account: store.Account, device: store.DeviceRow,

@@ -14,7 +14,7 @@ from broker import store
 from broker.delivery import reports
 from broker.delivery.reports import Report, ReportWriter, Result, WriterClosed
 from protocol import lifecycle
-from tests.conftest import new_account, new_device, new_message, stored
+from tests.conftest import new_account, new_device, new_message, rows_held, stored
 
 
 async def test_reports_of_many_phones_share_a_commit_and_each_gets_its_own_result(
@@ -155,20 +155,15 @@ async def test_a_message_moved_meanwhile_is_decided_again_under_the_lock(
     acc = await new_account(db)
     phone = await new_device(db, acc)
     mid = await new_message(db, acc, phone, status="dispatching")
-    sweep = await asyncpg.connect(database_url)
-    try:
-        tx = sweep.transaction()
-        await tx.start()
+    async with rows_held(database_url) as sweep:
         await sweep.execute("UPDATE messages SET status = 'failed', error = 'expired'"
                             " WHERE id = $1", mid)
         writer = ReportWriter(pool)
         pending = writer.enqueue(Report(phone.id, mid, "ack", None))
         await asyncio.sleep(0.3)
         assert not pending.done()  # waiting for the row
-        await tx.commit()
-        result = await asyncio.wait_for(pending, 5)
-    finally:
-        await sweep.close()
+        await sweep.execute("COMMIT")
+    result = await asyncio.wait_for(pending, 5)
     assert result.outcome.kind is lifecycle.Kind.CANCEL
     assert result.error == "expired"
     assert (await stored(db, mid)).status == lifecycle.FAILED
@@ -260,19 +255,12 @@ async def test_closing_the_writer_mid_write_fails_that_batch_too(
     acc = await new_account(db)
     phone = await new_device(db, acc)
     mids = [await new_message(db, acc, phone, status="dispatching") for _ in range(2)]
-    holder = await asyncpg.connect(database_url)
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM messages WHERE id = ANY($1::uuid[]) FOR UPDATE", mids)
+    async with rows_held(database_url, mids):
         writer = ReportWriter(pool)
         pending = [writer.enqueue(Report(phone.id, m, "ack", None)) for m in mids]
         await asyncio.sleep(0.3)  # the batch waits for the rows
         assert not any(f.done() for f in pending)
         await writer.close()
-        await tx.rollback()
-    finally:
-        await holder.close()
     assert all(isinstance(f.exception(), WriterClosed) for f in pending)
     assert [(await stored(db, m)).status for m in mids] == [lifecycle.DISPATCHING] * 2
 
@@ -292,11 +280,7 @@ async def test_the_one_statement_locks_its_messages_in_id_order_as_a_listing_doe
                        for _ in range(2)]
         if last > first:
             break
-    listing = await asyncpg.connect(database_url)
-    try:
-        tx = listing.transaction()
-        await tx.start()
-        await listing.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", first)
+    async with rows_held(database_url, [first]) as listing:
         writer = ReportWriter(pool)
         pending = [writer.enqueue(Report(phone.id, m, "ack", None)) for m in (last, first)]
         await asyncio.sleep(0.3)  # the batch is waiting for `first`
@@ -306,10 +290,7 @@ async def test_the_one_statement_locks_its_messages_in_id_order_as_a_listing_doe
         # batch's statement after a second, deadlock_timeout).
         await listing.execute("SET LOCAL lock_timeout = '200ms'")
         await listing.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", last)
-        await tx.commit()
-        results = await asyncio.wait_for(asyncio.gather(*pending), 5)
-    finally:
-        await listing.close()
+    results = await asyncio.wait_for(asyncio.gather(*pending), 5)
     assert [r.outcome.kind for r in results] == [lifecycle.Kind.MOVE] * 2
     await writer.close()
 
@@ -322,16 +303,9 @@ async def test_a_report_naming_another_phones_job_neither_waits_for_nor_locks_it
     acc = await new_account(db)
     a, b = await new_device(db, acc, "a"), await new_device(db, acc, "b")
     theirs = await new_message(db, acc, b, status="dispatching")
-    holder = await asyncpg.connect(database_url)
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", theirs)
+    async with rows_held(database_url, [theirs]):
         writer = ReportWriter(pool)
         result = await asyncio.wait_for(writer.enqueue(Report(a.id, theirs, "ack", None)), 3)
-        await tx.rollback()
-    finally:
-        await holder.close()
     assert result.outcome is lifecycle.NOT_YOURS
     assert (await stored(db, theirs)).status == lifecycle.DISPATCHING
     await writer.close()

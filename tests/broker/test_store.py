@@ -19,7 +19,7 @@ import pytest
 
 from broker import keys, store
 from broker.store import usage
-from tests.conftest import new_account, new_device, new_message, stored
+from tests.conftest import new_account, new_device, new_message, rows_held, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -552,17 +552,10 @@ async def test_claim_queued_skips_rows_locked_elsewhere(database_url: str,
     acc = await account(conn)
     dev = await device(conn, acc)
     m1, m2, m3 = [await message(conn, acc, dev, "queued") for _ in range(3)]
-    holder = await asyncpg.connect(database_url)
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", m1)
+    async with rows_held(database_url, [m1]):
         # Without SKIP LOCKED this would block on m1 until the timeout.
         jobs = await asyncio.wait_for(store.claim_queued(conn, acc.id, dev.id, 10), 5)
         assert [j.id for j in jobs] == [m2, m3]
-        await tx.rollback()
-    finally:
-        await holder.close()
     assert await db.fetchval("SELECT status FROM messages WHERE id = $1", m1) == "queued"
     assert [j.id for j in await store.claim_queued(conn, acc.id, dev.id, 10)] == [m1]
 
@@ -669,22 +662,17 @@ async def test_deactivating_a_device_locks_its_listed_jobs_in_id_order(
             break
     await db.execute("UPDATE messages SET listed_at = now() WHERE id = ANY($1::uuid[])",
                      [later, earlier])
-    holder = await asyncpg.connect(database_url)
     admin = await store.connect(database_url)
     try:
-        tx = holder.transaction()
-        await tx.start()
         # As a report batch does, the earlier id first.
-        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", earlier)
-        deactivating = asyncio.ensure_future(store.deactivate_device(admin, dev.id))
-        await asyncio.sleep(0.3)
-        assert not deactivating.done()  # waiting for the earlier job
-        await holder.execute("SET LOCAL lock_timeout = '200ms'")
-        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", later)
-        await tx.rollback()
+        async with rows_held(database_url, [earlier]) as holder:
+            deactivating = asyncio.ensure_future(store.deactivate_device(admin, dev.id))
+            await asyncio.sleep(0.3)
+            assert not deactivating.done()  # waiting for the earlier job
+            await holder.execute("SET LOCAL lock_timeout = '200ms'")
+            await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", later)
         assert await asyncio.wait_for(deactivating, 5)
     finally:
-        await holder.close()
         await admin.close()
     for mid in (later, earlier):
         assert (await stored(db, mid)).status == "failed"
