@@ -174,11 +174,10 @@ async def move_reported(db: Db, moves: list[tuple[uuid.UUID, uuid.UUID, str, str
     rest are as they were, for the locking path (`lock_for_reports`).
 
     The rows are locked first (each only if it is the reporting phone's),
-    in id order, as `lock_for_reports` and a
-    phone's listing (store/holds.py) lock them: an update in the batch's
-    order waited for a listing that waited for it, and PostgreSQL ended
-    one of the two after a second (a 503)."""
-    moves = sorted(moves, key=lambda m: m[0])
+    in id order, as `lock_for_reports` and a phone's listing
+    (store/holds.py) lock them: an update in the batch's order waited for a
+    listing that waited for it, and PostgreSQL ended one of the two after a
+    second (a 503)."""
     return rows_of(Moved, await db.fetch(
         "WITH locked AS MATERIALIZED ("
         " SELECT m.id FROM messages m JOIN unnest($1::uuid[], $2::uuid[]) AS k(id, device_id)"
