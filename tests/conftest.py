@@ -250,6 +250,19 @@ async def new_message(db: store.Db, account: store.Account, device: store.Device
     return message_id
 
 
+async def later_id_first(db: store.Db, account: store.Account,
+                         device: store.DeviceRow) -> tuple[uuid.UUID, uuid.UUID]:
+    """Two `dispatching` messages of `device`, (later, earlier) by id, the
+    later written first: first in the table's pages and in seq order, so
+    that a statement taking rows in either order, not id order, meets it
+    first."""
+    while True:
+        later, earlier = [await new_message(db, account, device, status="dispatching")
+                          for _ in range(2)]
+        if later > earlier:
+            return later, earlier
+
+
 @dataclass(frozen=True)
 class Stored:
     """A message's row in PostgreSQL."""

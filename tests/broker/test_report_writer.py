@@ -14,7 +14,14 @@ from broker import store
 from broker.delivery import reports
 from broker.delivery.reports import Report, ReportWriter, Result, WriterClosed
 from protocol import lifecycle
-from tests.conftest import new_account, new_device, new_message, rows_held, stored
+from tests.conftest import (
+    later_id_first,
+    new_account,
+    new_device,
+    new_message,
+    rows_held,
+    stored,
+)
 
 
 async def test_reports_of_many_phones_share_a_commit_and_each_gets_its_own_result(
@@ -272,14 +279,9 @@ async def test_the_one_statement_locks_its_messages_in_id_order_as_a_listing_doe
     which waited for it: PostgreSQL ended one of the two after a second."""
     acc = await new_account(db)
     phone = await new_device(db, acc)
-    # The later id written first (first in the table's pages too), and
-    # named first in the batch: in every plan of an update without the
-    # ordered lock, the later is locked first.
-    while True:
-        last, first = [await new_message(db, acc, phone, status="dispatching")
-                       for _ in range(2)]
-        if last > first:
-            break
+    # The later id written first, and named first in the batch: in every
+    # plan of an update without the ordered lock, the later is locked first.
+    last, first = await later_id_first(db, acc, phone)
     async with rows_held(database_url, [first]) as listing:
         writer = ReportWriter(pool)
         pending = [writer.enqueue(Report(phone.id, m, "ack", None)) for m in (last, first)]

@@ -19,7 +19,7 @@ import pytest
 
 from broker import keys, store
 from broker.store import usage
-from tests.conftest import new_account, new_device, new_message, rows_held, stored
+from tests.conftest import later_id_first, new_account, new_device, rows_held, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -653,13 +653,7 @@ async def test_deactivating_a_device_locks_its_listed_jobs_in_id_order(
     while it waits for another a report batch holds (a deadlock, a second)."""
     acc = await new_account(db)
     dev = await new_device(db, acc)
-    # The job written first has the later id: in the table's and the
-    # index's order (seq) the later id comes first.
-    while True:
-        later, earlier = [await new_message(db, acc, dev, status="dispatching")
-                          for _ in range(2)]
-        if later > earlier:
-            break
+    later, earlier = await later_id_first(db, acc, dev)
     await db.execute("UPDATE messages SET listed_at = now() WHERE id = ANY($1::uuid[])",
                      [later, earlier])
     admin = await store.connect(database_url)
