@@ -108,6 +108,10 @@ async def register_online(db: Db, node: str, epoch: uuid.UUID, device_ids: Seque
         " ins AS (INSERT INTO presence (device_id, node, epoch, connected_at, last_seen_at)"
         "   SELECT v.id, $1, $2, v.at, v.at FROM unnest($3::uuid[], $4::timestamptz[]) AS v(id, at)"
         "   WHERE EXISTS (SELECT 1 FROM live)"
+        # In id order, as every statement on these rows takes them: a row
+        # another node holds is locked here, and two nodes' batches never
+        # wait for each other in a cycle.
+        "   ORDER BY v.id"
         "   ON CONFLICT (device_id) DO UPDATE SET node = EXCLUDED.node, epoch = EXCLUDED.epoch,"
         "     connected_at = EXCLUDED.connected_at, last_seen_at = EXCLUDED.last_seen_at)"
         " SELECT EXISTS (SELECT 1 FROM live)",
@@ -119,7 +123,11 @@ async def unregister_online(db: Db, node: str, epoch: uuid.UUID,
     """These phones' connections to us ended: their rows go, unless another
     node holds them by now."""
     await db.execute(
-        "DELETE FROM presence WHERE device_id = ANY($3::uuid[]) AND node = $1 AND epoch = $2",
+        "WITH l AS MATERIALIZED (SELECT device_id FROM presence"
+        "   WHERE device_id = ANY($3::uuid[]) AND node = $1 AND epoch = $2"
+        "   ORDER BY device_id FOR UPDATE)"
+        " DELETE FROM presence WHERE device_id IN (SELECT device_id FROM l)"
+        "   AND node = $1 AND epoch = $2",
         node, epoch, list(device_ids))
 
 
@@ -127,9 +135,13 @@ async def touch_online(db: Db, node: str, epoch: uuid.UUID, device_ids: Sequence
                        seen: Sequence[dt.datetime]) -> None:
     """Last-seen of our rows, with the flush of devices' last-seen."""
     await db.execute(
-        "UPDATE presence p SET last_seen_at = GREATEST(p.last_seen_at, v.seen)"
+        "WITH l AS MATERIALIZED (SELECT device_id FROM presence"
+        "   WHERE device_id = ANY($3::uuid[]) AND node = $1 AND epoch = $2"
+        "   ORDER BY device_id FOR UPDATE)"
+        " UPDATE presence p SET last_seen_at = GREATEST(p.last_seen_at, v.seen)"
         " FROM unnest($3::uuid[], $4::timestamptz[]) AS v(id, seen)"
-        " WHERE p.device_id = v.id AND p.node = $1 AND p.epoch = $2",
+        " WHERE p.device_id = v.id AND p.device_id IN (SELECT device_id FROM l)"
+        "   AND p.node = $1 AND p.epoch = $2",
         node, epoch, list(device_ids), list(seen))
 
 
@@ -186,9 +198,15 @@ async def reap_lapsed(db: Conn, node: str, epoch: uuid.UUID) -> list[Reaped] | N
             # A lapsed node's rows, and orphans: rows whose epoch is no
             # node's any more (a node restarted under its name, or reaped
             # while it was writing them).
-            " gone AS (DELETE FROM presence p"
+            # Locked first in id order, as a node's batches take them.
+            " doomed AS MATERIALIZED (SELECT p.device_id FROM presence p"
             "   WHERE (p.node, p.epoch) IN (SELECT name, epoch FROM lapsed)"
             "      OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = p.node AND n.epoch = p.epoch)"
+            "   ORDER BY p.device_id FOR UPDATE OF p),"
+            " gone AS (DELETE FROM presence p"
+            "   WHERE p.device_id IN (SELECT device_id FROM doomed)"
+            "     AND ((p.node, p.epoch) IN (SELECT name, epoch FROM lapsed)"
+            "      OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = p.node AND n.epoch = p.epoch))"
             "   RETURNING p.device_id, p.node, p.last_seen_at),"
             # What the CLI reads (devices.online_node) says it too.
             " cleared AS (UPDATE devices d SET online_node = NULL FROM gone g"

@@ -190,13 +190,17 @@ async def flush_last_seen(db: Db, ids: list[uuid.UUID], seen: list[dt.datetime],
     With `online` and `node`: which node holds each socket now, so that the
     CLI (another process) can tell who is online."""
     await db.execute(
-        "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, v.seen),"
+        # Locked first in id order: two nodes' flushes of the same phones
+        # (one that moved between them) never wait for each other in a cycle.
+        "WITH l AS MATERIALIZED (SELECT id FROM devices WHERE id = ANY($1::uuid[])"
+        "   ORDER BY id FOR UPDATE)"
+        " UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, v.seen),"
         " health = COALESCE(v.health::jsonb, d.health), app_version = COALESCE(v.ver, d.app_version),"
         " online_node = CASE WHEN v.online IS NULL THEN d.online_node WHEN v.online THEN $6"
         "   WHEN d.online_node = $6 THEN NULL ELSE d.online_node END"
         " FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bool[])"
         "   AS v(id, seen, health, ver, online)"
-        " WHERE d.id = v.id",
+        " WHERE d.id = v.id AND d.id IN (SELECT id FROM l)",
         ids, seen, health, versions, online if online is not None else [None] * len(ids), node,
     )
 

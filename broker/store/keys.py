@@ -105,7 +105,12 @@ async def mark_keys_used(db: Db, used: dict[uuid.UUID, dt.datetime]) -> None:
     if not used:
         return
     await db.execute(
-        "UPDATE api_keys AS k SET last_used_at = u.at"
+        # Locked first in id order: two nodes' flushes never wait for each
+        # other in a cycle.
+        "WITH l AS MATERIALIZED (SELECT id FROM api_keys WHERE id = ANY($1::uuid[])"
+        "   ORDER BY id FOR UPDATE)"
+        " UPDATE api_keys AS k SET last_used_at = u.at"
         "  FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)"
-        " WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+        " WHERE k.id = u.id AND k.id IN (SELECT id FROM l)"
+        "   AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
         list(used), list(used.values()))
