@@ -56,6 +56,29 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
+class MainThread:
+    """Where a process's main thread spent a stretch of wall time, from the
+    scheduler's own accounting (/proc/PID/task/PID/schedstat): running,
+    runnable but waiting for a CPU, and asleep (its event loop waiting for a
+    socket). A single-threaded server near 1.0 running is bound by its own
+    CPU; one asleep a tenth of the time waits for something else."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, int, int]:
+        run, wait, _ = Path(f"/proc/{self.pid}/task/{self.pid}/schedstat").read_text().split()
+        return time.monotonic(), int(run), int(wait)
+
+    def shares(self) -> dict[str, float]:
+        (t0, run0, wait0), (t1, run1, wait1) = self.start, self._now()
+        wall = max(t1 - t0, 1e-9)
+        running, waiting = (run1 - run0) / 1e9 / wall, (wait1 - wait0) / 1e9 / wall
+        return {"running": running, "waiting_cpu": waiting,
+                "asleep": max(0.0, 1.0 - running - waiting)}
+
+
 def idle_cores(pid: int, seconds: float) -> float:
     """Average cores the process used over `seconds` of wall time."""
     c0, t0 = cpu_s(pid), time.monotonic()

@@ -27,6 +27,7 @@ import msgspec
 from bench import report
 from bench.fleet import Fleet, slices
 from bench.procs import cpu_s, free_port, wait_port
+from bench.report import thread_shares
 from bench.run import Bench, Sizes, say
 
 
@@ -205,12 +206,13 @@ def main() -> None:
             elif name == "baseline":
                 result = bench.baseline()
                 say(f"baseline: {result['per_s']:.0f}/s, its server {result['server_cores']:.2f} "
-                    f"cores: {1e6 * result['server_cores'] / result['per_s']:.0f} µs a request")
+                    f"cores: {1e6 * result['server_cores'] / result['per_s']:.0f} µs a request; its "
+                    f"main thread running / runnable / asleep {thread_shares(result['main_thread'])}")
             elif name in ("closed", "answering"):
-                result = bench.closed(fleet, port, hold=name == "closed")
+                result = bench.closed(fleet, port, hold=name == "closed", pid=proc.pid)
                 say(f"{name}: {result['accept_per_s']:.0f}/s accepted (frame at phone)")
             else:
-                result = bench.lifecycle(fleet, port)
+                result = bench.lifecycle(fleet, port, proc.pid)
                 say(f"lifecycle: {result['e2e_per_s']:.0f}/s delivered")
             cpu1, t1, m1 = cpu_by_role(), time.monotonic(), machine_ticks()
             d = [b - a for a, b in zip(m0, m1)]
@@ -225,6 +227,8 @@ def main() -> None:
             shares += (f", bench.loadgen {result['loadgen_cores']:.2f}; machine: user "
                        f"{(d[0] + d[1]) / tick:.2f}, system {d[2] / tick:.2f}, softirq "
                        f"{d[6] / tick:.2f}, idle {d[3] / tick:.2f} cores")
+            if result.get("main_thread"):
+                shares += f"; broker main thread running / runnable / asleep {thread_shares(result['main_thread'])}"
             print(f"--- {name}\ncores busy by process: {shares}\n"
                   f"longest GC pause: {gc_row['longest_ms']:.1f} ms wall, "
                   f"{gc_row['longest_cpu_ms']:.1f} ms CPU, gen {gc_row['generation']}; "

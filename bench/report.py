@@ -74,6 +74,26 @@ def fleet_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the table --------------------------------------------------------------
 
 
+def thread_shares(shares: dict[str, float] | None) -> str:
+    if not shares:
+        return "—"
+    return f"{shares['running']:.2f} / {shares['waiting_cpu']:.2f} / {shares['asleep']:.2f}"
+
+
+def thread_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """Where the server's one thread went in each closed loop: a server
+    that is not running all the time is not bound by its own CPU alone."""
+    ours = [(name, row.get("main_thread")) for name, row in (
+        ("end to end", r["lifecycle"]), ("accept path, held", r["throughput"]),
+        ("accept path, answering", r["throughput"].get("answering") or {}))]
+    if not any(shares for _, shares in ours):
+        return []
+    return [("share of the server's main thread running / runnable, waiting for a CPU / "
+             "asleep (the scheduler's accounting): " + ", ".join(name for name, _ in ours),
+             ", ".join(thread_shares(shares) for _, shares in ours),
+             f"{thread_shares(r['baseline'].get('main_thread'))} (the baseline's server)", "", "", "")]
+
+
 def _n(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
@@ -105,6 +125,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         out.append(("sends/s accept path while the phones answer as ever (their reports "
                     "written too)", _n(value), f"{_n(base)} ({label})",
                     f"{value / base if base else 0.0:.2f}", "", ""))
+    out += thread_rows(r)
     f = r["phones"]
     out.append(("phones that got jobs (end-to-end and latency runs) / jobs on the busiest "
                 "phone / phone sockets dropped there, and in the accept-path run",

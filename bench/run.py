@@ -42,7 +42,17 @@ import msgspec
 
 from bench import cluster, dashboard, database, machine, micro, report, sse, webhooks
 from bench.fleet import Fleet, slices
-from bench.procs import Proc, Procs, cpu_s, free_port, idle_cores, raise_nofile, rss_kib, wait_port
+from bench.procs import (
+    MainThread,
+    Proc,
+    Procs,
+    cpu_s,
+    free_port,
+    idle_cores,
+    raise_nofile,
+    rss_kib,
+    wait_port,
+)
 
 HERE = Path(__file__).resolve().parent
 _T0 = time.monotonic()
@@ -211,15 +221,16 @@ class Bench:
                                 env=self.env)
         wait_port(port, proc, 30)
         try:
-            c0, t0 = cpu_s(proc.pid), time.monotonic()
+            c0, t0, thread = cpu_s(proc.pid), time.monotonic(), MainThread(proc.pid)
             run = self.loadgen("load-baseline", port, "closed", self.sz.closed_conns,
                                self.sz.baseline_s)
             # Its server's CPU, beside the rate: what one request costs it.
             server_cores = (cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
+            main_thread = thread.shares()
         finally:
             proc.stop()
         return {"per_s": report.answered_rate(run, self.sz.warmup_s),
-                "server_cores": server_cores,
+                "server_cores": server_cores, "main_thread": main_thread,
                 "loadgen_cores": run["cores"],
                 "statuses": run["statuses"], "sent": run["sent"]}
 
@@ -311,39 +322,44 @@ class Bench:
             f"({row['elapsed_s']:.0f} s)")
         return row
 
-    def lifecycle(self, fleet: Fleet, port: int) -> dict[str, Any]:
+    def lifecycle(self, fleet: Fleet, port: int, pid: int) -> dict[str, Any]:
         """The end-to-end maximum: closed loop, at most `window` messages
         accepted and not yet delivered; delivered rows stored a second."""
         extra = ["--window", str(self.sz.window)]
         for path in fleet.counters():
             extra += ["--counter", str(path)]
+        thread = MainThread(pid)
         run = self.loadgen("load-lifecycle", port, "lifecycle", self.sz.closed_conns,
                            self.sz.closed_s, key=self.key, extra=extra)
+        main_thread = thread.shares()
         frames = fleet.dump_frames(self.workdir, "lifecycle")
         life, drained = self.drain(run, self.sz.drain_s)
         lo = run["t0_ns"] + int(self.sz.warmup_s * 1e9)
         delivered = asyncio.run(database.delivered_between(self.dsn, lo, run["t1_ns"]))
         return {"e2e_per_s": delivered / ((run["t1_ns"] - lo) / 1e9), "gc": self.gc_during(run),
+                "main_thread": main_thread,
                 "loadgen_cores": run["cores"],
                 "window": self.sz.window, "answered_per_s": report.answered_rate(
                     run, self.sz.warmup_s), "statuses": run["statuses"],
                 "created": life.messages, "delivered": life.delivered, "drained": drained,
                 "frames": len(frames), "latency": report.latency(run, frames)}
 
-    def closed(self, fleet: Fleet, port: int, hold: bool) -> dict[str, Any]:
+    def closed(self, fleet: Fleet, port: int, hold: bool, pid: int) -> dict[str, Any]:
         """The accept path's maximum: closed loop; `hold`: the phones take
         their jobs but report nothing (the accept path alone), else they
         answer as ever (the accept path while every report is written too)."""
         tag = "closed-held" if hold else "closed"
         fleet.hold(hold)
+        thread = MainThread(pid)
         try:
             run = self.loadgen(f"load-{tag}", port, "closed", self.sz.closed_conns,
                                self.sz.closed_s, key=self.key)
         finally:
             fleet.hold(False)
+        main_thread = thread.shares()
         frames = fleet.dump_frames(self.workdir, tag)
         return {"accept_per_s": report.answered_rate(run, self.sz.warmup_s, frames),
-                "gc": self.gc_during(run), "loadgen_cores": run["cores"],
+                "gc": self.gc_during(run), "main_thread": main_thread, "loadgen_cores": run["cores"],
                 "answered_per_s": report.answered_rate(run, self.sz.warmup_s),
                 "statuses": run["statuses"], "frames": len(frames), "t0_ns": run["t0_ns"],
                 "t1_ns": run["t1_ns"], "latency": report.latency(run, frames)}
@@ -416,7 +432,7 @@ class Bench:
             got, _ = fleet.wait_connected(self.sz.load_phones, self.sz.ramp_s)
             say(f"{got} phones connected for the load runs")
             t_load0 = time.time()
-            lifecycle = self.lifecycle(fleet, port)
+            lifecycle = self.lifecycle(fleet, port, proc.pid)
             say(f"lifecycle loop: {lifecycle['e2e_per_s']:.0f}/s delivered end to end")
             latency = self.open(fleet, port, lifecycle["e2e_per_s"])
             time.sleep(1.0)  # the GC file is written every 0.5 s
@@ -429,10 +445,10 @@ class Bench:
             # and nothing after this run may inherit that backlog.
             t_closed = time.time()
             dropped = report.fleet_summary(fleet.stats())["counts"].get("dropped", 0)
-            closed = self.closed(fleet, port, hold=True)
+            closed = self.closed(fleet, port, hold=True, pid=proc.pid)
             say(f"closed loop, phones holding their reports: {closed['accept_per_s']:.0f}/s "
                 "accepted (frame at phone)")
-            answering = self.closed(fleet, port, hold=False)
+            answering = self.closed(fleet, port, hold=False, pid=proc.pid)
             closed["answering"] = answering
             closed["dropped"] = (report.fleet_summary(fleet.stats())["counts"].get("dropped", 0)
                                  - dropped)
