@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from broker import keys, store
+from broker.delivery import batch as batch_module
 from broker.delivery.batch import SendBatch
 from tests.conftest import new_account, new_device
 
@@ -56,6 +57,43 @@ async def test_concurrent_sends_share_statements_and_each_is_written_with_its_hi
         assert (stored["status"], stored["body"], stored["device_id"]) == (r.status, r.body, dev.id)
         assert await history(db, r.id) == (["queued"] if r.status == "queued"
                                            else ["queued", "dispatching"])
+
+
+async def test_a_burst_goes_in_small_statements_written_at_the_same_time(
+        db: asyncpg.Connection, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst is cut into statements of at most 32 rows, several of them
+    in flight together: one big statement kept every request of its rows
+    (and the loop) waiting for the whole of it (batch.py: 4 x 256 before)."""
+    acc = await new_account(db)
+    dev = await new_device(db, acc)
+    sizes: list[int] = []
+    in_flight, most = 0, 0
+    insert_messages = store.insert_messages
+
+    async def counted(conn: store.Db, rows: list[store.NewMessage]) -> list[store.Inserted | None]:
+        nonlocal in_flight, most
+        sizes.append(len(rows))
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await insert_messages(conn, rows)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(store, "insert_messages", counted)
+    burst = 200
+    pool = await store.create_pool(database_url, min_size=8, max_size=8)  # the broker's has 20
+    try:
+        batch = SendBatch(pool)
+        got = await asyncio.gather(*(batch.insert(row(acc, dev, body=f"m{i}"))
+                                     for i in range(burst)))
+    finally:
+        await pool.close()
+    assert got == [store.Inserted.WRITTEN] * burst
+    assert max(sizes) <= 32 and batch_module.MAX_ROWS <= 32
+    assert sum(sizes) == burst
+    assert most >= 4  # several statements at the same time, not one after another
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE device_id = $1", dev.id) == burst
 
 
 async def test_a_revoked_key_or_a_deactivated_device_fails_only_its_own_row(
